@@ -1,0 +1,248 @@
+"""The FastAPI application: the seed's endpoints over :class:`~twopass.api.service.TwopassService`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from twopass import __version__
+from twopass.api import errors
+from twopass.api.errors import ApiError
+from twopass.api.schemas import ErrorResponse, JobResponse, PredictRequest, PredictResponse
+from twopass.api.service import TwopassService
+from twopass.config import Settings
+from twopass.jobs.base import JobRecord, JobStatus, is_job_id
+from twopass.models.runtime import Prediction
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "The body is not a usable image (bad base64, not an image, truncated, unsupported mode)."),
+        (404, "No such job (or it has expired)."),
+        (413, "The image is over the byte or pixel limit."),
+        (415, "The body is neither JSON nor an image."),
+        (422, "The JSON does not match the schema."),
+        (503, "A backing service is unavailable; retry after the Retry-After delay."),
+    )
+}
+
+_PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": PredictRequest.model_json_schema()},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _model_result(model: str, prediction: Prediction, inference_ms: float) -> dict[str, Any]:
+    return {"model": model, "label": prediction.label, "top_k": prediction.top_k(), "inference_ms": round(inference_ms, 3)}
+
+
+def job_body(record: JobRecord) -> dict[str, Any]:
+    """The seed's ``{id: {"prediction": label}}`` and the full lifecycle beside it."""
+    label = record.result.get("label") if record.result and record.status is JobStatus.SUCCEEDED else None
+    return {
+        record.job_id: {"prediction": label},
+        "job_id": record.job_id,
+        "status": record.status.value,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "attempts": record.attempts,
+        "slow": record.result if record.status is JobStatus.SUCCEEDED else None,
+        "error": record.error,
+    }
+
+
+def create_app(service: TwopassService | None = None, settings: Settings | None = None) -> FastAPI:
+    """Build the app. Without ``service`` one is built from the environment on first use."""
+    settings = settings or (service.settings if service else Settings.from_env())
+    app = FastAPI(
+        title="twopass",
+        version=__version__,
+        description="A fast model answers at once; a slow, more accurate model follows through a queue.",
+    )
+    errors.install(app)
+    # Inference is CPU-bound and blocking: a bounded pool keeps the event loop free and caps
+    # parallel model calls at what the cores can actually run (the gibbs problem).
+    inference_pool = ThreadPoolExecutor(max(1, settings.inference_concurrency), thread_name_prefix="infer")
+    io_pool = ThreadPoolExecutor(32, thread_name_prefix="aws")
+    state: dict[str, TwopassService] = {}
+    if service is not None:
+        state["service"] = service
+
+    def svc() -> TwopassService:
+        if "service" not in state:
+            state["service"] = TwopassService.from_settings(settings)
+        return state["service"]
+
+    app.state.service = svc
+
+    async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def submit(request: Request, data: bytes) -> JSONResponse:
+        service = svc()
+        tensor = await run_in(inference_pool, service.decode, data)
+        job_id = service.new_job_id()
+        context = {"request_id": request.headers.get("x-request-id") or _lambda_request_id(request) or uuid.uuid4().hex}
+        # The enqueue (table put + queue send) overlaps the fast model instead of following it.
+        classify = asyncio.ensure_future(run_in(inference_pool, service.classify, tensor))
+        try:
+            await run_in(io_pool, service.enqueue, job_id, data, context)
+        except BaseException:
+            classify.cancel()
+            raise
+        prediction, inference_ms = await classify
+        fast = _model_result(service.fast_name, prediction, inference_ms)
+        logger.info("job %s queued; fast %s=%s (%.1f ms)", job_id, service.fast_name, prediction.label, inference_ms)
+        return JSONResponse(
+            {
+                "job_id": job_id,
+                service.fast_name: prediction.label,
+                "status": JobStatus.QUEUED.value,
+                "fast": fast,
+                "status_url": f"/job/{job_id}",
+            }
+        )
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"health": "ok"}
+
+    @app.get("/health/all", summary="Every backend's health")
+    async def health_all() -> dict[str, Any]:
+        service = svc()
+        checks = await run_in(io_pool, service.health)
+        fast = checks["fast_model"]
+        slow_card = await run_in(io_pool, service.slow_card)
+        body: dict[str, Any] = {}
+        if fast["status"] == "ok":
+            body[fast["model"]] = "ok"
+        if slow_card:
+            body[slow_card["name"]] = "ok" if checks["worker"]["status"] == "ok" else checks["worker"]["status"]
+        degraded = any(c["status"] == "error" for c in checks.values())
+        body.update({"status": "degraded" if degraded else "ok", "backends": checks})
+        return body
+
+    @app.get("/metadata", summary="Input and output contract, both model cards")
+    async def metadata() -> dict[str, Any]:
+        service = svc()
+        fast_card = service.classifier.card
+        size = fast_card.input_size
+        return {
+            "data_type": "str",
+            "data_structure": "(1,1)",
+            "data_sample": "base64 encoded image file",
+            "prediction_type": "float32",
+            "prediction_structure": "(1,1000)",
+            "prediction_sample": "[0.00012, 0.00003, 0.00021, ...]",
+            "input": {
+                "json": {"image_data": "<base64 of a JPEG/PNG/WebP/GIF/BMP/TIFF file>"},
+                "raw": "a body with Content-Type image/*",
+                "max_bytes": service.settings.max_image_bytes,
+                "max_pixels": service.settings.max_image_pixels,
+                "fast_model_input": f"(N,3,{size},{size}) float32 RGB",
+            },
+            "output": {"fast": f"top-{service.settings.top_k} labels with probabilities", "labels": "ImageNet-1k"},
+            "models": {"fast": fast_card.to_dict(), "slow": await run_in(io_pool, service.slow_card)},
+        }
+
+    @app.post(
+        "/predict",
+        summary="Classify now with the fast model and queue the slow model",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra={"requestBody": _PREDICT_BODY},
+    )
+    async def predict(request: Request) -> JSONResponse:
+        data = await _read_image(request, svc())
+        return await submit(request, data)
+
+    @app.get("/predict/test", summary="/predict on the bundled cat photo", response_model=PredictResponse)
+    async def predict_test(request: Request) -> JSONResponse:
+        return await submit(request, svc().sample_image())
+
+    @app.get("/job/{job_id}", summary="The slow model's result", response_model=JobResponse, responses=_ERRORS)
+    async def job(job_id: str) -> JSONResponse:
+        if not is_job_id(job_id):
+            raise ApiError(404, "not_found", f"no job {job_id!r}: job ids are 32 hexadecimal characters")
+        record = await run_in(io_pool, svc().job, job_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r} (unknown or expired)")
+        return JSONResponse(job_body(record))
+
+    return app
+
+
+def _lambda_request_id(request: Request) -> str | None:
+    context = request.scope.get("aws.context")
+    return getattr(context, "aws_request_id", None)
+
+
+async def _read_image(request: Request, service: TwopassService) -> bytes:
+    """The image bytes from a JSON ``image_data`` body or a raw ``image/*`` body."""
+    limit = service.settings.max_image_bytes
+    declared = request.headers.get("content-length", "")
+    json_limit = limit * 4 // 3 + 4096  # base64 inflates by 4/3
+    if declared.isdigit() and int(declared) > json_limit:
+        raise ApiError(413, "payload_too_large", f"the body is {declared} bytes; images may be at most {limit} bytes")
+    body = await request.body()
+    if not body:
+        raise ApiError(400, "empty_body", 'the body is empty: send {"image_data": "<base64>"} or an image/* body')
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json" or ctype.endswith("+json") or (not ctype and body[:1] == b"{"):
+        return _image_from_json(body, limit)
+    if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
+        service.check_size(len(body))
+        return body
+    raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json or image/*")
+
+
+def _image_from_json(body: bytes, limit: int) -> bytes:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        request = PredictRequest.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, "validation_error", problems) from None
+    text = request.image_data.strip()
+    if "," in text[:100] and text.startswith("data:"):
+        text = text.split(",", 1)[1]  # accept data: URLs as browsers produce them
+    if len(text) > limit * 4 // 3 + 4:
+        raise ApiError(413, "payload_too_large", f"image_data decodes to more than {limit} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "invalid_base64", f"image_data is not valid base64: {exc}") from None
+    if not data:
+        raise ApiError(400, "empty_image", "image_data is empty")
+    return data

@@ -1,0 +1,155 @@
+"""What the API does, independent of HTTP: classify fast, record and enqueue the job, read it back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twopass.config import DATA_DIR, Settings
+from twopass.exceptions import DependencyError, EnqueueError, ImageTooLargeError, ModelLoadError
+from twopass.jobs.base import JobRecord, JobStore, new_job_id
+from twopass.models.card import ModelCard, card_path
+from twopass.models.runtime import Classifier, Prediction
+from twopass.queue.base import JobMessage, JobPublisher
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_IMAGE = DATA_DIR / "cat.jpg"
+
+
+class TwopassService:
+    """The fast path and job bookkeeping; the FastAPI app is a thin layer over this."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        publisher: JobPublisher,
+        classifier: Classifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        if classifier is not None:
+            self.__dict__["classifier"] = classifier
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TwopassService:
+        """DynamoDB and SQS backends named by ``settings``."""
+        from twopass.jobs.dynamodb import DynamoJobStore
+        from twopass.queue.sqs import SqsPublisher
+
+        settings.require("queue_url", "table_name")
+        return cls(settings, DynamoJobStore(settings.table_name, settings.job_ttl_seconds), SqsPublisher(settings.queue_url))
+
+    @cached_property
+    def classifier(self) -> Classifier:
+        return Classifier.from_location(
+            self.settings.fast_model,
+            providers=self.settings.providers,
+            intra_op_threads=self.settings.intra_op_threads,
+            top_k=self.settings.top_k,
+        )
+
+    @property
+    def fast_name(self) -> str:
+        return self.classifier.name
+
+    # -- fast path ---------------------------------------------------------------------------
+
+    def check_size(self, size: int) -> None:
+        if size > self.settings.max_image_bytes:
+            raise ImageTooLargeError(f"the image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes")
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Validate and preprocess; raises ``InvalidImageError`` / ``ImageTooLargeError``."""
+        self.check_size(len(data))
+        return self.classifier.tensor(data, max_pixels=self.settings.max_image_pixels)
+
+    def classify(self, tensor: np.ndarray) -> tuple[Prediction, float]:
+        t0 = time.perf_counter()
+        prediction = self.classifier.predict(tensor)
+        return prediction, (time.perf_counter() - t0) * 1000
+
+    def enqueue(self, job_id: str, data: bytes, context: dict[str, str] | None = None) -> JobRecord:
+        """Write the job record, then publish its message.
+
+        The record comes first so a worker can never see a job that has no record. If publishing
+        fails the record is marked failed (the client is told 503), so nothing waits for a message
+        that was never sent.
+        """
+        record = JobRecord(job_id=job_id)
+        self.store.create(record)
+        try:
+            self.publisher.publish(JobMessage(job_id=job_id, image=data, context=dict(context or {})))
+        except EnqueueError as exc:
+            try:
+                self.store.fail(job_id, f"could not enqueue: {exc}", only_if_queued=True)
+            except DependencyError:
+                logger.exception("job %s: enqueue failed and the record could not be marked failed", job_id)
+            raise
+        return record
+
+    def new_job_id(self) -> str:
+        return new_job_id()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self.store.get(job_id)
+
+    def sample_image(self) -> bytes:
+        return SAMPLE_IMAGE.read_bytes()
+
+    def slow_card(self) -> dict[str, Any] | None:
+        """The slow model's card: from the file if this host has it, else from a live worker."""
+        path = card_path(Path(self.settings.slow_model))
+        if path.is_file():
+            return ModelCard.load(path).to_dict()
+        try:
+            for beat in self.store.workers():
+                card = beat.info.get("model_card")
+                if isinstance(card, dict):
+                    return card
+        except DependencyError:
+            pass
+        return None
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per-backend health: fast model, queue, table, workers."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            checks["fast_model"] = {"status": "ok", "model": self.fast_name, "provider": self.classifier.providers[0]}
+        except ModelLoadError as exc:
+            checks["fast_model"] = {"status": "error", "detail": str(exc)}
+        try:
+            checks["queue"] = {"status": "ok", **self.publisher.ping()}
+        except DependencyError as exc:
+            checks["queue"] = {"status": "error", "detail": str(exc)}
+        try:
+            self.store.ping()
+            checks["table"] = {"status": "ok"}
+        except DependencyError as exc:
+            checks["table"] = {"status": "error", "detail": str(exc)}
+        checks["worker"] = self._worker_health()
+        return checks
+
+    def _worker_health(self) -> dict[str, Any]:
+        try:
+            beats = self.store.workers()
+        except DependencyError as exc:
+            return {"status": "unknown", "detail": str(exc)}
+        now = time.time()
+        alive = [b for b in beats if b.age(now) <= self.settings.worker_stale_seconds]
+        info: dict[str, Any] = {
+            "alive": len(alive),
+            "last_heartbeat_age_s": round(beats[0].age(now), 3) if beats else None,
+            "workers": [{"id": b.worker_id, "age_s": round(b.age(now), 3), **b.info} for b in alive],
+        }
+        # No live worker is normal when the service has scaled to zero: jobs wait in the queue.
+        return {"status": "ok" if alive else "idle", **info}

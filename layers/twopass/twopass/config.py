@@ -1,0 +1,135 @@
+"""Every setting twopass reads, from one place: the process environment.
+
+Names are the ones ``template.yaml`` sets on the Lambda function and the ECS task, so the local
+stack, tests and production read the same variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from twopass.exceptions import ConfigError
+
+#: Repository checkout that holds this package (``layers/twopass/twopass`` → repo root), if any.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = _PACKAGE_DIR.parents[2]
+DATA_DIR = _PACKAGE_DIR / "data"
+
+
+def _default_model(role: str, stem: str) -> str:
+    # In Lambda the fast-model layer unpacks into /opt; in the worker image it is copied to
+    # /opt/models; in a checkout it sits under layers/models. The env var always wins.
+    for candidate in (Path("/opt/models") / f"{stem}.onnx", Path("/opt") / f"{stem}.onnx"):
+        if candidate.exists():
+            return str(candidate)
+    return str(REPO_ROOT / "layers" / "models" / role / f"{stem}.onnx")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings; build with :meth:`from_env`, override in tests with :meth:`replace`."""
+
+    #: DynamoDB table of job records (``JobsTable`` in the template).
+    table_name: str = field(default="", metadata={"env": "TWOPASS_TABLE_NAME"})
+    #: SQS queue URL the API publishes to and the worker consumes (``JobsQueue``).
+    queue_url: str = field(default="", metadata={"env": "TWOPASS_QUEUE_URL"})
+    #: Path (or ``s3://`` URI) of the fast model's ``.onnx``; its card sits beside it.
+    fast_model: str = field(
+        default_factory=lambda: _default_model("fast", "efficientnet-lite0-int8"),
+        metadata={"env": "TWOPASS_FAST_MODEL"},
+    )
+    #: Path (or ``s3://`` URI) of the slow model's ``.onnx``.
+    slow_model: str = field(
+        default_factory=lambda: _default_model("slow", "efficientnet-lite2-fp32"),
+        metadata={"env": "TWOPASS_SLOW_MODEL"},
+    )
+    #: onnxruntime execution providers in order of preference; missing ones are skipped.
+    providers: tuple[str, ...] = field(
+        default=("CUDAExecutionProvider", "CPUExecutionProvider"), metadata={"env": "TWOPASS_PROVIDERS"}
+    )
+    #: Threads one onnxruntime session may use inside an operator (0 = onnxruntime decides).
+    intra_op_threads: int = field(default=0, metadata={"env": "TWOPASS_INTRA_OP_THREADS"})
+    #: How many predictions the API runs at once (its bounded inference pool).
+    inference_concurrency: int = field(default=2, metadata={"env": "TWOPASS_INFERENCE_CONCURRENCY"})
+    #: Labels returned with probabilities in each response.
+    top_k: int = field(default=5, metadata={"env": "TWOPASS_TOP_K"})
+    #: Largest accepted image, in bytes of the encoded file.
+    max_image_bytes: int = field(default=5 * 1024 * 1024, metadata={"env": "TWOPASS_MAX_IMAGE_BYTES"})
+    #: Largest accepted image, in decoded pixels (width × height): stops decompression bombs.
+    max_image_pixels: int = field(default=40_000_000, metadata={"env": "TWOPASS_MAX_IMAGE_PIXELS"})
+    #: Days a job record lives before DynamoDB's TTL removes it (reads treat it as gone after).
+    job_ttl_days: float = field(default=7.0, metadata={"env": "TWOPASS_JOB_TTL_DAYS"})
+    #: Worker: largest batch given to one ``session.run``.
+    max_batch_size: int = field(default=16, metadata={"env": "TWOPASS_MAX_BATCH_SIZE"})
+    #: Worker: longest a partial batch waits for more work after its first job arrived.
+    max_wait_ms: int = field(default=10, metadata={"env": "TWOPASS_MAX_WAIT_MS"})
+    #: Worker: concurrent long-polling receivers.
+    receivers: int = field(default=2, metadata={"env": "TWOPASS_RECEIVERS"})
+    #: Worker: threads decoding and preprocessing images ahead of inference.
+    decode_threads: int = field(default=2, metadata={"env": "TWOPASS_DECODE_THREADS"})
+    #: Worker: processes per container (one model session each), like a pool of workers.
+    worker_processes: int = field(default=1, metadata={"env": "TWOPASS_WORKER_PROCESSES"})
+    #: Worker: SQS long-poll wait per receive call.
+    poll_wait_seconds: int = field(default=20, metadata={"env": "TWOPASS_POLL_WAIT_SECONDS"})
+    #: Worker: visibility granted to a message while its batch runs (renewed while it runs).
+    visibility_timeout_seconds: int = field(default=60, metadata={"env": "TWOPASS_VISIBILITY_TIMEOUT_SECONDS"})
+    #: Worker: how often it records that it is alive.
+    heartbeat_seconds: float = field(default=10.0, metadata={"env": "TWOPASS_HEARTBEAT_SECONDS"})
+    #: API: a worker whose last heartbeat is older than this is reported as not alive.
+    worker_stale_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_WORKER_STALE_SECONDS"})
+    #: Log level for twopass loggers.
+    log_level: str = field(default="INFO", metadata={"env": "TWOPASS_LOG_LEVEL"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default ``os.environ``), falling back to defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.metadata["env"], str(f.type), raw)
+        return cls(**values)
+
+    @property
+    def job_ttl_seconds(self) -> int:
+        return int(self.job_ttl_days * 86400)
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def require(self, *names: str) -> None:
+        """Fail early, naming the variables, when a component needs settings that are unset."""
+        missing = [f.metadata["env"] for f in fields(self) if f.name in names and not getattr(self, f.name)]
+        if missing:
+            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+
+
+def _parse(name: str, env_name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name.startswith("tuple"):
+            return tuple(_provider_name(p) for p in raw.split(",") if p.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {type_name} for {name}") from exc
+
+
+_PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _provider_name(raw: str) -> str:
+    raw = raw.strip()
+    return _PROVIDER_ALIASES.get(raw.lower(), raw)

@@ -1,0 +1,39 @@
+"""Every error twopass raises on purpose derives from :class:`TwopassError`."""
+
+from __future__ import annotations
+
+
+class TwopassError(Exception):
+    """Root of every twopass error."""
+
+
+class ConfigError(TwopassError):
+    """A setting is missing or malformed."""
+
+
+class InvalidImageError(TwopassError):
+    """The bytes are not an image twopass will decode."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The image is over the byte or pixel limit."""
+
+
+class ModelLoadError(TwopassError):
+    """A model or its card could not be loaded."""
+
+
+class DependencyError(TwopassError):
+    """A backing service (queue, table, bucket) failed or could not be reached."""
+
+
+class EnqueueError(DependencyError):
+    """The job was recorded but could not be published to the queue."""
+
+
+class JobNotFoundError(TwopassError):
+    """No job has that id (or its record has expired)."""
+
+
+class TransitionError(TwopassError):
+    """A job status change was refused because the job is not in a state that allows it."""

@@ -1,0 +1,1 @@
+"""The embedded local stack: AWS emulator, resources from template.yaml, API and worker on loopback."""

@@ -1,0 +1,5 @@
+import sys
+
+from twopass.local.main import main
+
+sys.exit(main())

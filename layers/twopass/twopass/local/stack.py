@@ -1,0 +1,242 @@
+"""The local stack: moto server on loopback, the template's data plane created in it, the API under
+uvicorn and the worker(s) as child processes. ``make run`` and the end-to-end tests both use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from twopass.config import REPO_ROOT
+from twopass.local import template as tpl
+
+STACK_NAME = "twopass-local"
+API_FUNCTION = "ApiFunction"
+#: Credentials and region the emulator accepts; never real ones.
+EMULATOR_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "ORT_DISABLE_TELEMETRY": "1",
+}
+#: What differs on a laptop from Lambda: model paths come from the checkout, not from /opt.
+LOCAL_OVERRIDES = {"TWOPASS_FAST_MODEL", "TWOPASS_SLOW_MODEL"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@dataclass
+class LocalStack:
+    """Start with :meth:`start` (or ``with LocalStack() as stack:``); :meth:`stop` ends everything."""
+
+    api_port: int = 3000
+    emulator_port: int = 4566
+    workers: int = 1
+    host: str = "127.0.0.1"
+    template: Path = tpl.TEMPLATE
+    parameters: dict[str, str] = field(default_factory=dict)
+    #: Extra environment for the API and workers (e.g. short polls in tests).
+    env: dict[str, str] = field(default_factory=dict)
+    #: Where child output goes: ``None`` inherits the terminal, a directory gets one log per child.
+    log_dir: Path | None = None
+    api_processes: int = 1
+
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    resources: dict[str, str] = field(default_factory=dict, init=False)
+    outputs: dict[str, str] = field(default_factory=dict, init=False)
+    service_env: dict[str, str] = field(default_factory=dict, init=False)
+    _logs: list[IO[bytes]] = field(default_factory=list, init=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.emulator_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(EMULATOR_ENV)
+        env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        env["PYTHONUNBUFFERED"] = "1"
+        # Children import twopass from this checkout even when it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "layers" / "twopass"), env.get("PYTHONPATH")]))
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        try:
+            self._start_emulator()
+            self._create_stack()
+            self._start_api()
+            for i in range(self.workers):
+                self.start_worker(f"worker-{i}")
+            wait_http(f"{self.api_url}/health", 60, self.procs["api"])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM everything (workers first, so they drain), then SIGKILL what is left."""
+        order = [n for n in self.procs if n.startswith("worker")] + [n for n in ("api", "emulator") if n in self.procs]
+        for name in order:
+            self._terminate(name, timeout)
+        self.procs.clear()
+        for fh in self._logs:
+            fh.close()
+        self._logs.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _terminate(self, name: str, timeout: float) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        out: IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{name}.log").open("ab")
+            self._logs.append(out)
+        proc = subprocess.Popen(args, env=dict(env), stdout=out, stderr=subprocess.STDOUT if out else None, cwd=REPO_ROOT)
+        self.procs[name] = proc
+        return proc
+
+    def _start_emulator(self) -> None:
+        proc = self._spawn(
+            "emulator",
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.emulator_port)],
+            self.base_env(),
+        )
+        wait_http(f"{self.endpoint_url}/moto-api/", 60, proc)
+
+    def _client(self, service: str) -> Any:
+        import boto3
+
+        env = EMULATOR_ENV
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=env["AWS_SESSION_TOKEN"],
+        )
+
+    def _create_stack(self) -> None:
+        """Transform template.yaml and create its data plane in the emulator with CloudFormation."""
+        cfn = tpl.transform(tpl.load(self.template), self.parameters)
+        plane = tpl.data_plane(cfn)
+        cloudformation = self._client("cloudformation")
+        cloudformation.create_stack(
+            StackName=STACK_NAME,
+            TemplateBody=json.dumps(plane),
+            Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in self.parameters.items()],
+        )
+        stack = cloudformation.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+        if stack["StackStatus"] != "CREATE_COMPLETE":
+            raise RuntimeError(f"local stack is {stack['StackStatus']}: {stack.get('StackStatusReason')}")
+        self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        for res in cloudformation.describe_stack_resources(StackName=STACK_NAME)["StackResources"]:
+            self.resources[res["LogicalResourceId"]] = res["PhysicalResourceId"]
+        params = tpl.parameter_defaults(cfn, self.parameters)
+        variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), self._lookup, params)
+        self.service_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES}
+
+    def _lookup(self, logical_id: str, attribute: str | None) -> str:
+        """Physical value of ``Ref``/``GetAtt`` for resources the emulator created."""
+        if logical_id not in self.resources:
+            raise KeyError(f"{logical_id} is not created by the local stack")
+        physical = self.resources[logical_id]
+        if attribute is None:
+            return physical
+        if attribute == "Arn":
+            if physical.startswith("http"):
+                attrs = self._client("sqs").get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])
+                return str(attrs["Attributes"]["QueueArn"])
+            with contextlib.suppress(Exception):
+                return str(self._client("dynamodb").describe_table(TableName=physical)["Table"]["TableArn"])
+            return f"arn:aws:s3:::{physical}"
+        if attribute == "QueueName":
+            return physical.rsplit("/", 1)[-1]
+        raise KeyError(f"GetAtt {logical_id}.{attribute} is not supported locally")
+
+    def app_env(self) -> dict[str, str]:
+        """Environment of the API and workers: the template's function env, resolved, plus local bits."""
+        env = self.base_env()
+        env.update(self.service_env)
+        env.setdefault("TWOPASS_PROVIDERS", "cpu")
+        env.update(self.env)
+        return env
+
+    def _start_api(self) -> None:
+        args = [
+            sys.executable, "-m", "uvicorn", "--factory", "twopass.api.app:create_app",
+            "--host", self.host, "--port", str(self.api_port), "--no-access-log",
+            "--timeout-graceful-shutdown", "10",
+        ]  # fmt: skip
+        if self.api_processes > 1:
+            args += ["--workers", str(self.api_processes)]
+        self._spawn("api", args, self.app_env())
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """Start (or restart) one worker process; chaos tests kill and restart them by name."""
+        return self._spawn(name, [sys.executable, "-m", "twopass.worker"], self.app_env())
+
+    def alive(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+
+@contextlib.contextmanager
+def running(**kwargs: Any) -> Iterator[LocalStack]:
+    stack = LocalStack(**kwargs)
+    with stack:
+        yield stack

@@ -1,0 +1,139 @@
+"""ONNX classifier: one onnxruntime session, the card's preprocessing, softmax and top-k labels."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from twopass.exceptions import ModelLoadError
+from twopass.imaging import load_tensor
+from twopass.models.card import ModelCard, card_path, sha256_file
+from twopass.models.labels import imagenet_labels
+from twopass.models.source import resolve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top-k classes of one image, best first."""
+
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    class_ids: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+    def top_k(self) -> list[dict[str, object]]:
+        return [
+            {"label": lab, "probability": round(p, 6), "class_id": cid}
+            for lab, p, cid in zip(self.labels, self.probabilities, self.class_ids, strict=True)
+        ]
+
+
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    # Sequential graph execution: these CNNs are a chain, parallel execution only adds overhead.
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return opts
+
+
+def available_providers(preferred: Sequence[str]) -> list[str]:
+    """``preferred`` filtered to the providers this onnxruntime build actually has, CPU last."""
+    have = set(ort.get_available_providers())
+    chosen = [p for p in preferred if p in have]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class Classifier:
+    """An ImageNet classifier loaded from an ``.onnx`` file and its model card."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        verify_sha256: bool = False,
+        top_k: int = 5,
+    ) -> None:
+        self.path = path
+        try:
+            self.card = ModelCard.load(card_path(path))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ModelLoadError(f"bad or missing model card for {path}: {exc}") from exc
+        if verify_sha256 and sha256_file(path) != self.card.sha256:
+            raise ModelLoadError(f"{path} does not match the sha256 in its card")
+        started = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=session_options(intra_op_threads), providers=available_providers(providers)
+            )
+        except Exception as exc:  # onnxruntime raises its own unexported exception types
+            raise ModelLoadError(f"onnxruntime could not load {path}: {exc}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.providers = tuple(self.session.get_providers())
+        self.labels = imagenet_labels()
+        self.top_k = top_k
+        self._input = self.card.input_name
+        self._output = self.card.output_name
+        logger.info("loaded %s (%s) on %s in %.3fs", self.name, path.name, self.providers[0], self.load_seconds)
+
+    @classmethod
+    def from_location(cls, location: str, **kwargs: object) -> Classifier:
+        """Load from a local path or any registered scheme (``s3://…``)."""
+        return cls(resolve(location), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def tensor(self, data: bytes, *, max_pixels: int) -> np.ndarray:
+        """Encoded image bytes → this model's ``(3, S, S)`` input."""
+        return load_tensor(data, self.card.preprocessing, max_pixels=max_pixels)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run one ``(N, 3, S, S)`` batch; returns ``(N, 1000)`` logits."""
+        (out,) = self.session.run([self._output], {self._input: batch})
+        return np.asarray(out, dtype=np.float32)
+
+    def predict_batch(self, tensors: Sequence[np.ndarray] | np.ndarray) -> list[Prediction]:
+        """Classify a batch of preprocessed inputs in one ``session.run``."""
+        batch = tensors if isinstance(tensors, np.ndarray) else np.stack(tensors)
+        return self.decode(self.logits(batch))
+
+    def predict(self, tensor: np.ndarray) -> Prediction:
+        return self.predict_batch(tensor[None, ...])[0]
+
+    def decode(self, logits: np.ndarray) -> list[Prediction]:
+        """Softmax and top-k over ``(N, 1000)`` logits."""
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted)
+        probs /= probs.sum(axis=1, keepdims=True)
+        k = min(self.top_k, probs.shape[1])
+        top = np.argsort(-probs, axis=1)[:, :k]
+        return [
+            Prediction(
+                labels=tuple(self.labels[i] for i in row),
+                probabilities=tuple(float(probs[n, i]) for i in row),
+                class_ids=tuple(int(i) for i in row),
+            )
+            for n, row in enumerate(top)
+        ]

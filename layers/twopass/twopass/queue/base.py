@@ -1,0 +1,112 @@
+"""The job message and the two small interfaces a queue backend implements.
+
+:class:`JobPublisher` is what the API needs; :class:`MessageSource` is what the worker needs. SQS
+implements both; an in-memory queue implements both for benchmarks with the network out of the loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MESSAGE_VERSION = 1
+
+
+class MessageFormatError(ValueError):
+    """A queue message is not a twopass job message."""
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """What travels through the queue: the job id and the image (inline bytes for now)."""
+
+    job_id: str
+    image: bytes
+    submitted_at: float = field(default_factory=time.time)
+    #: Correlation data carried to the worker's logs (request id, trace id…).
+    context: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "v": MESSAGE_VERSION,
+                "job_id": self.job_id,
+                "image_b64": base64.b64encode(self.image).decode("ascii"),
+                "submitted_at": self.submitted_at,
+                "context": self.context,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, body: str) -> JobMessage:
+        try:
+            data = json.loads(body)
+            if data.get("v") != MESSAGE_VERSION:
+                raise MessageFormatError(f"unsupported message version {data.get('v')!r}")
+            return cls(
+                job_id=str(data["job_id"]),
+                image=base64.b64decode(data["image_b64"], validate=True),
+                submitted_at=float(data.get("submitted_at") or time.time()),
+                context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
+            )
+        except MessageFormatError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            raise MessageFormatError(f"not a twopass job message: {exc}") from exc
+
+
+@dataclass
+class Delivery:
+    """One received message: the decoded job (or why it could not be decoded) and its receipt."""
+
+    message_id: str
+    receipt: str
+    receive_count: int
+    message: JobMessage | None
+    error: str | None = None
+    received_at: float = field(default_factory=time.monotonic)
+    raw: Any = None
+
+
+class JobPublisher(ABC):
+    @abstractmethod
+    def publish(self, message: JobMessage) -> str:
+        """Send ``message``; returns the queue's message id. Raises ``EnqueueError``."""
+
+    def ping(self) -> dict[str, Any]:
+        """Cheap reachability check; returns backlog figures when the backend has them."""
+        return {}
+
+
+class MessageSource(ABC):
+    """What the worker consumes: at-least-once deliveries that must be acked after the work is durable."""
+
+    #: Receives after which the backend dead-letters a message (``None`` if it never does).
+    max_receive_count: int | None = None
+
+    @abstractmethod
+    def receive(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries, waiting up to ``wait_seconds`` for the first."""
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Delete finished messages; returns those that could not be deleted."""
+
+    @abstractmethod
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Make unstarted messages visible again at once (graceful shutdown)."""
+
+    @abstractmethod
+    def extend(self, deliveries: Sequence[Delivery], seconds: int) -> None:
+        """Keep messages invisible for another ``seconds`` (long batches)."""
+
+    def last_attempt(self, delivery: Delivery) -> bool:
+        """Whether a failure now sends this message to the dead-letter queue."""
+        return self.max_receive_count is not None and delivery.receive_count >= self.max_receive_count

@@ -1,0 +1,5 @@
+import sys
+
+from twopass.worker.main import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""``python -m twopass.worker``: run the slow-model worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from twopass import logs
+from twopass.config import Settings
+
+logger = logging.getLogger("twopass.worker")
+
+
+def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
+    """Wire the worker from settings: the slow model, the SQS source and the DynamoDB store."""
+    from twopass.jobs.dynamodb import DynamoJobStore
+    from twopass.models.runtime import Classifier
+    from twopass.queue.sqs import SqsSource
+    from twopass.worker.runner import Worker
+
+    settings.require("queue_url", "table_name")
+    classifier = Classifier.from_location(
+        settings.slow_model,
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        top_k=settings.top_k,
+    )
+    source = SqsSource(settings.queue_url, visibility_timeout=settings.visibility_timeout_seconds)
+    store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
+    return Worker(classifier, source, store, settings)
+
+
+def run_one(settings: Settings) -> int:
+    """One worker in this process; SIGTERM and SIGINT stop it gracefully."""
+    worker = build_worker(settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s: finishing the batch in flight", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+    return 0
+
+
+def _child(settings: Settings) -> None:
+    logs.configure(settings.log_level)
+    sys.exit(run_one(settings))
+
+
+def run_pool(settings: Settings, processes: int) -> int:
+    """``processes`` workers, each with its own model session; signals are forwarded to all."""
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_child, args=(settings,), name=f"worker-{i}") for i in range(processes)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m twopass.worker",
+        description="Consume twopass jobs from SQS, run the slow model in batches, write results to DynamoDB. "
+        "Settings come from TWOPASS_* environment variables; flags override them.",
+    )
+    parser.add_argument("--processes", type=int, help="worker processes (default TWOPASS_WORKER_PROCESSES or 1)")
+    parser.add_argument("--max-batch-size", type=int, help="largest batch (TWOPASS_MAX_BATCH_SIZE)")
+    parser.add_argument("--max-wait-ms", type=int, help="longest wait to fill a batch (TWOPASS_MAX_WAIT_MS)")
+    parser.add_argument("--receivers", type=int, help="concurrent long-polling receivers (TWOPASS_RECEIVERS)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    overrides = {
+        name: value
+        for name, value in (
+            ("max_batch_size", args.max_batch_size),
+            ("max_wait_ms", args.max_wait_ms),
+            ("receivers", args.receivers),
+        )
+        if value is not None
+    }
+    settings = settings.replace(**overrides)
+    logs.configure(settings.log_level)
+    processes = args.processes or settings.worker_processes
+    return run_pool(settings, processes) if processes > 1 else run_one(settings)

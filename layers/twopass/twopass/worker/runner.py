@@ -1,0 +1,382 @@
+"""The batching worker pipeline.
+
+receivers (threads, long polling) ──▶ decode pool (threads) ──▶ pending ──▶ batcher ──▶ session.run
+                                                                                   └──▶ store writes ──▶ ack
+
+* A batch closes when it holds ``max_batch_size`` jobs or ``max_wait_ms`` after its first job
+  arrived, so a lone job is never held back waiting for company.
+* Images are decoded while the previous batch is on the model: onnxruntime and Pillow both
+  release the GIL, so threads overlap for real.
+* A message is acknowledged only after its job's final state is durable; anything that fails in
+  between is simply redelivered, and the store's conditional transitions make redelivery harmless.
+* Messages held longer than half their visibility are extended, so a long batch is never handed
+  to a second worker while the first is still on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from twopass.config import Settings
+from twopass.exceptions import DependencyError, InvalidImageError
+from twopass.jobs.base import JobStore
+from twopass.models.runtime import Classifier
+from twopass.queue.base import Delivery, MessageSource
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerStats:
+    """Counters a worker reports in its heartbeat and on exit."""
+
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    inference_seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        sizes = data.pop("batch_sizes")
+        data["mean_batch_size"] = round(sum(sizes) / len(sizes), 2) if sizes else 0.0
+        data["inference_seconds"] = round(self.inference_seconds, 3)
+        return data
+
+
+@dataclass
+class _Item:
+    delivery: Delivery
+    tensor: Future[np.ndarray]
+
+
+def _retry(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 0.2, stop: threading.Event) -> T:
+    """Call ``fn`` again with exponential backoff while the dependency is down."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except DependencyError:
+            if attempt == attempts - 1 or stop.wait(base_delay * (2**attempt)):
+                raise
+    raise AssertionError("unreachable")
+
+
+class Worker:
+    """Consumes job messages from a :class:`MessageSource` and runs the slow model on them."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        source: MessageSource,
+        store: JobStore,
+        settings: Settings | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.source = source
+        self.store = store
+        self.settings = settings or Settings.from_env()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+        self._stopping = threading.Event()
+        self._pending: queue.Queue[_Item] = queue.Queue(maxsize=max(2 * self.settings.max_batch_size, 20))
+        self._held: dict[str, Delivery] = {}
+        self._held_lock = threading.Lock()
+        self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        self._io_pool = ThreadPoolExecutor(16, thread_name_prefix="store")
+        self._receivers: list[threading.Thread] = []
+        self._background: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop receiving; the batch in flight finishes, jobs not yet started are released."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> WorkerStats:
+        """Process jobs until :meth:`stop` is called; returns the counters."""
+        logger.info(
+            "worker %s: model %s on %s, batch ≤ %d, wait ≤ %d ms, %d receiver(s)",
+            self.worker_id, self.classifier.name, self.classifier.providers[0],
+            self.settings.max_batch_size, self.settings.max_wait_ms, self.settings.receivers,
+        )  # fmt: skip
+        self._start_threads()
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch:
+                    self._process(batch)
+                elif self.stopping:
+                    break
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _start_threads(self) -> None:
+        for i in range(max(1, self.settings.receivers)):
+            t = threading.Thread(target=self._receive_loop, name=f"receiver-{i}", daemon=True)
+            t.start()
+            self._receivers.append(t)
+        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._lease_loop, "lease")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._background.append(t)
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        # Receivers may be inside a long poll; whatever they get after stop is released by them.
+        for t in self._receivers:
+            t.join(timeout=self.settings.poll_wait_seconds + 5)
+        leftovers = []
+        while True:
+            try:
+                leftovers.append(self._pending.get_nowait().delivery)
+            except queue.Empty:
+                break
+        if leftovers:
+            self._release(leftovers)
+        for t in self._background:
+            t.join(timeout=2)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._io_pool.shutdown(wait=True)
+        try:
+            self.store.forget_worker(self.worker_id)
+        except DependencyError:
+            logger.warning("could not remove heartbeat of %s", self.worker_id)
+        logger.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        backoff = 0.5
+        while not self.stopping:
+            try:
+                deliveries = self.source.receive(10, self.settings.poll_wait_seconds)
+                backoff = 0.5
+            except Exception as exc:  # network, throttling, credentials: keep trying, slower
+                logger.warning("receive failed (%s); retrying in %.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 20.0)
+                continue
+            if not deliveries:
+                continue
+            self.stats.received += len(deliveries)
+            self._hold(deliveries)
+            if self.stopping:
+                self._release(deliveries)
+                break
+            for delivery in deliveries:
+                item = _Item(delivery, self._decode_pool.submit(self._decode, delivery))
+                while True:  # bounded hand-off: a full pipeline slows receiving down
+                    try:
+                        self._pending.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        if self.stopping:
+                            self._release([delivery])
+                            break
+
+    def _decode(self, delivery: Delivery) -> np.ndarray:
+        if delivery.message is None:
+            raise InvalidImageError(delivery.error or "undecodable message")
+        return self.classifier.tensor(delivery.message.image, max_pixels=self.settings.max_image_pixels)
+
+    # -- batching ----------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[_Item]:
+        try:
+            first = self._pending.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
+        while len(batch) < self.settings.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _process(self, batch: list[_Item]) -> None:
+        done: list[Delivery] = []
+        ready: list[tuple[Delivery, np.ndarray]] = []
+        for item in batch:
+            delivery = item.delivery
+            try:
+                ready.append((delivery, item.tensor.result()))
+            except Exception as exc:  # InvalidImageError, or anything Pillow throws on hostile bytes
+                if delivery.message is None:
+                    # Not a twopass message at all: leave it to be dead-lettered for inspection.
+                    logger.error("message %s is not a job message: %s", delivery.message_id, exc)
+                    self._unhold([delivery])
+                elif self._finish_failed(delivery, f"invalid image: {exc}"):
+                    done.append(delivery)
+        started = self._start_jobs(ready)
+        for delivery, _ in ready:
+            if delivery.message_id in started.duplicates:
+                done.append(delivery)
+        runnable = [(d, t) for d, t in ready if d.message_id in started.running]
+        if runnable:
+            done.extend(self._infer_and_record(runnable))
+        if done:
+            self._ack(done)
+
+    @dataclass
+    class _Started:
+        running: set[str]
+        duplicates: set[str]
+
+    def _start_jobs(self, ready: Sequence[tuple[Delivery, np.ndarray]]) -> Worker._Started:
+        started = Worker._Started(set(), set())
+
+        def start(delivery: Delivery) -> None:
+            assert delivery.message is not None
+            job_id = delivery.message.job_id
+            try:
+                record = _retry(lambda: self.store.start(job_id, self.worker_id), stop=self._stopping)
+            except DependencyError as exc:
+                logger.warning("job %s: could not mark running (%s); will be redelivered", job_id, exc)
+                self.stats.retried += 1
+                self._unhold([delivery])
+                return
+            if record is None:
+                # Final already (a duplicate delivery) or unknown/expired: nothing to do.
+                self.stats.duplicates += 1
+                started.duplicates.add(delivery.message_id)
+            else:
+                started.running.add(delivery.message_id)
+
+        list(self._io_pool.map(start, [d for d, _ in ready]))
+        return started
+
+    def _infer_and_record(self, runnable: list[tuple[Delivery, np.ndarray]]) -> list[Delivery]:
+        t0 = time.perf_counter()
+        try:
+            predictions = self.classifier.predict_batch([t for _, t in runnable])
+        except Exception as exc:  # a model failure must not kill the worker; the jobs retry
+            logger.exception("inference failed for a batch of %d", len(runnable))
+            done = []
+            for delivery, _ in runnable:
+                if self.source.last_attempt(delivery) and self._finish_failed(delivery, f"inference failed: {exc}"):
+                    done.append(delivery)
+                else:
+                    self.stats.retried += 1
+            return done
+        elapsed = time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(runnable))
+        self.stats.inference_seconds += elapsed
+        batch_ms = round(elapsed * 1000, 3)
+
+        def record(pair: tuple[tuple[Delivery, np.ndarray], Any]) -> Delivery | None:
+            (delivery, _), prediction = pair
+            assert delivery.message is not None
+            result = {
+                "model": self.classifier.name,
+                "label": prediction.label,
+                "top_k": prediction.top_k(),
+                "batch_size": len(runnable),
+                "inference_ms": batch_ms,
+                "queue_wait_ms": round(max(0.0, time.time() - delivery.message.submitted_at) * 1000 - batch_ms, 1),
+            }
+            try:
+                wrote = _retry(lambda: self.store.succeed(delivery.message.job_id, result), stop=self._stopping)  # type: ignore[union-attr]
+            except DependencyError as exc:
+                logger.warning("job %s: result not recorded (%s); will be redelivered", delivery.message.job_id, exc)
+                self.stats.retried += 1
+                self._unhold([delivery])
+                return None
+            if wrote:
+                self.stats.succeeded += 1
+            else:
+                self.stats.duplicates += 1
+            return delivery
+
+        return [d for d in self._io_pool.map(record, zip(runnable, predictions, strict=True)) if d is not None]
+
+    def _finish_failed(self, delivery: Delivery, reason: str) -> bool:
+        """Record a permanent failure; ``True`` when the message may be deleted."""
+        assert delivery.message is not None
+        try:
+            wrote = _retry(lambda: self.store.fail(delivery.message.job_id, reason), stop=self._stopping)  # type: ignore[union-attr]
+        except DependencyError:
+            self._unhold([delivery])
+            return False
+        if wrote:
+            self.stats.failed += 1
+            logger.warning("job %s failed: %s", delivery.message.job_id, reason)
+        return True
+
+    # -- acknowledgement and visibility ------------------------------------------------------
+
+    def _hold(self, deliveries: Sequence[Delivery]) -> None:
+        with self._held_lock:
+            for d in deliveries:
+                self._held[d.receipt] = d
+
+    def _unhold(self, deliveries: Sequence[Delivery]) -> None:
+        with self._held_lock:
+            for d in deliveries:
+                self._held.pop(d.receipt, None)
+
+    def _ack(self, deliveries: Sequence[Delivery]) -> None:
+        try:
+            self.source.ack(deliveries)
+        except Exception as exc:  # the results are durable; a redelivery is a harmless duplicate
+            logger.warning("ack of %d message(s) failed: %s", len(deliveries), exc)
+        self._unhold(deliveries)
+
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        try:
+            self.source.release(deliveries)
+        except Exception as exc:
+            logger.warning("could not release %d message(s) (%s); they reappear after visibility", len(deliveries), exc)
+        self._unhold(deliveries)
+
+    def _lease_loop(self) -> None:
+        visibility = self.settings.visibility_timeout_seconds
+        while not self._stopping.wait(1.0):
+            now = time.monotonic()
+            with self._held_lock:
+                due = [d for d in self._held.values() if now - d.received_at > visibility / 2]
+            if due:
+                try:
+                    self.source.extend(due, visibility)
+                    for d in due:
+                        d.received_at = now
+                except Exception as exc:
+                    logger.warning("could not extend visibility of %d message(s): %s", len(due), exc)
+
+    def _heartbeat_loop(self) -> None:
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "model": self.classifier.name,
+                "provider": self.classifier.providers[0], "model_card": self.classifier.card.to_dict()}  # fmt: skip
+        while True:
+            try:
+                self.store.beat(self.worker_id, {**info, **self.stats.summary()})
+            except Exception as exc:
+                logger.warning("heartbeat failed: %s", exc)
+            if self._stopping.wait(self.settings.heartbeat_seconds):
+                return
