@@ -12,7 +12,7 @@ import numpy as np
 
 from twopass.config import DATA_DIR, Settings
 from twopass.exceptions import DependencyError, EnqueueError, ImageTooLargeError, ModelLoadError
-from twopass.jobs.base import JobRecord, JobStore, new_job_id
+from twopass.jobs.base import JobRecord, JobStore, WorkerBeat, new_job_id
 from twopass.models.card import ModelCard, card_path
 from twopass.models.runtime import Classifier, Prediction
 from twopass.queue.base import JobMessage, JobPublisher
@@ -149,7 +149,15 @@ class TwopassService:
         info: dict[str, Any] = {
             "alive": len(alive),
             "last_heartbeat_age_s": round(beats[0].age(now), 3) if beats else None,
-            "workers": [{"id": b.worker_id, "age_s": round(b.age(now), 3), **b.info} for b in alive],
+            "workers": [_worker_summary(b, now) for b in alive],
         }
         # No live worker is normal when the service has scaled to zero: jobs wait in the queue.
         return {"status": "ok" if alive else "idle", **info}
+
+
+def _worker_summary(beat: WorkerBeat, now: float) -> dict[str, Any]:
+    info = {k: v for k, v in beat.info.items() if k != "model_card"}
+    card = beat.info.get("model_card")
+    if isinstance(card, dict):
+        info["model_version"], info["model_sha256"] = card.get("version"), card.get("sha256")
+    return {"id": beat.worker_id, "age_s": round(beat.age(now), 3), **info}

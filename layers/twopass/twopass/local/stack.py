@@ -5,7 +5,6 @@ uvicorn and the worker(s) as child processes. ``make run`` and the end-to-end te
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -21,9 +20,9 @@ from typing import IO, Any
 
 from twopass.config import REPO_ROOT
 from twopass.local import template as tpl
+from twopass.local.provision import Provisioned, provision
 
 STACK_NAME = "twopass-local"
-API_FUNCTION = "ApiFunction"
 #: Credentials and region the emulator accepts; never real ones.
 EMULATOR_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -33,8 +32,6 @@ EMULATOR_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "ORT_DISABLE_TELEMETRY": "1",
 }
-#: What differs on a laptop from Lambda: model paths come from the checkout, not from /opt.
-LOCAL_OVERRIDES = {"TWOPASS_FAST_MODEL", "TWOPASS_SLOW_MODEL"}
 
 
 def free_port() -> int:
@@ -79,6 +76,7 @@ class LocalStack:
     resources: dict[str, str] = field(default_factory=dict, init=False)
     outputs: dict[str, str] = field(default_factory=dict, init=False)
     service_env: dict[str, str] = field(default_factory=dict, init=False)
+    provisioned: Provisioned | None = field(default=None, init=False)
     _logs: list[IO[bytes]] = field(default_factory=list, init=False)
 
     @property
@@ -173,41 +171,10 @@ class LocalStack:
 
     def _create_stack(self) -> None:
         """Transform template.yaml and create its data plane in the emulator with CloudFormation."""
-        cfn = tpl.transform(tpl.load(self.template), self.parameters)
-        plane = tpl.data_plane(cfn)
-        cloudformation = self._client("cloudformation")
-        cloudformation.create_stack(
-            StackName=STACK_NAME,
-            TemplateBody=json.dumps(plane),
-            Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in self.parameters.items()],
-        )
-        stack = cloudformation.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
-        if stack["StackStatus"] != "CREATE_COMPLETE":
-            raise RuntimeError(f"local stack is {stack['StackStatus']}: {stack.get('StackStatusReason')}")
-        self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        for res in cloudformation.describe_stack_resources(StackName=STACK_NAME)["StackResources"]:
-            self.resources[res["LogicalResourceId"]] = res["PhysicalResourceId"]
-        params = tpl.parameter_defaults(cfn, self.parameters)
-        variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), self._lookup, params)
-        self.service_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES}
-
-    def _lookup(self, logical_id: str, attribute: str | None) -> str:
-        """Physical value of ``Ref``/``GetAtt`` for resources the emulator created."""
-        if logical_id not in self.resources:
-            raise KeyError(f"{logical_id} is not created by the local stack")
-        physical = self.resources[logical_id]
-        if attribute is None:
-            return physical
-        if attribute == "Arn":
-            if physical.startswith("http"):
-                attrs = self._client("sqs").get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])
-                return str(attrs["Attributes"]["QueueArn"])
-            with contextlib.suppress(Exception):
-                return str(self._client("dynamodb").describe_table(TableName=physical)["Table"]["TableArn"])
-            return f"arn:aws:s3:::{physical}"
-        if attribute == "QueueName":
-            return physical.rsplit("/", 1)[-1]
-        raise KeyError(f"GetAtt {logical_id}.{attribute} is not supported locally")
+        self.provisioned = provision(self._client, stack_name=STACK_NAME, template_path=self.template, parameters=self.parameters)
+        self.resources = self.provisioned.resources
+        self.outputs = self.provisioned.outputs
+        self.service_env = dict(self.provisioned.api_env)
 
     def app_env(self) -> dict[str, str]:
         """Environment of the API and workers: the template's function env, resolved, plus local bits."""

@@ -73,6 +73,7 @@ class Classifier:
         intra_op_threads: int = 0,
         verify_sha256: bool = False,
         top_k: int = 5,
+        warmup: bool = True,
     ) -> None:
         self.path = path
         try:
@@ -88,12 +89,17 @@ class Classifier:
             )
         except Exception as exc:  # onnxruntime raises its own unexported exception types
             raise ModelLoadError(f"onnxruntime could not load {path}: {exc}") from exc
-        self.load_seconds = time.perf_counter() - started
         self.providers = tuple(self.session.get_providers())
         self.labels = imagenet_labels()
         self.top_k = top_k
         self._input = self.card.input_name
         self._output = self.card.output_name
+        if warmup:
+            # The first run allocates buffers and picks kernels (~10x a normal run): pay it at
+            # load time (Lambda init, worker start), not on the first request.
+            size = self.card.input_size
+            self.logits(np.zeros((1, 3, size, size), dtype=np.float32))
+        self.load_seconds = time.perf_counter() - started
         logger.info("loaded %s (%s) on %s in %.3fs", self.name, path.name, self.providers[0], self.load_seconds)
 
     @classmethod

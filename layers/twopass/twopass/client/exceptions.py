@@ -1,0 +1,131 @@
+"""Errors the client raises. All derive from :class:`twopass.exceptions.TwopassError`.
+
+::
+
+    TwopassError
+    └── ClientError
+        ├── InvalidInputError            (also ValueError)
+        ├── EventLoopError               (also RuntimeError)
+        ├── TransportError               (also ConnectionError)
+        ├── ResponseError
+        ├── JobFailedError
+        ├── WaitTimeoutError             (also TimeoutError)
+        └── ApiError
+            ├── BadRequestError
+            ├── AuthenticationError
+            ├── NotFoundError
+            ├── RateLimitedError
+            └── ServerError
+                └── ServiceUnavailableError
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twopass.exceptions import TwopassError
+
+if TYPE_CHECKING:
+    from twopass.client._models import JobResult
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientError",
+    "EventLoopError",
+    "InvalidInputError",
+    "JobFailedError",
+    "NotFoundError",
+    "RateLimitedError",
+    "ResponseError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "TransportError",
+    "TwopassError",
+    "WaitTimeoutError",
+]
+
+
+class ClientError(TwopassError):
+    """Root of every error the client raises."""
+
+
+class InvalidInputError(ClientError, ValueError):
+    """The image argument cannot be sent (unsupported type, text-mode file, empty)."""
+
+
+class EventLoopError(ClientError, RuntimeError):
+    """The blocking Client was called from a thread that runs an asyncio event loop."""
+
+
+class TransportError(ClientError, ConnectionError):
+    """The server could not be reached (or the connection broke) on every attempt."""
+
+    def __init__(self, message: str, *, url: str, attempts: int) -> None:
+        super().__init__(message)
+        self.url, self.attempts = url, attempts
+
+
+class ResponseError(ClientError):
+    """The server answered 2xx with a body that does not follow the twopass contract."""
+
+
+class ApiError(ClientError):
+    """The server answered with an error status; carries its ``error`` code and ``detail``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+        self.retry_after, self.request_id, self.attempts = retry_after, request_id, attempts
+
+
+class BadRequestError(ApiError):
+    """The server refused the request as malformed (400, 413, 415, 422 and other 4xx)."""
+
+
+class AuthenticationError(ApiError):
+    """The API key is missing or not accepted (401, 403)."""
+
+
+class NotFoundError(ApiError):
+    """No such job, or it has expired (404)."""
+
+
+class RateLimitedError(ApiError):
+    """Too many requests (429), still after the retries; ``retry_after`` says when to come back."""
+
+
+class ServerError(ApiError):
+    """The server failed (5xx), still after the retries."""
+
+
+class ServiceUnavailableError(ServerError):
+    """A backing service or gateway is unavailable (502, 503, 504), still after the retries."""
+
+
+class JobFailedError(ClientError):
+    """The job finished with status ``failed``; ``result`` holds its record and error."""
+
+    def __init__(self, result: JobResult) -> None:
+        super().__init__(f"job {result.job_id} failed: {result.error or 'no reason given'}")
+        self.result = result
+        self.job_id = result.job_id
+
+
+class WaitTimeoutError(ClientError, TimeoutError):
+    """The job was not finished when ``wait`` ran out of time; ``last`` is the last status seen."""
+
+    def __init__(self, job_id: str, timeout: float, last: JobResult | None) -> None:
+        status = last.status if last is not None else "unknown"
+        super().__init__(f"job {job_id} still {status} after {timeout:g} s")
+        self.job_id, self.timeout, self.last = job_id, timeout, last

@@ -1,0 +1,79 @@
+"""Create the template's data plane in an emulator and resolve the environment the template gives
+the API function: the one path by which the local stack and the tests get their resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twopass.local import template as tpl
+
+API_FUNCTION = "ApiFunction"
+#: What differs on a laptop from Lambda: model paths come from the checkout, not from /opt.
+LOCAL_OVERRIDES = frozenset({"TWOPASS_FAST_MODEL", "TWOPASS_SLOW_MODEL"})
+
+ClientFactory = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What CloudFormation created and the environment the template gives the API function."""
+
+    stack_name: str
+    resources: dict[str, str]
+    outputs: dict[str, str]
+    api_env: dict[str, str]
+    template: dict[str, Any]
+
+
+def provision(
+    client: ClientFactory,
+    *,
+    stack_name: str = "twopass-local",
+    template_path: Path = tpl.TEMPLATE,
+    parameters: Mapping[str, str] | None = None,
+) -> Provisioned:
+    """Transform ``template_path`` offline and create its queues, tables and buckets as a stack."""
+    parameters = dict(parameters or {})
+    cfn = tpl.transform(tpl.load(template_path), parameters)
+    cloudformation = client("cloudformation")
+    cloudformation.create_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(tpl.data_plane(cfn)),
+        Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()],
+    )
+    stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        raise RuntimeError(f"stack {stack_name} is {stack['StackStatus']}: {stack.get('StackStatusReason')}")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    resources = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+    }
+
+    def lookup(logical_id: str, attribute: str | None) -> str:
+        if logical_id not in resources:
+            raise KeyError(f"{logical_id} is not created locally")
+        physical = resources[logical_id]
+        if attribute is None:
+            return physical
+        if attribute == "Arn":
+            if physical.startswith("http"):
+                attrs = client("sqs").get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])
+                return str(attrs["Attributes"]["QueueArn"])
+            with contextlib.suppress(Exception):
+                return str(client("dynamodb").describe_table(TableName=physical)["Table"]["TableArn"])
+            return f"arn:aws:s3:::{physical}"
+        if attribute == "QueueName":
+            return physical.rsplit("/", 1)[-1]
+        raise KeyError(f"GetAtt {logical_id}.{attribute} is not supported locally")
+
+    params = tpl.parameter_defaults(cfn, parameters)
+    variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), lookup, params)
+    api_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES}
+    return Provisioned(stack_name, resources, outputs, api_env, cfn)
