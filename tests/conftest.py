@@ -21,7 +21,6 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
 from twopass.aws import reset_clients  # noqa: E402
 from twopass.config import DATA_DIR, REPO_ROOT, Settings  # noqa: E402
 
@@ -38,11 +37,11 @@ def cat_jpeg() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def photo() -> Iterator[object]:
+def photo() -> object:
     def read(name: str) -> bytes:
         return (PHOTOS / name).read_bytes()
 
-    yield read
+    return read
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +66,6 @@ def aws() -> Iterator[Settings]:
     """
     import boto3
     from moto import mock_aws
-
     from twopass.local.provision import provision
 
     reset_clients()

@@ -3,7 +3,6 @@
 import os
 
 from mangum import Mangum
-
 from twopass.api.app import create_app
 
 app = create_app()

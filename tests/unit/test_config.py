@@ -3,7 +3,6 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
-
 from twopass.config import Settings
 from twopass.exceptions import ConfigError
 
@@ -17,7 +16,12 @@ def test_defaults_point_at_the_committed_models() -> None:
 
 def test_environment_overrides_and_types() -> None:
     settings = Settings.from_env(
-        {"TWOPASS_MAX_BATCH_SIZE": "32", "TWOPASS_JOB_TTL_DAYS": "0.5", "TWOPASS_PROVIDERS": "cuda, cpu", "TWOPASS_QUEUE_URL": "q"}
+        {
+            "TWOPASS_MAX_BATCH_SIZE": "32",
+            "TWOPASS_JOB_TTL_DAYS": "0.5",
+            "TWOPASS_PROVIDERS": "cuda, cpu",
+            "TWOPASS_QUEUE_URL": "q",
+        }
     )
     assert settings.max_batch_size == 32
     assert settings.job_ttl_seconds == 43200
@@ -31,7 +35,9 @@ def test_bad_number_names_the_variable() -> None:
 
 
 def test_require_lists_missing_variables() -> None:
-    with pytest.raises(ConfigError, match="TWOPASS_QUEUE_URL.*TWOPASS_TABLE_NAME|TWOPASS_TABLE_NAME.*TWOPASS_QUEUE_URL"):
+    with pytest.raises(
+        ConfigError, match=r"TWOPASS_QUEUE_URL.*TWOPASS_TABLE_NAME|TWOPASS_TABLE_NAME.*TWOPASS_QUEUE_URL"
+    ):
         Settings.from_env({}).require("queue_url", "table_name")
 
 

@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, JobStore, is_job_id, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
@@ -49,7 +48,7 @@ def test_create_then_read(store: JobStore) -> None:
 
 def test_create_twice_is_refused(store: JobStore) -> None:
     job_id = created(store)
-    with pytest.raises(Exception):  # noqa: B017, PT011 - each backend has its own error type
+    with pytest.raises(Exception):  # noqa: B017 - each backend has its own error type
         store.create(JobRecord(job_id=job_id))
 
 
@@ -120,9 +119,11 @@ def test_heartbeats(store: JobStore) -> None:
 def test_float_results_round_trip_through_dynamodb(aws: Settings) -> None:
     store = DynamoJobStore(aws.table_name)
     job_id = created(store)
-    result: dict[str, object] = {"model": "m", "label": "x", "top_k": [{"label": "x", "probability": 0.123456, "class_id": 7}]}
+    result: dict[str, object] = {
+        "model": "m",
+        "label": "x",
+        "top_k": [{"label": "x", "probability": 0.123456, "class_id": 7}],
+    }
     assert store.succeed(job_id, result)
     record = store.get(job_id)
     assert record is not None and record.result == result
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 _lock = threading.Lock()
@@ -15,7 +15,7 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _client(service: str, endpoint: str | None, region: str | None) -> Any:
     import boto3  # imported here: the SDK client package must not need boto3
     from botocore.config import Config

@@ -34,7 +34,7 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
         with warnings.catch_warnings():
             # DecompressionBombWarning becomes an error; our own pixel limit is stricter anyway.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise InvalidImageError("the image has no pixels")
@@ -53,7 +53,9 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image looks like a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImageError("the data is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)") from exc
+        raise InvalidImageError(
+            "the data is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
     if image.mode == "RGB":

@@ -59,7 +59,12 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _model_result(model: str, prediction: Prediction, inference_ms: float) -> dict[str, Any]:
-    return {"model": model, "label": prediction.label, "top_k": prediction.top_k(), "inference_ms": round(inference_ms, 3)}
+    return {
+        "model": model,
+        "label": prediction.label,
+        "top_k": prediction.top_k(),
+        "inference_ms": round(inference_ms, 3),
+    }
 
 
 def job_body(record: JobRecord) -> dict[str, Any]:

@@ -45,7 +45,9 @@ class TwopassService:
         from twopass.queue.sqs import SqsPublisher
 
         settings.require("queue_url", "table_name")
-        return cls(settings, DynamoJobStore(settings.table_name, settings.job_ttl_seconds), SqsPublisher(settings.queue_url))
+        return cls(
+            settings, DynamoJobStore(settings.table_name, settings.job_ttl_seconds), SqsPublisher(settings.queue_url)
+        )
 
     @cached_property
     def classifier(self) -> Classifier:

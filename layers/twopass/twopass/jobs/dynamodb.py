@@ -54,7 +54,7 @@ def _plain(value: Any) -> Any:
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
 class DynamoJobStore(JobStore):
@@ -73,7 +73,9 @@ class DynamoJobStore(JobStore):
         except ClientError as exc:
             if _is_conditional_failure(exc):
                 raise
-            raise DependencyError(f"job table {op} failed: {exc.response.get('Error', {}).get('Message', exc)}") from exc
+            raise DependencyError(
+                f"job table {op} failed: {exc.response.get('Error', {}).get('Message', exc)}"
+            ) from exc
         except BotoCoreError as exc:
             raise DependencyError(f"job table unreachable: {exc}") from exc
 
@@ -96,10 +98,10 @@ class DynamoJobStore(JobStore):
                 ExpressionAttributeValues={k: _to_dynamo(v) for k, v in values.items()},
                 ReturnValues="ALL_NEW",
             )
-        except ClientError as exc:  # only conditional failures get here
-            assert _is_conditional_failure(exc)
+        except ClientError:  # _call lets only conditional failures through as ClientError
             return None
-        return out.get("Attributes", {})
+        attributes: dict[str, Any] = out.get("Attributes", {})
+        return attributes
 
     def create(self, record: JobRecord) -> None:
         now = time.time()

@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, help="write each process's log here instead of the terminal")
     args = parser.parse_args(argv)
 
-    stack = LocalStack(api_port=args.api_port, emulator_port=args.emulator_port, workers=args.workers, log_dir=args.log_dir)
+    stack = LocalStack(
+        api_port=args.api_port, emulator_port=args.emulator_port, workers=args.workers, log_dir=args.log_dir
+    )
     stopping = False
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

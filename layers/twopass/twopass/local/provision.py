@@ -40,7 +40,7 @@ def provision(
 ) -> Provisioned:
     """Transform ``template_path`` offline and create its queues, tables and buckets as a stack."""
     parameters = dict(parameters or {})
-    cfn = tpl.transform(tpl.load(template_path), parameters)
+    cfn = tpl.transform_file(template_path, parameters)
     cloudformation = client("cloudformation")
     cloudformation.create_stack(
         StackName=stack_name,
@@ -51,7 +51,7 @@ def provision(
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise RuntimeError(f"stack {stack_name} is {stack['StackStatus']}: {stack.get('StackStatusReason')}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    resources = {
+    resources: dict[str, str] = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
         for r in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
     }

@@ -93,7 +93,9 @@ class LocalStack:
         env["AWS_ENDPOINT_URL"] = self.endpoint_url
         env["PYTHONUNBUFFERED"] = "1"
         # Children import twopass from this checkout even when it is not installed.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "layers" / "twopass"), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT / "layers" / "twopass"), env.get("PYTHONPATH")])
+        )
         return env
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,9 +115,11 @@ class LocalStack:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM everything (workers first, so they drain), then SIGKILL what is left."""
-        order = [n for n in self.procs if n.startswith("worker")] + [n for n in ("api", "emulator") if n in self.procs]
-        for name in order:
-            self._terminate(name, timeout)
+        workers = [n for n in self.procs if n.startswith("worker")]
+        # All workers drain at once (each may be inside a long poll), then the API, then the emulator
+        # the others still needed while draining.
+        for group in (workers, ["api"], ["emulator"]):
+            self._terminate([n for n in group if n in self.procs], timeout)
         self.procs.clear()
         for fh in self._logs:
             fh.close()
@@ -127,16 +131,17 @@ class LocalStack:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def _terminate(self, name: str, timeout: float) -> None:
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def _terminate(self, names: list[str], timeout: float) -> None:
+        live = [self.procs[n] for n in names if self.procs[n].poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in live:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         out: IO[bytes] | None = None
@@ -144,7 +149,9 @@ class LocalStack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
             self._logs.append(out)
-        proc = subprocess.Popen(args, env=dict(env), stdout=out, stderr=subprocess.STDOUT if out else None, cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            args, env=dict(env), stdout=out, stderr=subprocess.STDOUT if out else None, cwd=REPO_ROOT
+        )
         self.procs[name] = proc
         return proc
 
@@ -171,7 +178,9 @@ class LocalStack:
 
     def _create_stack(self) -> None:
         """Transform template.yaml and create its data plane in the emulator with CloudFormation."""
-        self.provisioned = provision(self._client, stack_name=STACK_NAME, template_path=self.template, parameters=self.parameters)
+        self.provisioned = provision(
+            self._client, stack_name=STACK_NAME, template_path=self.template, parameters=self.parameters
+        )
         self.resources = self.provisioned.resources
         self.outputs = self.provisioned.outputs
         self.service_env = dict(self.provisioned.api_env)

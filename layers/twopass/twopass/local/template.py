@@ -7,10 +7,12 @@ Everything the local stack and the tests create comes from here, so code and tem
 from __future__ import annotations
 
 import copy
-import re
 import json
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,9 @@ def transform(
     """
     from samtranslator.translator.transform import transform as sam_transform
 
+    # The translator logs feature-toggle and metrics chatter at WARNING on every run.
+    logging.getLogger("samtranslator").setLevel(logging.ERROR)
+
     source = copy.deepcopy(dict(template if template is not None else load()))
     for resource in source.get("Resources", {}).values():
         prop = _LOCAL_PATH_PROPS.get(resource.get("Type", ""))
@@ -75,6 +80,20 @@ def transform(
     return result
 
 
+@lru_cache(maxsize=8)
+def _transformed(path: Path, mtime: float, parameters: tuple[tuple[str, str], ...], region: str) -> str:
+    return json.dumps(transform(load(path), dict(parameters), region))
+
+
+def transform_file(
+    path: Path = TEMPLATE, parameters: Mapping[str, Any] | None = None, region: str = "us-east-1"
+) -> dict[str, Any]:
+    """:func:`transform` of a template file, cached per file version (tests provision it often)."""
+    key = tuple(sorted((k, str(v)) for k, v in (parameters or {}).items()))
+    result: dict[str, Any] = json.loads(_transformed(path, path.stat().st_mtime, key, region))
+    return result
+
+
 def _refs(node: Any) -> set[str]:
     """Logical ids a fragment refers to (Ref, GetAtt, ${X} in Sub)."""
     found: set[str] = set()
@@ -87,7 +106,6 @@ def _refs(node: Any) -> set[str]:
                 found.add(target)
             elif key == "Fn::Sub":
                 text = value[0] if isinstance(value, list) else value
-
 
                 found.update(m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text))
                 if isinstance(value, list):
@@ -138,7 +156,6 @@ def resolve(node: Any, lookup: Resolver, parameters: Mapping[str, str]) -> Any:
             return lookup(target, attr)
         if key == "Fn::Sub":
             text, extra = (value[0], value[1]) if isinstance(value, list) else (value, {})
-
 
             def sub(match: re.Match[str]) -> str:
                 name = match.group(1)

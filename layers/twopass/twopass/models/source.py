@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,8 +32,9 @@ class LocalSource(ModelSource):
 class S3Source(ModelSource):
     """Downloads ``s3://bucket/key.onnx`` and its card into a cache directory once per process."""
 
-    def __init__(self, cache_dir: Path = Path("/tmp/twopass-models")) -> None:
-        self.cache_dir = cache_dir
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        # Lambda and containers can only write under the temp dir; one cache per process is fine.
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "twopass-models"
 
     def fetch(self, location: str) -> Path:
         from twopass.aws import client

@@ -52,7 +52,7 @@ class MemoryQueue(JobPublisher, MessageSource):
                 if remaining <= 0:
                     return []
                 self._cond.wait(min(remaining, 0.05))
-            out = []
+            out: list[Delivery] = []
             while self._ready and len(out) < max_messages:
                 mid, msg, count = self._ready.popleft()
                 receipt = f"{mid}/{count + 1}"

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +36,6 @@ from twopass.models.runtime import Classifier
 from twopass.queue.base import Delivery, MessageSource
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -67,7 +65,7 @@ class _Item:
     tensor: Future[np.ndarray]
 
 
-def _retry(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 0.2, stop: threading.Event) -> T:
+def _retry[T](fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 0.2, stop: threading.Event) -> T:
     """Call ``fn`` again with exponential backoff while the dependency is down."""
     for attempt in range(attempts):
         try:
@@ -124,12 +122,10 @@ class Worker:
         )  # fmt: skip
         self._start_threads()
         try:
-            while True:
+            while not self.stopping:
                 batch = self._next_batch()
                 if batch:
                     self._process(batch)
-                elif self.stopping:
-                    break
         finally:
             self._shutdown()
         return self.stats
@@ -175,7 +171,7 @@ class Worker:
             try:
                 deliveries = self.source.receive(10, self.settings.poll_wait_seconds)
                 backoff = 0.5
-            except Exception as exc:  # network, throttling, credentials: keep trying, slower
+            except Exception as exc:  # noqa: BLE001 - network, throttling, credentials: keep trying, slower
                 logger.warning("receive failed (%s); retrying in %.1fs", exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 20.0)
@@ -227,7 +223,7 @@ class Worker:
             delivery = item.delivery
             try:
                 ready.append((delivery, item.tensor.result()))
-            except Exception as exc:  # InvalidImageError, or anything Pillow throws on hostile bytes
+            except Exception as exc:  # noqa: BLE001 - InvalidImageError, or anything Pillow throws on hostile bytes
                 if delivery.message is None:
                     # Not a twopass message at all: leave it to be dead-lettered for inspection.
                     logger.error("message %s is not a job message: %s", delivery.message_id, exc)
@@ -276,7 +272,7 @@ class Worker:
         t0 = time.perf_counter()
         try:
             predictions = self.classifier.predict_batch([t for _, t in runnable])
-        except Exception as exc:  # a model failure must not kill the worker; the jobs retry
+        except Exception as exc:
             logger.exception("inference failed for a batch of %d", len(runnable))
             done = []
             for delivery, _ in runnable:
@@ -345,14 +341,14 @@ class Worker:
     def _ack(self, deliveries: Sequence[Delivery]) -> None:
         try:
             self.source.ack(deliveries)
-        except Exception as exc:  # the results are durable; a redelivery is a harmless duplicate
+        except Exception as exc:  # noqa: BLE001 - the results are durable; a redelivery is a harmless duplicate
             logger.warning("ack of %d message(s) failed: %s", len(deliveries), exc)
         self._unhold(deliveries)
 
     def _release(self, deliveries: Sequence[Delivery]) -> None:
         try:
             self.source.release(deliveries)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort; logged, retried later
             logger.warning("could not release %d message(s) (%s); they reappear after visibility", len(deliveries), exc)
         self._unhold(deliveries)
 
@@ -367,7 +363,7 @@ class Worker:
                     self.source.extend(due, visibility)
                     for d in due:
                         d.received_at = now
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - best effort; logged, retried later
                     logger.warning("could not extend visibility of %d message(s): %s", len(due), exc)
 
     def _heartbeat_loop(self) -> None:
@@ -376,7 +372,7 @@ class Worker:
         while True:
             try:
                 self.store.beat(self.worker_id, {**info, **self.stats.summary()})
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort; logged, retried later
                 logger.warning("heartbeat failed: %s", exc)
             if self._stopping.wait(self.settings.heartbeat_seconds):
                 return

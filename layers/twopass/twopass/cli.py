@@ -1,0 +1,526 @@
+"""``twopass``: classify photos, look up jobs, check health, run the local stack.
+
+Standard library and the client SDK only (so httpx), so ``pip install twopass`` without the
+server extras gives a working CLI; ``twopass local`` alone needs those extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+from twopass import __version__
+from twopass.client import (
+    DEFAULT_URL,
+    ApiError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ClientError,
+    Health,
+    JobResult,
+    ModelResult,
+    NotFoundError,
+    Prediction,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    WaitTimeoutError,
+)
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_TIMEOUT: Final = 4
+EXIT_AUTH: Final = 5
+EXIT_INTERRUPTED: Final = 130
+# When files end differently, the code that tells a script the most wins.
+_PRIORITY: Final = (EXIT_AUTH, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_FAILED)
+
+IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+
+EPILOG: Final = """\
+exit codes:
+  0  success (with --wait: every job succeeded)
+  1  some job failed or was not found, or the server refused an image
+  2  usage error (bad option, no such path, no image files)
+  3  server unreachable or unavailable (after retries), or /health/all degraded
+  4  --wait ran out of time before some job finished
+  5  API key missing or refused
+  When files end differently the first that applies of 5, 3, 4, 1 is returned.
+
+environment:
+  TWOPASS_URL      default for --url (else http://127.0.0.1:3000, where `twopass local` serves)
+  TWOPASS_API_KEY  default for --api-key
+
+examples:
+  twopass predict photos/ --wait
+  twopass predict a.jpg b.png --json | jq .fast.label
+  twopass job 3f0c9e0d4b0e4f6f9a5a2d1c7b8e9f00 --wait
+  twopass health --all
+"""
+
+
+# -- argument parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The global options are accepted before or after the subcommand; SUPPRESS keeps a value
+    # given before it from being overwritten by the subparser's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help=f"twopass API base URL (default: $TWOPASS_URL or {DEFAULT_URL})"
+    )
+    common.add_argument("--api-key", default=argparse.SUPPRESS, help="API key sent as x-api-key ($TWOPASS_API_KEY)")
+    common.add_argument(
+        "--retries", type=_non_negative_int, default=argparse.SUPPRESS, help="retries per request (default 3)"
+    )
+    common.add_argument(
+        "--http-timeout", type=_positive_float, default=argparse.SUPPRESS, help="seconds per HTTP request (default 30)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="twopass",
+        description="Classify images with a twopass deployment: a fast label at once, a slow one from the queue.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"twopass {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    predict = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="classify image files and folders",
+        description="Send each image to POST /predict and print the fast label; with --wait also the slow one.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (walked)")
+    predict.add_argument("--wait", action="store_true", help="wait for the slow model's labels")
+    predict.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        default=120.0,
+        help="with --wait: seconds to wait for slow results, counted from the start (default 120)",
+    )
+    predict.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="predict requests in flight at once (default 4)"
+    )
+    predict.add_argument("--json", action="store_true", help="one JSON object per file on stdout, as each completes")
+    predict.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal and there is more than one file)",
+    )
+
+    job = sub.add_parser(
+        "job", parents=[common], help="show a job", description="Show a job's status and the slow model's result."
+    )
+    job.add_argument("job_id", metavar="ID")
+    job.add_argument("--wait", action="store_true", help="wait until the job succeeded or failed")
+    job.add_argument("--timeout", type=_non_negative_float, default=120.0, help="with --wait: seconds (default 120)")
+    job.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    health = sub.add_parser(
+        "health", parents=[common], help="check the service", description="GET /health (or /health/all)."
+    )
+    health.add_argument("--all", action="store_true", help="every backend (GET /health/all)")
+    health.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    # Everything after `local` goes to `python -m twopass.local` untouched, --help included.
+    sub.add_parser(
+        "local",
+        add_help=False,
+        help="run the whole service on this machine (needs the server extras; `twopass local --help`)",
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the epilog) instead of exiting."""
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if args.command != "local" and extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version and usage errors: argparse exits; we return
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "local":
+            return _local(extras)
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "job":
+            return _job(args)
+        return _health(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "base_url": getattr(args, "url", None),
+        "api_key": getattr(args, "api_key", None),
+        "retries": getattr(args, "retries", 3),
+        "timeout": getattr(args, "http_timeout", 30.0),
+    }
+
+
+def _error(message: str) -> None:
+    print(f"twopass: error: {message}", file=sys.stderr)
+
+
+def _exit_code_for(exc: Exception) -> int:
+    if isinstance(exc, AuthenticationError):
+        return EXIT_AUTH
+    # Rate limiting that outlasts the retries is the service being unavailable to this caller.
+    if isinstance(exc, TransportError | ServerError | RateLimitedError):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, WaitTimeoutError):
+        return EXIT_TIMEOUT
+    return EXIT_FAILED
+
+
+# -- twopass local ------------------------------------------------------------------------------
+
+
+#: What the local stack imports in its children or deep in start-up; checked first so a client-only
+#: install gets one clear sentence rather than a traceback half-way through starting.
+LOCAL_NEEDS: Final = ("boto3", "moto", "samtranslator", "uvicorn", "fastapi", "onnxruntime", "numpy", "PIL")
+
+
+def _local(argv: list[str]) -> int:
+    missing = [name for name in LOCAL_NEEDS if importlib.util.find_spec(name) is None]
+    if missing and not {"-h", "--help"} & set(argv):
+        _error(f"`twopass local` needs the server extras ({', '.join(missing)} missing): pip install 'twopass[dev]'")
+        return EXIT_USAGE
+    from twopass.local.main import main as local_main
+
+    return local_main(argv)
+
+
+# -- twopass health -----------------------------------------------------------------------------
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        with Client(**_client_options(args)) as client:
+            health = client.health_all() if args.all else client.health()
+    except ClientError as exc:
+        _error(str(exc))
+        return _exit_code_for(exc)
+    if args.json:
+        print(json.dumps(dict(health.raw), indent=2))
+    else:
+        print(_format_health(health))
+    return EXIT_OK if health.ok else EXIT_UNAVAILABLE
+
+
+def _format_health(health: Health) -> str:
+    lines = [health.status]
+    for name, check in health.backends.items():
+        if isinstance(check, dict):
+            # Scalars only: nested detail (per-worker stats) is what --json is for.
+            extra = ", ".join(f"{k}={v}" for k, v in check.items() if k != "status" and not isinstance(v, dict | list))
+            lines.append(f"  {name:<12} {check.get('status', '?')}" + (f"  ({extra})" if extra else ""))
+        else:
+            lines.append(f"  {name:<12} {check}")
+    return "\n".join(lines)
+
+
+# -- twopass job --------------------------------------------------------------------------------
+
+
+def _job(args: argparse.Namespace) -> int:
+    result: JobResult | None = None
+    code = EXIT_OK
+    try:
+        with Client(**_client_options(args)) as client:
+            if args.wait:
+                result = client.wait(args.job_id, timeout=args.timeout, raise_on_failure=False)
+            else:
+                result = client.job(args.job_id)
+    except WaitTimeoutError as exc:
+        _error(str(exc))
+        result, code = exc.last, EXIT_TIMEOUT
+    except NotFoundError as exc:
+        _error(exc.detail)
+        return EXIT_FAILED
+    except ClientError as exc:
+        _error(str(exc))
+        return _exit_code_for(exc)
+    if result is None:
+        return code
+    if args.json:
+        print(json.dumps(dict(result.raw), indent=2))
+    else:
+        print(_format_job(result))
+    if result.failed:
+        code = EXIT_FAILED
+    return code
+
+
+def _format_job(result: JobResult) -> str:
+    lines = [f"job       {result.job_id}", f"status    {result.status}  (attempts {result.attempts})"]
+    if result.slow is not None:
+        lines.append(f"slow      {_label(result.slow)}  [{result.slow.model}]")
+        lines.append("top-k     " + ", ".join(f"{s.label} {s.probability:.2f}" for s in result.slow.top_k))
+    if result.error:
+        lines.append(f"error     {result.error}")
+    for name in ("created_at", "started_at", "finished_at"):
+        when = getattr(result, name)
+        if when is not None:
+            lines.append(f"{name.removesuffix('_at'):<9} {when.isoformat(timespec='milliseconds')}")
+    return "\n".join(lines)
+
+
+def _label(result: ModelResult | None) -> str:
+    if result is None:
+        return ""
+    prob = result.probability
+    return f"{result.label} ({prob:.2f})" if prob is not None else result.label
+
+
+# -- twopass predict ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One file's journey: what the fast model said, the job's end, or what went wrong."""
+
+    file: str
+    status: str = "pending"
+    prediction: Prediction | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    code: int = EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        def model(m: ModelResult | None) -> dict[str, Any] | None:
+            if m is None:
+                return None
+            return {"model": m.model, "label": m.label, "probability": m.probability}
+
+        return {
+            "file": self.file,
+            "status": self.status,
+            "job_id": self.prediction.job_id if self.prediction else None,
+            "fast": model(self.prediction.fast if self.prediction else None),
+            "slow": model(self.result.slow if self.result else None),
+            "error": self.error,
+        }
+
+
+def collect_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, plus the image files under each folder (recursively, sorted, no dot-files)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            found.append(path)  # named explicitly: sent whatever its suffix, the server decides
+        else:
+            raise FileNotFoundError(str(path))
+    return found
+
+
+def _predict(args: argparse.Namespace) -> int:
+    try:
+        files = collect_images(args.paths)
+    except FileNotFoundError as exc:
+        _error(f"no such file or folder: {exc}")
+        return EXIT_USAGE
+    if not files:
+        _error("no image files found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        return EXIT_USAGE
+    show = args.progress if args.progress is not None else (sys.stderr.isatty() and len(files) > 1)
+    progress = _Progress(len(files), sys.stderr, enabled=show, waiting=args.wait)
+    rows = asyncio.run(_predict_all(files, args, progress))
+    progress.close()
+    if not args.json:
+        print(_table(rows, args.wait))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"{len(rows)} file{'s' if len(rows) != 1 else ''}: {summary}", file=sys.stderr)
+    codes = {row.code for row in rows}
+    return next((code for code in _PRIORITY if code in codes), EXIT_OK)
+
+
+async def _predict_all(files: list[Path], args: argparse.Namespace, progress: _Progress) -> list[_Row]:
+    rows = [_Row(str(path)) for path in files]
+    semaphore = asyncio.Semaphore(args.concurrency)
+    # Auth and reachability fail the same way for every file: after the first, stop sending.
+    abort = asyncio.Event()
+    deadline = time.monotonic() + args.timeout
+
+    async with AsyncClient(**_client_options(args)) as client:
+
+        async def one(path: Path, row: _Row) -> None:
+            try:
+                if abort.is_set():
+                    row.status, row.code = "skipped", EXIT_UNAVAILABLE
+                    return
+                async with semaphore:
+                    if abort.is_set():
+                        row.status, row.code = "skipped", EXIT_UNAVAILABLE
+                        return
+                    row.prediction = await client.predict(path)
+                row.status = str(row.prediction.status)
+                progress.predicted()
+                if args.wait:
+                    remaining = max(0.0, deadline - time.monotonic())
+                    row.result = await client.wait(row.prediction, timeout=remaining, raise_on_failure=False)
+                    row.status = str(row.result.status)
+                    if row.result.failed:
+                        row.error, row.code = row.result.error or "failed", EXIT_FAILED
+            except WaitTimeoutError as exc:
+                row.result, row.status, row.code = exc.last, "timeout", EXIT_TIMEOUT
+                row.error = str(exc)
+            except ApiError as exc:
+                row.status, row.error, row.code = "error", f"{exc.status} {exc.code}: {exc.detail}", _exit_code_for(exc)
+            except (ClientError, OSError) as exc:
+                row.status, row.error, row.code = "error", str(exc), _exit_code_for(exc)
+            finally:
+                if row.code in (EXIT_AUTH, EXIT_UNAVAILABLE) and row.status != "skipped":
+                    abort.set()
+                progress.finished(row)
+                if args.json:
+                    progress.print(json.dumps(row.to_json()), sys.stdout)
+
+        await asyncio.gather(*(one(path, row) for path, row in zip(files, rows, strict=True)))
+    for row in rows:
+        if row.error and row.code in (EXIT_AUTH, EXIT_UNAVAILABLE) and row.status != "skipped":
+            _error(f"{row.file}: {row.error}")
+            break
+    return rows
+
+
+def _table(rows: list[_Row], wait: bool) -> str:
+    header = ["FILE", "FAST", "JOB", *(["SLOW"] if wait else []), "STATUS"]
+    body: list[list[str]] = []
+    for row in rows:
+        status = row.status if not row.error else f"{row.status}: {row.error}"
+        cells = [
+            row.file,
+            _label(row.prediction.fast if row.prediction else None),
+            row.prediction.job_id if row.prediction else "",
+            *([_label(row.result.slow if row.result else None)] if wait else []),
+            status,
+        ]
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    lines = []
+    for cells in [header, *body]:
+        lines.append("  ".join([*(c.ljust(w) for c, w in zip(cells, widths, strict=False)), cells[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+class _Progress:
+    """A one-line bar on stderr, redrawn in place; stays out of the way of stdout."""
+
+    def __init__(self, total: int, stream: IO[str], *, enabled: bool, waiting: bool) -> None:
+        self.total, self.stream, self.enabled, self.waiting = total, stream, enabled, waiting
+        self.sent = self.done = self.problems = 0
+        self.started = time.monotonic()
+        self._drawn = False
+
+    def predicted(self) -> None:
+        self.sent += 1
+        self._draw()
+
+    def finished(self, row: _Row) -> None:
+        self.done += 1
+        if row.code != EXIT_OK:
+            self.problems += 1
+        self._draw()
+
+    def print(self, line: str, stream: IO[str]) -> None:
+        """Print a line to ``stream`` without tearing the bar (which is redrawn below it)."""
+        self._clear()
+        print(line, file=stream, flush=True)
+        self._draw()
+
+    def close(self) -> None:
+        if self.enabled and self._drawn:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+    def _clear(self) -> None:
+        if self.enabled and self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        columns = shutil.get_terminal_size((80, 24)).columns
+        text = f" {self.done}/{self.total}"
+        if self.waiting:
+            text += f"  predicted {self.sent}"
+        if self.problems:
+            text += f"  problems {self.problems}"
+        text += f"  {time.monotonic() - self.started:.1f}s"
+        width = max(10, min(40, columns - len(text) - 3))
+        filled = width * self.done // max(1, self.total)
+        self.stream.write(f"\r[{'#' * filled}{'-' * (width - filled)}]{text}\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

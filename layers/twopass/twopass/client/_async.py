@@ -1,0 +1,166 @@
+"""The asyncio client: the same methods as :class:`~twopass.client.Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from twopass.client._base import (
+    BaseClient,
+    ImageInput,
+    JobRef,
+    RetryPolicy,
+    error_from_response,
+    job_id_of,
+    response_json,
+)
+from twopass.client._models import Health, JobResult, Prediction
+from twopass.client.exceptions import WaitTimeoutError
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient(BaseClient):
+    """Asyncio twopass client; works inside a running loop (Jupyter, FastAPI, ``asyncio.run``).
+
+    >>> async with AsyncClient("http://127.0.0.1:3000") as tp:
+    ...     results = await asyncio.gather(*(tp.predict_and_wait(p) for p in paths))
+
+    Arguments as for :class:`~twopass.client.Client`; ``transport`` is an ``httpx.AsyncBaseTransport``.
+    One instance serves one event loop: its connections belong to the loop that opened them.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, retries, retry_policy=retry_policy, rng=rng, clock=clock)
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(transport=transport, **self._http_options())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- API ---------------------------------------------------------------------------------
+
+    async def predict(self, image: ImageInput) -> Prediction:
+        """Classify ``image`` with the fast model now; the slow model's job is queued."""
+        if isinstance(image, bytes | bytearray | memoryview):
+            content, headers = self._predict_body(image)
+        else:
+            # Reading a file or encoding a PIL image blocks; a thread keeps the loop responsive.
+            content, headers = await asyncio.to_thread(self._predict_body, image)
+        return Prediction.from_json(await self._call("POST", "predict", content=content, headers=headers))
+
+    async def job(self, job: JobRef) -> JobResult:
+        """The job's current state (raises NotFoundError for an unknown or expired id)."""
+        return JobResult.from_json(await self._call("GET", self._job_path(job)))
+
+    async def wait(
+        self,
+        job: JobRef,
+        timeout: float | None = 60.0,
+        *,
+        poll_interval: float = 0.5,
+        max_interval: float = 5.0,
+        raise_on_failure: bool = True,
+    ) -> JobResult:
+        """Poll until the job succeeded or failed (see :meth:`twopass.client.Client.wait`)."""
+        job_id = job_id_of(job)
+        deadline = None if timeout is None else self._clock() + timeout
+        delays = self._poll_delays(poll_interval, max_interval)
+        while True:
+            result = await self.job(job_id)
+            if result.done:
+                return self._finish(result, raise_on_failure)
+            delay = next(delays)
+            if deadline is not None:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
+                delay = min(delay, remaining)
+            await self._sleep(delay)
+
+    async def predict_and_wait(
+        self,
+        image: ImageInput,
+        timeout: float | None = 60.0,
+        *,
+        poll_interval: float = 0.5,
+        max_interval: float = 5.0,
+        raise_on_failure: bool = True,
+    ) -> JobResult:
+        """``predict`` then ``wait``: the slow model's result for ``image``."""
+        prediction = await self.predict(image)
+        return await self.wait(
+            prediction,
+            timeout,
+            poll_interval=poll_interval,
+            max_interval=max_interval,
+            raise_on_failure=raise_on_failure,
+        )
+
+    async def health(self) -> Health:
+        """Liveness of the API alone (``GET /health``)."""
+        return Health.from_json(await self._call("GET", "health"))
+
+    async def health_all(self) -> Health:
+        """Every backend's health (``GET /health/all``); ``status`` is ``ok`` or ``degraded``."""
+        return Health.from_json(await self._call("GET", "health/all"))
+
+    async def metadata(self) -> dict[str, Any]:
+        """The input/output contract and both model cards (``GET /metadata``)."""
+        body = await self._call("GET", "metadata")
+        return dict(body) if isinstance(body, dict) else {"metadata": body}
+
+    # -- transport ---------------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """Send with retries; the decoded JSON of a 2xx answer, else the mapped exception."""
+        request_headers = self._request_headers() | (headers or {})
+        request = self._http.build_request(method, path, content=content, headers=request_headers)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(attempt, method, None, exc)
+                if delay is None:
+                    raise self._transport_error(request, exc, attempt + 1) from exc
+            else:
+                if response.is_success:
+                    return response_json(response)
+                delay = self._retry_delay(attempt, method, response, None)
+                if delay is None:
+                    raise error_from_response(
+                        response, request_id=request_headers["x-request-id"], attempts=attempt + 1
+                    )
+            await self._sleep(delay)
+            attempt += 1

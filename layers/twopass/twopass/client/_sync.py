@@ -1,0 +1,182 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from twopass.client._base import (
+    BaseClient,
+    ImageInput,
+    JobRef,
+    RetryPolicy,
+    error_from_response,
+    job_id_of,
+    response_json,
+)
+from twopass.client._models import Health, JobResult, Prediction
+from twopass.client.exceptions import EventLoopError, WaitTimeoutError
+
+__all__ = ["Client"]
+
+
+class Client(BaseClient):
+    """Blocking twopass client.
+
+    >>> with Client("http://127.0.0.1:3000") as tp:
+    ...     result = tp.predict_and_wait("cat.jpg")
+
+    ``base_url`` defaults to ``$TWOPASS_URL`` (else http://127.0.0.1:3000) and ``api_key`` to
+    ``$TWOPASS_API_KEY``. ``retries`` is how many times a call is repeated after a connection error,
+    429 or 5xx. ``transport`` is any ``httpx.BaseTransport`` (tests pass ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, retries, retry_policy=retry_policy, rng=rng, clock=clock)
+        self._sleep = sleep
+        self._http = httpx.Client(transport=transport, **self._http_options())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def predict(self, image: ImageInput) -> Prediction:
+        """Classify ``image`` with the fast model now; the slow model's job is queued."""
+        content, headers = self._predict_body(image)
+        return Prediction.from_json(self._call("POST", "predict", content=content, headers=headers))
+
+    def job(self, job: JobRef) -> JobResult:
+        """The job's current state (raises NotFoundError for an unknown or expired id)."""
+        return JobResult.from_json(self._call("GET", self._job_path(job)))
+
+    def wait(
+        self,
+        job: JobRef,
+        timeout: float | None = 60.0,
+        *,
+        poll_interval: float = 0.5,
+        max_interval: float = 5.0,
+        raise_on_failure: bool = True,
+    ) -> JobResult:
+        """Poll until the job succeeded or failed.
+
+        Raises WaitTimeoutError after ``timeout`` seconds (None: no limit) and JobFailedError when
+        it failed, unless ``raise_on_failure=False``, which returns the failed result instead.
+        """
+        job_id = job_id_of(job)
+        deadline = None if timeout is None else self._clock() + timeout
+        delays = self._poll_delays(poll_interval, max_interval)
+        while True:
+            result = self.job(job_id)
+            if result.done:
+                return self._finish(result, raise_on_failure)
+            delay = next(delays)
+            if deadline is not None:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
+                # The last sleep ends at the deadline, so one final poll happens right on it.
+                delay = min(delay, remaining)
+            self._sleep(delay)
+
+    def predict_and_wait(
+        self,
+        image: ImageInput,
+        timeout: float | None = 60.0,
+        *,
+        poll_interval: float = 0.5,
+        max_interval: float = 5.0,
+        raise_on_failure: bool = True,
+    ) -> JobResult:
+        """``predict`` then ``wait``: the slow model's result for ``image``."""
+        prediction = self.predict(image)
+        return self.wait(
+            prediction,
+            timeout,
+            poll_interval=poll_interval,
+            max_interval=max_interval,
+            raise_on_failure=raise_on_failure,
+        )
+
+    def health(self) -> Health:
+        """Liveness of the API alone (``GET /health``)."""
+        return Health.from_json(self._call("GET", "health"))
+
+    def health_all(self) -> Health:
+        """Every backend's health (``GET /health/all``); ``status`` is ``ok`` or ``degraded``."""
+        return Health.from_json(self._call("GET", "health/all"))
+
+    def metadata(self) -> dict[str, Any]:
+        """The input/output contract and both model cards (``GET /metadata``)."""
+        body = self._call("GET", "metadata")
+        return dict(body) if isinstance(body, dict) else {"metadata": body}
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """Send with retries; the decoded JSON of a 2xx answer, else the mapped exception."""
+        _refuse_running_loop()
+        request_headers = self._request_headers() | (headers or {})
+        request = self._http.build_request(method, path, content=content, headers=request_headers)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(attempt, method, None, exc)
+                if delay is None:
+                    raise self._transport_error(request, exc, attempt + 1) from exc
+            else:
+                if response.is_success:
+                    return response_json(response)
+                delay = self._retry_delay(attempt, method, response, None)
+                if delay is None:
+                    raise error_from_response(
+                        response, request_id=request_headers["x-request-id"], attempts=attempt + 1
+                    )
+            self._sleep(delay)
+            attempt += 1
+
+
+def _refuse_running_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    # Blocking here would freeze every other task on the loop (a notebook kernel, an async web app).
+    raise EventLoopError(
+        "twopass.client.Client blocks, and this thread is running an asyncio event loop (a notebook or an "
+        "async app): use twopass.client.AsyncClient and await its methods instead, "
+        "e.g. `async with AsyncClient(url) as tp: await tp.predict(image)`"
+    )

@@ -1,0 +1,141 @@
+"""The SDK and the CLI against the real local stack over HTTP: moto server, the API under uvicorn and
+one worker running the real models, all on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from twopass.cli import main
+from twopass.client import AsyncClient, BadRequestError, Client, JobResult, NotFoundError
+from twopass.config import Settings
+from twopass.local.stack import LocalStack, free_port
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+PHOTOS = REPO / "tests" / "data"
+#: ImageNet classes a photo of a cat may fairly be given.
+CAT_LABELS = frozenset({"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx", "cougar"})
+COFFEE_LABELS = frozenset({"espresso", "cup", "coffee mug", "eggnog"})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    settings = Settings()
+    needed = (settings.fast_model, settings.slow_model, str(PHOTOS / "chelsea.jpg"))
+    missing = [p for p in needed if not Path(p).exists()]
+    if missing:
+        pytest.skip(f"models or photos not generated yet: {missing}")
+    local = LocalStack(
+        api_port=free_port(),
+        emulator_port=free_port(),
+        workers=1,
+        log_dir=tmp_path_factory.mktemp("stack"),
+        # A short long-poll lets the worker stop promptly at teardown.
+        env={"TWOPASS_POLL_WAIT_SECONDS": "1"},
+    )
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def test_sync_client_predicts_and_waits(stack: LocalStack) -> None:
+    with Client(stack.api_url) as client:
+        assert client.health().ok
+        prediction = client.predict(PHOTOS / "chelsea.jpg")
+        assert prediction.label in CAT_LABELS
+        assert len(prediction.top_k) == 5
+        assert prediction.status == "queued"
+        result = client.wait(prediction, timeout=30)
+        assert result.succeeded
+        assert result.label in CAT_LABELS
+        assert result.slow is not None
+        assert result.slow.model != prediction.fast.model
+        assert result.finished_at is not None
+        assert result.created_at is not None
+        assert result.finished_at >= result.created_at
+
+        again = client.predict_and_wait((PHOTOS / "chelsea.jpg").read_bytes(), timeout=30)
+        assert again.label in CAT_LABELS
+        assert again.job_id != result.job_id
+
+
+def test_sync_client_maps_real_errors(stack: LocalStack) -> None:
+    with Client(stack.api_url) as client:
+        with pytest.raises(NotFoundError) as missing:
+            client.job("0" * 32)
+        assert missing.value.code == "not_found"
+        assert missing.value.attempts == 1
+        with pytest.raises(BadRequestError) as bad:
+            client.predict(b"these bytes are not an image")
+        assert bad.value.status == 400
+        assert bad.value.detail
+        health = client.health_all()
+        assert health.ok, health.backends
+        metadata = client.metadata()
+        assert set(metadata["models"]) == {"fast", "slow"}
+
+
+def test_async_client_gathers_three_images(stack: LocalStack) -> None:
+    names = ["chelsea.jpg", "coffee.jpg", "astronaut.jpg"]
+
+    async def run() -> list[JobResult]:
+        async with AsyncClient(stack.api_url) as client:
+            return await asyncio.gather(*(client.predict_and_wait(PHOTOS / name, timeout=30) for name in names))
+
+    results = asyncio.run(run())
+    assert all(r.succeeded for r in results)
+    assert len({r.job_id for r in results}) == 3
+    assert results[0].label in CAT_LABELS
+    assert results[1].label in COFFEE_LABELS
+
+
+def test_cli_predicts_a_folder_of_photos(stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    code = main(["--url", stack.api_url, "predict", str(PHOTOS), "--wait", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {Path(row["file"]).name: row for row in map(json.loads, out.splitlines())}
+    assert set(rows) == {p.name for p in PHOTOS.glob("*.jpg")}
+    for row in rows.values():
+        assert row["status"] == "succeeded"
+        assert row["fast"]["label"]
+        assert row["slow"]["label"]
+        assert len(row["job_id"]) == 32
+    assert rows["chelsea.jpg"]["fast"]["label"] in CAT_LABELS
+    assert rows["chelsea.jpg"]["slow"]["label"] in CAT_LABELS
+    assert time.monotonic() - started < 30
+
+
+def test_cli_table_then_job(stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", stack.api_url, "predict", str(PHOTOS / "chelsea.jpg")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["FILE", "FAST", "JOB", "STATUS"]
+    job_id = table[1].split()[-2]
+    assert main(["--url", stack.api_url, "job", job_id, "--wait", "--timeout", "30"]) == 0
+    assert "succeeded" in capsys.readouterr().out
+
+
+def test_cli_job_unknown_exits_1(stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", stack.api_url, "job", "f" * 32]) == 1
+    assert "unknown or expired" in capsys.readouterr().err
+
+
+def test_cli_health_exits_0(stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", stack.api_url, "health"]) == 0
+    assert main(["--url", stack.api_url, "health", "--all"]) == 0
+    assert capsys.readouterr().out.startswith("ok")
+
+
+def test_cli_unreachable_url_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    # Default retries: what a user gets, a few seconds of backoff and then a clear message.
+    assert main(["--url", f"http://127.0.0.1:{free_port()}", "health"]) == 3
+    assert "cannot reach twopass" in capsys.readouterr().err

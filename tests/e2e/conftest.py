@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from twopass.local.stack import LocalStack, free_port
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole local stack, as `make run` starts it, on free loopback ports."""
+    local = LocalStack(
+        api_port=free_port(),
+        emulator_port=free_port(),
+        workers=1,
+        log_dir=tmp_path_factory.mktemp("stack-logs"),
+        env={"TWOPASS_POLL_WAIT_SECONDS": "2", "TWOPASS_HEARTBEAT_SECONDS": "1"},
+    )
+    with local:
+        yield local

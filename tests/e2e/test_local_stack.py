@@ -1,0 +1,110 @@
+"""End to end over real HTTP: API under uvicorn, SQS and DynamoDB in moto server, the worker process."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from twopass.local.stack import EMULATOR_ENV, LocalStack
+
+from tests.conftest import CAT_LABELS
+
+pytestmark = pytest.mark.e2e
+
+
+def poll_job(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/job/{job_id}")
+        assert response.status_code == 200
+        data: dict[str, Any] = response.json()
+        if data["status"] in ("succeeded", "failed"):
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s: {data}")
+
+
+def test_cat_photo_fast_then_slow(stack: LocalStack, cat_jpeg: bytes) -> None:
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        posted_at = time.monotonic()
+        response = client.post("/predict", json={"image_data": base64.b64encode(cat_jpeg).decode()})
+        assert response.status_code == 200
+        fast = response.json()
+        assert fast["efficientnet-lite0"] in CAT_LABELS
+        job_id = fast["job_id"]
+        done = poll_job(client, job_id)
+        elapsed = time.monotonic() - posted_at
+    assert done["status"] == "succeeded"
+    assert done[job_id]["prediction"] in CAT_LABELS
+    assert done["slow"]["model"] == "efficientnet-lite2"
+    assert elapsed < 30
+
+
+def test_predict_test_and_raw_body(stack: LocalStack, photo: Any) -> None:
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        test = client.get("/predict/test").json()
+        assert test["efficientnet-lite0"] in CAT_LABELS
+        raw = client.post("/predict", content=photo("coffee.jpg"), headers={"Content-Type": "image/jpeg"}).json()
+        assert raw["efficientnet-lite0"] == "espresso"
+        assert poll_job(client, raw["job_id"])[raw["job_id"]]["prediction"] == "espresso"
+        assert poll_job(client, test["job_id"])["status"] == "succeeded"
+
+
+def test_many_jobs_all_finish_exactly_once(stack: LocalStack, cat_jpeg: bytes, photo: Any) -> None:
+    images = [cat_jpeg, photo("coffee.jpg"), photo("astronaut.jpg")] * 7
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        ids = [
+            client.post("/predict", content=img, headers={"Content-Type": "image/jpeg"}).json()["job_id"]
+            for img in images
+        ]
+        results = [poll_job(client, job_id, timeout=60) for job_id in ids]
+    assert all(r["status"] == "succeeded" and r["attempts"] >= 1 for r in results)
+    assert len(set(ids)) == len(ids)
+
+
+def test_health_all_sees_every_backend_and_the_worker(stack: LocalStack) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        data = httpx.get(f"{stack.api_url}/health/all", timeout=10).json()
+        if data["backends"]["worker"]["status"] == "ok" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert data["status"] == "ok"
+    assert data["efficientnet-lite0"] == "ok" and data["efficientnet-lite2"] == "ok"
+    assert data["backends"]["worker"]["alive"] == 1
+    assert data["backends"]["worker"]["workers"][0]["model_sha256"]
+
+
+def test_metadata_over_http(stack: LocalStack) -> None:
+    data = httpx.get(f"{stack.api_url}/metadata", timeout=10).json()
+    assert data["models"]["fast"]["sha256"] and data["models"]["slow"]["sha256"]
+
+
+def test_resources_come_from_the_template_stack(stack: LocalStack) -> None:
+    """The queue and table the API uses are the ones CloudFormation created from template.yaml."""
+    cfn = boto3.client(
+        "cloudformation",
+        endpoint_url=stack.endpoint_url,
+        region_name=EMULATOR_ENV["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    resources = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in cfn.describe_stack_resources(StackName="twopass-local")["StackResources"]
+    }
+    assert stack.service_env["TWOPASS_QUEUE_URL"] == resources["JobsQueue"]
+    assert stack.service_env["TWOPASS_TABLE_NAME"] == resources["JobsTable"]
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=stack.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    )
+    attrs = sqs.get_queue_attributes(QueueUrl=resources["JobsQueue"], AttributeNames=["RedrivePolicy"])["Attributes"]
+    assert "JobsDeadLetterQueue" in attrs["RedrivePolicy"]

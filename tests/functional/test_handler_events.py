@@ -1,0 +1,128 @@
+"""The Lambda handler exactly as deployed (functions/api/app.py) driven by real API Gateway events."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from twopass.config import REPO_ROOT, Settings
+from twopass.queue.base import JobMessage
+
+from tests.conftest import CAT_LABELS, EVENTS
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "twopass-ApiFunction"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:twopass-ApiFunction"
+    memory_limit_in_mb: int = 2048
+    aws_request_id: str = "8f6f3b5c-0000-4000-8000-000000000001"
+    log_group_name: str = "/aws/lambda/twopass-ApiFunction"
+    log_stream_name: str = "2026/11/22/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 15000
+
+
+def event(name: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    data.update(changes)
+    return data
+
+
+@pytest.fixture
+def handler(aws: Settings) -> Handler:
+    """A fresh import of the deployed handler module, reading the template's env from the fixture."""
+    spec = importlib.util.spec_from_file_location("api_handler_under_test", REPO_ROOT / "functions/api/app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return lambda evt, ctx: module.handler(evt, ctx)
+
+
+def body(response: dict[str, Any]) -> dict[str, Any]:
+    text = response["body"]
+    if response.get("isBase64Encoded"):
+        text = base64.b64decode(text).decode()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def queued_messages(settings: Settings) -> list[JobMessage]:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    out = sqs.receive_message(QueueUrl=settings.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    return [JobMessage.decode(m["Body"]) for m in out.get("Messages", [])]
+
+
+def test_rest_health(handler: Handler) -> None:
+    response = handler(event("rest_health.json"), LambdaContext())
+    assert response["statusCode"] == 200
+    assert body(response) == {"health": "ok"}
+
+
+@pytest.mark.parametrize("name", ["rest_predict_binary.json", "rest_predict_json.json", "http_predict_binary.json"])
+def test_predict_events_answer_fast_and_enqueue(handler: Handler, aws: Settings, name: str, cat_jpeg: bytes) -> None:
+    response = handler(event(name), LambdaContext())
+    assert response["statusCode"] == 200, response
+    data = body(response)
+    assert data["efficientnet-lite0"] in CAT_LABELS  # the seed's {"<fast model>": "<label>"} shape
+    assert data["status"] == "queued"
+    assert len(data["fast"]["top_k"]) == 5
+    (message,) = queued_messages(aws)
+    assert message.job_id == data["job_id"]
+    assert message.image == cat_jpeg  # the worker gets the client's bytes, untouched
+    # The record exists (written before the message was published).
+    job = handler(
+        event("rest_job.json", path=f"/job/{data['job_id']}", pathParameters={"job_id": data["job_id"]}),
+        LambdaContext(),
+    )
+    assert job["statusCode"] == 200
+    assert body(job)[data["job_id"]] == {"prediction": None}
+    assert body(job)["status"] == "queued"
+
+
+def test_predict_test_event(handler: Handler) -> None:
+    response = handler(event("rest_predict_test.json"), LambdaContext())
+    assert response["statusCode"] == 200
+    assert body(response)["efficientnet-lite0"] in CAT_LABELS
+
+
+def test_request_id_travels_with_the_job(handler: Handler, aws: Settings) -> None:
+    handler(event("http_predict_binary.json"), LambdaContext(aws_request_id="req-123"))
+    (message,) = queued_messages(aws)
+    assert message.context["request_id"] == "req-123"
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("rest_predict_bad_base64.json", 400, "invalid_base64"),
+        ("http_predict_not_image.json", 400, "invalid_image"),
+        ("rest_job.json", 404, "not_found"),
+        ("http_job.json", 404, "not_found"),
+    ],
+)
+def test_errors_are_json_4xx(handler: Handler, aws: Settings, name: str, status: int, code: str) -> None:
+    response = handler(event(name), LambdaContext())
+    assert response["statusCode"] == status
+    data = body(response)
+    assert data["error"] == code and data["detail"]
+    assert queued_messages(aws) == []
+
+
+def test_metadata_event_has_both_cards(handler: Handler) -> None:
+    response = handler(event("http_metadata.json"), LambdaContext())
+    assert response["statusCode"] == 200
+    data = body(response)
+    assert data["models"]["fast"]["name"] == "efficientnet-lite0"
+    assert data["models"]["fast"]["preprocessing"]["input_size"] == 224
+    assert data["models"]["slow"]["name"] == "efficientnet-lite2"
+    assert data["data_type"] == "str"  # the seed's metadata fields stay
