@@ -670,11 +670,12 @@ def check_model(variant: Variant, committed: Path, rebuilt: Path) -> list[str]:
         return [f"{name}: missing {', '.join(missing)}"]
     problems = []
     old, new = ModelCard.load(card_path(committed)), ModelCard.load(card_path(rebuilt))
-    if sha256_file(committed) != old.sha256:
-        problems.append(f"{name}: the committed file does not match its own card's sha256")
-    if new.sha256 != old.sha256:
+    committed_sha = sha256_file(committed)
+    if committed_sha != old.sha256:
+        problems.append(f"{name}: the committed file's sha256 {committed_sha} != its card's {old.sha256}")
+    if new.sha256 != committed_sha:
         diff = prediction_diff(committed, rebuilt, variant.input_size)
-        problems.append(f"{name}: sha256 {new.sha256} (rebuilt) != {old.sha256} (card); {diff}")
+        problems.append(f"{name}: sha256 {new.sha256} (rebuilt) != {committed_sha} (committed); {diff}")
     old_fields, new_fields = old.to_dict(), new.to_dict()
     for key in sorted((set(old_fields) | set(new_fields)) - {"sha256", "size_bytes", "metrics"}):
         if old_fields.get(key) != new_fields.get(key):

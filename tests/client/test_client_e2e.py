@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from twopass.cli import main
 from twopass.client import AsyncClient, BadRequestError, Client, JobResult, NotFoundError
-from twopass.config import Settings
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -27,11 +26,6 @@ COFFEE_LABELS = frozenset({"espresso", "cup", "coffee mug", "eggnog"})
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = Settings()
-    needed = (settings.fast_model, settings.slow_model, str(PHOTOS / "chelsea.jpg"))
-    missing = [p for p in needed if not Path(p).exists()]
-    if missing:
-        pytest.skip(f"models or photos not generated yet: {missing}")
     local = LocalStack(
         api_port=free_port(),
         emulator_port=free_port(),
@@ -41,10 +35,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         env={"TWOPASS_POLL_WAIT_SECONDS": "1"},
     )
     local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
+    # The local API requires x-api-key like API Gateway does; clients and the CLI read this variable.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TWOPASS_API_KEY", local.api_key or "")
+        try:
+            yield local
+        finally:
+            local.stop()
 
 
 def test_sync_client_predicts_and_waits(stack: LocalStack) -> None:

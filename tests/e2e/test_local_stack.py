@@ -16,6 +16,10 @@ from tests.conftest import CAT_LABELS
 pytestmark = pytest.mark.e2e
 
 
+def auth(stack: LocalStack) -> dict[str, str]:
+    return {"x-api-key": stack.api_key or ""}
+
+
 def poll_job(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -29,7 +33,7 @@ def poll_job(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[str
 
 
 def test_cat_photo_fast_then_slow(stack: LocalStack, cat_jpeg: bytes) -> None:
-    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.api_url, timeout=30, headers=auth(stack)) as client:
         posted_at = time.monotonic()
         response = client.post("/predict", json={"image_data": base64.b64encode(cat_jpeg).decode()})
         assert response.status_code == 200
@@ -45,7 +49,7 @@ def test_cat_photo_fast_then_slow(stack: LocalStack, cat_jpeg: bytes) -> None:
 
 
 def test_predict_test_and_raw_body(stack: LocalStack, photo: Any) -> None:
-    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.api_url, timeout=30, headers=auth(stack)) as client:
         test = client.get("/predict/test").json()
         assert test["efficientnet-lite0"] in CAT_LABELS
         raw = client.post("/predict", content=photo("coffee.jpg"), headers={"Content-Type": "image/jpeg"}).json()
@@ -56,7 +60,7 @@ def test_predict_test_and_raw_body(stack: LocalStack, photo: Any) -> None:
 
 def test_many_jobs_all_finish_exactly_once(stack: LocalStack, cat_jpeg: bytes, photo: Any) -> None:
     images = [cat_jpeg, photo("coffee.jpg"), photo("astronaut.jpg")] * 7
-    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.api_url, timeout=30, headers=auth(stack)) as client:
         ids = [
             client.post("/predict", content=img, headers={"Content-Type": "image/jpeg"}).json()["job_id"]
             for img in images
@@ -69,7 +73,7 @@ def test_many_jobs_all_finish_exactly_once(stack: LocalStack, cat_jpeg: bytes, p
 def test_health_all_sees_every_backend_and_the_worker(stack: LocalStack) -> None:
     deadline = time.monotonic() + 20
     while True:
-        data = httpx.get(f"{stack.api_url}/health/all", timeout=10).json()
+        data = httpx.get(f"{stack.api_url}/health/all", timeout=10, headers=auth(stack)).json()
         if data["backends"]["worker"]["status"] == "ok" or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -80,7 +84,7 @@ def test_health_all_sees_every_backend_and_the_worker(stack: LocalStack) -> None
 
 
 def test_metadata_over_http(stack: LocalStack) -> None:
-    data = httpx.get(f"{stack.api_url}/metadata", timeout=10).json()
+    data = httpx.get(f"{stack.api_url}/metadata", timeout=10, headers=auth(stack)).json()
     assert data["models"]["fast"]["sha256"] and data["models"]["slow"]["sha256"]
 
 
@@ -108,3 +112,12 @@ def test_resources_come_from_the_template_stack(stack: LocalStack) -> None:
     )
     attrs = sqs.get_queue_attributes(QueueUrl=resources["JobsQueue"], AttributeNames=["RedrivePolicy"])["Attributes"]
     assert "JobsDeadLetterQueue" in attrs["RedrivePolicy"]
+
+
+def test_api_key_is_enforced_like_api_gateway(stack: LocalStack) -> None:
+    assert httpx.get(f"{stack.api_url}/health", timeout=10).status_code == 200  # open, like the template
+    for headers in ({}, {"x-api-key": "wrong"}):
+        response = httpx.get(f"{stack.api_url}/predict/test", headers=headers, timeout=10)
+        assert response.status_code == 403
+        assert response.json()["error"] == "forbidden"
+    assert httpx.get(f"{stack.api_url}/predict/test", headers=auth(stack), timeout=30).status_code == 200

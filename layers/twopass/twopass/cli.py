@@ -140,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--all", action="store_true", help="every backend (GET /health/all)")
     health.add_argument("--json", action="store_true", help="print the server's JSON")
 
+    redrive = sub.add_parser(
+        "redrive",
+        help="move dead-lettered jobs back to the job queue (operators; needs AWS credentials and boto3)",
+        description="Receive every message in the dead-letter queue, reopen its failed job, send it back to the "
+        "job queue and delete it from the DLQ. Jobs that succeeded meanwhile are dropped, never rerun. "
+        "The DLQ is found from the job queue's redrive policy.",
+    )
+    redrive.add_argument("--queue-url", default=None, help="job queue URL (default: TWOPASS_QUEUE_URL)")
+    redrive.add_argument("--table", default=None, help="job table name (default: TWOPASS_TABLE_NAME)")
+    redrive.add_argument("--max", type=_positive_int, default=None, help="move at most this many messages")
+
     # Everything after `local` goes to `python -m twopass.local` untouched, --help included.
     sub.add_parser(
         "local",
@@ -196,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "job":
             return _job(args)
+        if args.command == "redrive":
+            return _redrive(args)
         return _health(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -242,6 +255,40 @@ def _local(argv: list[str]) -> int:
     from twopass.local.main import main as local_main
 
     return local_main(argv)
+
+
+# -- twopass redrive ----------------------------------------------------------------------------
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("boto3") is None:
+        _error("`twopass redrive` needs boto3: pip install 'twopass[serve]'")
+        return EXIT_USAGE
+    import os
+
+    from twopass.exceptions import DependencyError
+    from twopass.jobs.dynamodb import DynamoJobStore
+    from twopass.ops.deadletter import dead_letter_queue_url, redrive
+
+    queue_url = args.queue_url or os.environ.get("TWOPASS_QUEUE_URL")
+    table = args.table or os.environ.get("TWOPASS_TABLE_NAME")
+    if not queue_url or not table:
+        _error("give --queue-url and --table (or set TWOPASS_QUEUE_URL and TWOPASS_TABLE_NAME)")
+        return EXIT_USAGE
+    try:
+        dlq_url = dead_letter_queue_url(queue_url)
+        if dlq_url is None:
+            _error(f"{queue_url} has no redrive policy, so no dead-letter queue")
+            return EXIT_USAGE
+        report = redrive(dlq_url, queue_url, DynamoJobStore(table), max_messages=args.max)
+    except DependencyError as exc:
+        _error(str(exc))
+        return EXIT_UNAVAILABLE
+    print(
+        f"moved {report.moved} message(s) back ({report.reopened} failed job(s) reopened); "
+        f"dropped {report.dropped_done} already succeeded; left {report.unreadable} unreadable in the DLQ"
+    )
+    return EXIT_OK
 
 
 # -- twopass health -----------------------------------------------------------------------------

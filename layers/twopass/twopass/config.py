@@ -57,8 +57,18 @@ class Settings:
     inference_concurrency: int = field(default=2, metadata={"env": "TWOPASS_INFERENCE_CONCURRENCY"})
     #: Labels returned with probabilities in each response.
     top_k: int = field(default=5, metadata={"env": "TWOPASS_TOP_K"})
-    #: Largest accepted image, in bytes of the encoded file.
-    max_image_bytes: int = field(default=5 * 1024 * 1024, metadata={"env": "TWOPASS_MAX_IMAGE_BYTES"})
+    #: Largest accepted image, in bytes of the encoded file. 4 MiB: API Gateway hands a binary body
+    #: to Lambda base64-encoded, and Lambda's 6 MB request limit applies to that (4 MiB × 4/3 fits).
+    max_image_bytes: int = field(default=4 * 1024 * 1024, metadata={"env": "TWOPASS_MAX_IMAGE_BYTES"})
+    #: Images up to this size travel inside the queue message; larger ones through the payload bucket.
+    inline_image_bytes: int = field(default=256 * 1024, metadata={"env": "TWOPASS_INLINE_IMAGE_BYTES"})
+    #: S3 bucket for claim-checked images (``PayloadBucket``); without it big images are refused.
+    payload_bucket: str = field(default="", metadata={"env": "TWOPASS_PAYLOAD_BUCKET"})
+    #: Comma-separated API keys the app itself checks in ``x-api-key`` (the local stack sets it;
+    #: on AWS, API Gateway's usage plan checks keys before the function runs, so it stays empty).
+    api_keys: str = field(default="", metadata={"env": "TWOPASS_API_KEYS"})
+    #: How long an ``Idempotency-Key`` maps to its job (at most the job's own TTL).
+    idempotency_ttl_hours: float = field(default=24.0, metadata={"env": "TWOPASS_IDEMPOTENCY_TTL_HOURS"})
     #: Largest accepted image, in decoded pixels (width × height): stops decompression bombs.
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "TWOPASS_MAX_IMAGE_PIXELS"})
     #: Days a job record lives before DynamoDB's TTL removes it (reads treat it as gone after).
@@ -79,6 +89,8 @@ class Settings:
     visibility_timeout_seconds: int = field(default=60, metadata={"env": "TWOPASS_VISIBILITY_TIMEOUT_SECONDS"})
     #: Worker: how often it records that it is alive.
     heartbeat_seconds: float = field(default=10.0, metadata={"env": "TWOPASS_HEARTBEAT_SECONDS"})
+    #: Worker: how often it marks jobs found in the dead-letter queue as failed (0 = never).
+    dlq_sweep_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_DLQ_SWEEP_SECONDS"})
     #: API: a worker whose last heartbeat is older than this is reported as not alive.
     worker_stale_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_WORKER_STALE_SECONDS"})
     #: Log level for twopass loggers.

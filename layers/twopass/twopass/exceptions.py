@@ -35,5 +35,9 @@ class JobNotFoundError(TwopassError):
     """No job has that id (or its record has expired)."""
 
 
+class IdempotencyConflictError(TwopassError):
+    """The idempotency key already belongs to a job."""
+
+
 class TransitionError(TwopassError):
     """A job status change was refused because the job is not in a state that allows it."""

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
+import hashlib
+import hmac
 import json
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from twopass import __version__
@@ -23,18 +27,24 @@ from twopass.api.errors import ApiError
 from twopass.api.schemas import ErrorResponse, JobResponse, PredictRequest, PredictResponse
 from twopass.api.service import TwopassService
 from twopass.config import Settings
-from twopass.jobs.base import JobRecord, JobStatus, is_job_id
+from twopass.exceptions import IdempotencyConflictError
+from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus, is_job_id
 from twopass.models.runtime import Prediction
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Paths that need no API key: liveness for load balancers, and the docs.
+OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (400, "The body is not a usable image (bad base64, not an image, truncated, unsupported mode)."),
+        (403, "Missing or invalid x-api-key header."),
         (404, "No such job (or it has expired)."),
+        (409, "A request with the same Idempotency-Key is still in progress."),
         (413, "The image is over the byte or pixel limit."),
         (415, "The body is neither JSON nor an image."),
         (422, "The JSON does not match the schema."),
@@ -93,6 +103,9 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
         description="A fast model answers at once; a slow, more accurate model follows through a queue.",
     )
     errors.install(app)
+    keys = frozenset(k.strip() for k in settings.api_keys.split(",") if k.strip())
+    if keys:
+        _require_api_key(app, keys)
     # Inference is CPU-bound and blocking: a bounded pool keeps the event loop free and caps
     # parallel model calls at what the cores can actually run (the gibbs problem).
     inference_pool = ThreadPoolExecutor(max(1, settings.inference_concurrency), thread_name_prefix="infer")
@@ -111,30 +124,55 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
     async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    async def replay(service: TwopassService, key_hash: str, body_hash: str) -> JSONResponse | None:
+        """The answer already given for this Idempotency-Key, if there is one."""
+        previous = await run_in(io_pool, service.store.idempotency, key_hash)
+        if previous is None:
+            return None
+        if previous.body_hash != body_hash:
+            raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different image")
+        if previous.response is None:
+            raise ApiError(409, "request_in_progress", "a request with this key is in progress", {"Retry-After": "1"})
+        return JSONResponse(previous.response, headers={"Idempotent-Replayed": "true"})
+
     async def submit(request: Request, data: bytes) -> JSONResponse:
         service = svc()
+        claim = _idempotency_claim(request, data, service.settings)
+        if claim is not None and (earlier := await replay(service, claim.key_hash, claim.body_hash)) is not None:
+            return earlier
         tensor = await run_in(inference_pool, service.decode, data)
         job_id = service.new_job_id()
+        if claim is not None:
+            claim = dataclasses.replace(claim, job_id=job_id)
         context = {"request_id": request.headers.get("x-request-id") or _lambda_request_id(request) or uuid.uuid4().hex}
         # The enqueue (table put + queue send) overlaps the fast model instead of following it.
         classify = asyncio.ensure_future(run_in(inference_pool, service.classify, tensor))
         try:
-            await run_in(io_pool, service.enqueue, job_id, data, context)
+            await run_in(io_pool, service.enqueue, job_id, data, context, claim)
+        except IdempotencyConflictError:
+            classify.cancel()
+            assert claim is not None
+            # Another request with the same key won the race: answer as it did (or 409 meanwhile).
+            earlier = await replay(service, claim.key_hash, claim.body_hash)
+            if earlier is None:
+                raise ApiError(409, "request_in_progress", "retry this Idempotency-Key", {"Retry-After": "1"}) from None
+            return earlier
         except BaseException:
             classify.cancel()
             raise
         prediction, inference_ms = await classify
         fast = _model_result(service.fast_name, prediction, inference_ms)
         logger.info("job %s queued; fast %s=%s (%.1f ms)", job_id, service.fast_name, prediction.label, inference_ms)
-        return JSONResponse(
-            {
-                "job_id": job_id,
-                service.fast_name: prediction.label,
-                "status": JobStatus.QUEUED.value,
-                "fast": fast,
-                "status_url": f"/job/{job_id}",
-            }
-        )
+        body = {
+            "job_id": job_id,
+            service.fast_name: prediction.label,
+            "status": JobStatus.QUEUED.value,
+            "fast": fast,
+            "status_url": f"/job/{job_id}",
+        }
+        if claim is not None:
+            await run_in(io_pool, service.store.remember_response, claim.key_hash, body)
+        return JSONResponse(body)
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
@@ -203,6 +241,33 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
         return JSONResponse(job_body(record))
 
     return app
+
+
+def _idempotency_claim(request: Request, data: bytes, settings: Settings) -> IdempotencyRecord | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters")
+    ttl = min(settings.idempotency_ttl_hours * 3600, settings.job_ttl_seconds)
+    return IdempotencyRecord(
+        key_hash=hashlib.sha256(key.encode()).hexdigest(),
+        job_id="",
+        body_hash=hashlib.sha256(data).hexdigest(),
+        expires_at=int(time.time() + ttl),
+    )
+
+
+def _require_api_key(app: FastAPI, keys: frozenset[str]) -> None:
+    """Check ``x-api-key`` like API Gateway's usage plan does in front of the deployed function."""
+
+    @app.middleware("http")
+    async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path not in OPEN_PATHS:
+            given = request.headers.get("x-api-key", "")
+            if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+                return errors.error_response(403, "forbidden", "missing or invalid x-api-key header")
+        return await call_next(request)
 
 
 def _lambda_request_id(request: Request) -> str | None:

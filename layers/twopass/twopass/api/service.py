@@ -12,7 +12,7 @@ import numpy as np
 
 from twopass.config import DATA_DIR, Settings
 from twopass.exceptions import DependencyError, EnqueueError, ImageTooLargeError, ModelLoadError
-from twopass.jobs.base import JobRecord, JobStore, WorkerBeat, new_job_id
+from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStore, WorkerBeat, new_job_id
 from twopass.models.card import ModelCard, card_path
 from twopass.models.runtime import Classifier, Prediction
 from twopass.queue.base import JobMessage, JobPublisher
@@ -20,6 +20,8 @@ from twopass.queue.base import JobMessage, JobPublisher
 logger = logging.getLogger(__name__)
 
 SAMPLE_IMAGE = DATA_DIR / "cat.jpg"
+#: Largest image sent inline without a bucket: SQS takes 1 MiB messages, base64 inflates by 4/3.
+SQS_INLINE_LIMIT = 700 * 1024
 
 
 class TwopassService:
@@ -78,20 +80,45 @@ class TwopassService:
         prediction = self.classifier.predict(tensor)
         return prediction, (time.perf_counter() - t0) * 1000
 
-    def enqueue(self, job_id: str, data: bytes, context: dict[str, str] | None = None) -> JobRecord:
+    def message(self, job_id: str, data: bytes, context: dict[str, str] | None = None) -> JobMessage:
+        """The queue message for a job: the image inline, or a claim check for a big one."""
+        context = dict(context or {})
+        if len(data) <= self.settings.inline_image_bytes:
+            return JobMessage(job_id=job_id, image=data, context=context)
+        if self.settings.payload_bucket:
+            from twopass import payloads
+
+            ref = payloads.put(self.settings.payload_bucket, job_id, data)
+            return JobMessage(job_id=job_id, image_ref=ref, context=context)
+        if len(data) <= SQS_INLINE_LIMIT:
+            return JobMessage(job_id=job_id, image=data, context=context)
+        raise ImageTooLargeError(
+            f"the image is {len(data)} bytes; without a payload bucket the limit is {SQS_INLINE_LIMIT} bytes"
+        )
+
+    def enqueue(
+        self,
+        job_id: str,
+        data: bytes,
+        context: dict[str, str] | None = None,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> JobRecord:
         """Write the job record, then publish its message.
 
         The record comes first so a worker can never see a job that has no record. If publishing
         fails the record is marked failed (the client is told 503), so nothing waits for a message
-        that was never sent.
+        that was never sent, and the idempotency key is released so the client can retry with it.
         """
+        message = self.message(job_id, data, context)
         record = JobRecord(job_id=job_id)
-        self.store.create(record)
+        self.store.create(record, idempotency)
         try:
-            self.publisher.publish(JobMessage(job_id=job_id, image=data, context=dict(context or {})))
+            self.publisher.publish(message)
         except EnqueueError as exc:
             try:
                 self.store.fail(job_id, f"could not enqueue: {exc}", only_if_queued=True)
+                if idempotency is not None:
+                    self.store.forget_idempotency(idempotency.key_hash)
             except DependencyError:
                 logger.exception("job %s: enqueue failed and the record could not be marked failed", job_id)
             raise

@@ -65,6 +65,18 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class IdempotencyRecord:
+    """What an ``Idempotency-Key`` maps to: its job, the body it was used with, the answer given."""
+
+    key_hash: str
+    job_id: str
+    body_hash: str
+    response: dict[str, Any] | None = None
+    #: When the key is forgotten (epoch seconds); defaults to the job's own expiry.
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True)
 class WorkerBeat:
     """A worker's latest heartbeat."""
 
@@ -80,8 +92,23 @@ class JobStore(ABC):
     """Where job records live. Transitions return ``False`` when the job's state forbids them."""
 
     @abstractmethod
-    def create(self, record: JobRecord) -> None:
-        """Insert a new record; raises if the id exists."""
+    def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
+        """Insert a new record (and its idempotency key, atomically).
+
+        Raises :class:`~twopass.exceptions.IdempotencyConflictError` when the key is already taken.
+        """
+
+    @abstractmethod
+    def idempotency(self, key_hash: str) -> IdempotencyRecord | None:
+        """The live record of an idempotency key, if any."""
+
+    @abstractmethod
+    def remember_response(self, key_hash: str, response: dict[str, Any]) -> None:
+        """Store the answer given for an idempotency key, to replay it."""
+
+    @abstractmethod
+    def forget_idempotency(self, key_hash: str) -> None:
+        """Release a key whose job could not be enqueued, so the client may retry with it."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
@@ -100,6 +127,10 @@ class JobStore(ABC):
         """queued|running (or only queued) → failed with ``error``; ``False`` if not allowed."""
 
     @abstractmethod
+    def reopen(self, job_id: str) -> bool:
+        """failed → queued, for a redrive after a fix; succeeded jobs are never reopened."""
+
+    @abstractmethod
     def beat(self, worker_id: str, info: dict[str, Any]) -> None:
         """Record that ``worker_id`` is alive now."""
 
@@ -114,3 +145,8 @@ class JobStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise :class:`~twopass.exceptions.DependencyError` if the store is unreachable."""
+
+
+def idempotency_key_id(key_hash: str) -> str:
+    """Table key of an idempotency record: never a valid job id, so ``GET /job`` cannot read it."""
+    return f"idem#{key_hash}"

@@ -14,10 +14,11 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from twopass.aws import client
-from twopass.exceptions import DependencyError
-from twopass.jobs.base import JobRecord, JobStatus, JobStore, WorkerBeat
+from twopass.exceptions import DependencyError, IdempotencyConflictError
+from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus, JobStore, WorkerBeat, idempotency_key_id
 
 WORKERS_KEY = "#workers"
+_IS_NEW = "attribute_not_exists(job_id)"
 _WORKER_PREFIX = "w_"
 _RECORD_FIELDS = (
     "status", "created_at", "updated_at", "started_at", "finished_at", "attempts",
@@ -103,7 +104,7 @@ class DynamoJobStore(JobStore):
         attributes: dict[str, Any] = out.get("Attributes", {})
         return attributes
 
-    def create(self, record: JobRecord) -> None:
+    def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
         now = time.time()
         record.updated_at = record.updated_at or now
         if record.expires_at is None:
@@ -115,7 +116,55 @@ class DynamoJobStore(JobStore):
                 item[name] = _to_dynamo(value.value if isinstance(value, JobStatus) else value)
         for name, value in record.extra.items():
             item[name] = _to_dynamo(value)
-        self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(job_id)")
+        if idempotency is None:
+            self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(job_id)")
+            return
+        claim = {
+            "job_id": _to_dynamo(idempotency_key_id(idempotency.key_hash)),
+            "target": _to_dynamo(record.job_id),
+            "body_hash": _to_dynamo(idempotency.body_hash),
+            "expires_at": _to_dynamo(min(idempotency.expires_at or record.expires_at, record.expires_at)),
+        }
+        # One transaction: a key never points at a job that was not written, nor the reverse.
+        try:
+            self._db.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self.table_name, "Item": i, "ConditionExpression": _IS_NEW}}
+                    for i in (item, claim)
+                ]
+            )
+        except ClientError as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise IdempotencyConflictError(
+                    f"idempotency key already used for another job ({record.job_id})"
+                ) from exc
+            raise DependencyError(f"job table transaction failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise DependencyError(f"job table unreachable: {exc}") from exc
+
+    def idempotency(self, key_hash: str) -> IdempotencyRecord | None:
+        out = self._call("get_item", Key={"job_id": {"S": idempotency_key_id(key_hash)}}, ConsistentRead=True)
+        item = out.get("Item")
+        if not item:
+            return None
+        data = {k: _from_dynamo(v) for k, v in item.items()}
+        if data.get("expires_at") is not None and data["expires_at"] <= time.time():
+            return None
+        return IdempotencyRecord(key_hash, str(data["target"]), str(data["body_hash"]), data.get("response"))
+
+    def remember_response(self, key_hash: str, response: dict[str, Any]) -> None:
+        self._call(
+            "update_item",
+            Key={"job_id": {"S": idempotency_key_id(key_hash)}},
+            UpdateExpression="SET #r = :r",
+            ConditionExpression="attribute_exists(job_id)",
+            ExpressionAttributeNames={"#r": "response"},
+            ExpressionAttributeValues={":r": _to_dynamo(response)},
+        )
+
+    def forget_idempotency(self, key_hash: str) -> None:
+        self._call("delete_item", Key={"job_id": {"S": idempotency_key_id(key_hash)}})
 
     def get(self, job_id: str) -> JobRecord | None:
         out = self._call("get_item", Key={"job_id": {"S": job_id}}, ConsistentRead=True)
@@ -147,9 +196,11 @@ class DynamoJobStore(JobStore):
         return (
             self._update(
                 job_id,
-                "SET #s = :done, #r = :result, finished_at = :now, updated_at = :now REMOVE #e",
+                # final_writes proves in tests that a final state is never written twice.
+                "SET #s = :done, #r = :result, finished_at = :now, updated_at = :now REMOVE #e ADD final_writes :one",
                 "attribute_exists(job_id) AND #s IN (:queued, :running)",
-                {":done": "succeeded", ":queued": "queued", ":running": "running", ":result": result, ":now": now},
+                {":done": "succeeded", ":queued": "queued", ":running": "running"}
+                | {":result": result, ":now": now, ":one": 1},
                 names={"#r": "result", "#e": "error"},
             )
             is not None
@@ -158,15 +209,28 @@ class DynamoJobStore(JobStore):
     def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
         now = time.time()
         allowed = "#s = :queued" if only_if_queued else "#s IN (:queued, :running)"
-        values: dict[str, Any] = {":failed": "failed", ":queued": "queued", ":error": error[:2000], ":now": now}
+        values: dict[str, Any] = {":failed": "failed", ":queued": "queued", ":error": error[:2000]}
+        values |= {":now": now, ":one": 1}
         if not only_if_queued:
             values[":running"] = "running"
         return (
             self._update(
                 job_id,
-                "SET #s = :failed, #e = :error, finished_at = :now, updated_at = :now",
+                "SET #s = :failed, #e = :error, finished_at = :now, updated_at = :now ADD final_writes :one",
                 f"attribute_exists(job_id) AND {allowed}",
                 values,
+                names={"#e": "error"},
+            )
+            is not None
+        )
+
+    def reopen(self, job_id: str) -> bool:
+        return (
+            self._update(
+                job_id,
+                "SET #s = :queued, updated_at = :now REMOVE #e, finished_at, final_writes ADD redrives :one",
+                "attribute_exists(job_id) AND #s = :failed",
+                {":queued": "queued", ":failed": "failed", ":now": time.time(), ":one": 1},
                 names={"#e": "error"},
             )
             is not None

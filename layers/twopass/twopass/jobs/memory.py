@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from typing import Any
 
-from twopass.jobs.base import OPEN_STATUSES, JobRecord, JobStatus, JobStore, WorkerBeat
+from twopass.exceptions import IdempotencyConflictError
+from twopass.jobs.base import OPEN_STATUSES, IdempotencyRecord, JobRecord, JobStatus, JobStore, WorkerBeat
 
 
 class MemoryJobStore(JobStore):
@@ -15,14 +17,19 @@ class MemoryJobStore(JobStore):
         self.ttl_seconds = ttl_seconds
         self._jobs: dict[str, JobRecord] = {}
         self._beats: dict[str, WorkerBeat] = {}
+        self._keys: dict[str, IdempotencyRecord] = {}
         self._lock = threading.Lock()
         #: How many times each job was written final (a correct store never exceeds one).
         self.final_writes: dict[str, int] = {}
 
-    def create(self, record: JobRecord) -> None:
+    def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
         with self._lock:
             if record.job_id in self._jobs:
                 raise KeyError(f"job {record.job_id} exists")
+            if idempotency is not None:
+                if idempotency.key_hash in self._keys:
+                    raise IdempotencyConflictError("idempotency key already used for another job")
+                self._keys[idempotency.key_hash] = idempotency
             now = time.time()
             record.updated_at = record.updated_at or now
             if record.expires_at is None:
@@ -63,6 +70,29 @@ class MemoryJobStore(JobStore):
 
     def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
         return self._finish(job_id, JobStatus.FAILED, only_if_queued=only_if_queued, error=error)
+
+    def idempotency(self, key_hash: str) -> IdempotencyRecord | None:
+        with self._lock:
+            return self._keys.get(key_hash)
+
+    def remember_response(self, key_hash: str, response: dict[str, Any]) -> None:
+        with self._lock:
+            if key_hash in self._keys:
+                self._keys[key_hash] = dataclasses.replace(self._keys[key_hash], response=copy.deepcopy(response))
+
+    def forget_idempotency(self, key_hash: str) -> None:
+        with self._lock:
+            self._keys.pop(key_hash, None)
+
+    def reopen(self, job_id: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.status is not JobStatus.FAILED:
+                return False
+            record.status, record.error, record.finished_at = JobStatus.QUEUED, None, None
+            record.updated_at = time.time()
+            self.final_writes[job_id] = 0
+            return True
 
     def beat(self, worker_id: str, info: dict[str, Any]) -> None:
         with self._lock:

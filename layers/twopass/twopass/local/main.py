@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from twopass.local.stack import LocalStack
+from twopass.local.stack import DEFAULT_API_KEY, LocalStack
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,10 +23,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--emulator-port", type=int, default=4566, help="moto server port (default 4566)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--log-dir", type=Path, help="write each process's log here instead of the terminal")
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        help=f"key the API requires in the x-api-key header (default {DEFAULT_API_KEY!r}; '' turns auth off)",
+    )
     args = parser.parse_args(argv)
 
     stack = LocalStack(
-        api_port=args.api_port, emulator_port=args.emulator_port, workers=args.workers, log_dir=args.log_dir
+        api_port=args.api_port,
+        emulator_port=args.emulator_port,
+        workers=args.workers,
+        log_dir=args.log_dir,
+        api_key=args.api_key or None,
     )
     stopping = False
 
@@ -39,20 +48,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"starting twopass locally (emulator on {stack.endpoint_url}) …", file=sys.stderr)
     stack.start()
     url = stack.api_url
+    key = f" -H 'x-api-key: {stack.api_key}'" if stack.api_key else ""
     print(
         f"""
 twopass is running on {url}
-  queue  {stack.service_env.get("TWOPASS_QUEUE_URL")}
-  table  {stack.service_env.get("TWOPASS_TABLE_NAME")}
+  queue    {stack.service_env.get("TWOPASS_QUEUE_URL")}
+  table    {stack.service_env.get("TWOPASS_TABLE_NAME")}
+  api key  {stack.api_key or "(none: auth off)"}  (send it as x-api-key; /health is open)
 
 Try:
   curl {url}/health
-  curl {url}/predict/test
-  curl -X POST -H 'Content-Type: image/jpeg' --data-binary @tests/data/coffee.jpg {url}/predict
+  curl{key} {url}/predict/test
+  curl{key} -X POST -H 'Content-Type: image/jpeg' --data-binary @tests/data/coffee.jpg {url}/predict
   (echo -n '{{"image_data": "'; base64 -w0 tests/data/astronaut.jpg; echo '"}}') | \\
-      curl -X POST -H 'Content-Type: application/json' -d @- {url}/predict
-  curl {url}/job/<job_id>
-  curl {url}/health/all
+      curl{key} -X POST -H 'Content-Type: application/json' -d @- {url}/predict
+  curl{key} {url}/job/<job_id>
+  curl{key} {url}/health/all
+  TWOPASS_API_KEY={stack.api_key or ""} twopass predict tests/data --wait --url {url}
   open {url}/docs
 
 Ctrl-C stops everything.

@@ -54,6 +54,7 @@ def provision(
     resources: dict[str, str] = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
         for r in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if "LogicalResourceId" in r
     }
 
     def lookup(logical_id: str, attribute: str | None) -> str:

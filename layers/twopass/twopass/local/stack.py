@@ -23,6 +23,8 @@ from twopass.local import template as tpl
 from twopass.local.provision import Provisioned, provision
 
 STACK_NAME = "twopass-local"
+#: The local API checks this key like API Gateway checks usage-plan keys in front of the function.
+DEFAULT_API_KEY = "local-dev-key"
 #: Credentials and region the emulator accepts; never real ones.
 EMULATOR_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -71,6 +73,8 @@ class LocalStack:
     #: Where child output goes: ``None`` inherits the terminal, a directory gets one log per child.
     log_dir: Path | None = None
     api_processes: int = 1
+    #: The key the API requires in ``x-api-key`` (``None``: no key, as with auth switched off).
+    api_key: str | None = DEFAULT_API_KEY
 
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     resources: dict[str, str] = field(default_factory=dict, init=False)
@@ -190,6 +194,8 @@ class LocalStack:
         env = self.base_env()
         env.update(self.service_env)
         env.setdefault("TWOPASS_PROVIDERS", "cpu")
+        if self.api_key:
+            env["TWOPASS_API_KEYS"] = self.api_key
         env.update(self.env)
         return env
 

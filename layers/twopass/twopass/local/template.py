@@ -21,11 +21,10 @@ from twopass.config import REPO_ROOT
 TEMPLATE = REPO_ROOT / "template.yaml"
 ARTIFACT_BUCKET = "twopass-local-artifacts"
 
-#: Resource types the local emulator creates; the rest (API Gateway, Lambda, ECS, alarms…) is
-#: played by local processes or is checked on the transformed template instead.
-DATA_PLANE_TYPES = frozenset(
-    {"AWS::SQS::Queue", "AWS::SQS::QueuePolicy", "AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::S3::BucketPolicy"}
-)
+#: Resource types the local emulator creates; the rest (API Gateway, Lambda, ECS, alarms, bucket
+#: policies, which moto's CloudFormation cannot create) is played by local processes or checked on
+#: the transformed template instead.
+DATA_PLANE_TYPES = frozenset({"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::S3::Bucket"})
 
 _LOCAL_PATH_PROPS = {
     "AWS::Serverless::Function": "CodeUri",

@@ -24,25 +24,38 @@ class MessageFormatError(ValueError):
 
 @dataclass(frozen=True)
 class JobMessage:
-    """What travels through the queue: the job id and the image (inline bytes for now)."""
+    """What travels through the queue: the job id and the image, inline or as a claim check."""
 
     job_id: str
-    image: bytes
+    #: The image bytes, when small enough to travel inline.
+    image: bytes | None = None
     submitted_at: float = field(default_factory=time.time)
     #: Correlation data carried to the worker's logs (request id, trace id…).
     context: dict[str, str] = field(default_factory=dict)
+    #: ``s3://…`` reference of an image too big for a queue message (see :mod:`twopass.payloads`).
+    image_ref: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.image_ref is None):
+            raise MessageFormatError("a job message carries exactly one of image and image_ref")
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": MESSAGE_VERSION,
-                "job_id": self.job_id,
-                "image_b64": base64.b64encode(self.image).decode("ascii"),
-                "submitted_at": self.submitted_at,
-                "context": self.context,
-            },
-            separators=(",", ":"),
-        )
+        body: dict[str, Any] = {"v": MESSAGE_VERSION, "job_id": self.job_id}
+        if self.image is not None:
+            body["image_b64"] = base64.b64encode(self.image).decode("ascii")
+        else:
+            body["image_ref"] = self.image_ref
+        body.update(submitted_at=self.submitted_at, context=self.context)
+        return json.dumps(body, separators=(",", ":"))
+
+    def image_bytes(self) -> bytes:
+        """The image, fetched from the payload bucket when it travelled as a claim check."""
+        if self.image is not None:
+            return self.image
+        from twopass import payloads
+
+        assert self.image_ref is not None
+        return payloads.fetch(self.image_ref)
 
     @classmethod
     def decode(cls, body: str) -> JobMessage:
@@ -50,9 +63,11 @@ class JobMessage:
             data = json.loads(body)
             if data.get("v") != MESSAGE_VERSION:
                 raise MessageFormatError(f"unsupported message version {data.get('v')!r}")
+            inline = data.get("image_b64")
             return cls(
                 job_id=str(data["job_id"]),
-                image=base64.b64decode(data["image_b64"], validate=True),
+                image=None if inline is None else base64.b64decode(inline, validate=True),
+                image_ref=None if data.get("image_ref") is None else str(data["image_ref"]),
                 submitted_at=float(data.get("submitted_at") or time.time()),
                 context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
             )

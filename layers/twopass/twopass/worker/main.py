@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     """Wire the worker from settings: the slow model, the SQS source and the DynamoDB store."""
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.models.runtime import Classifier
+    from twopass.ops import deadletter
     from twopass.queue.sqs import SqsSource
     from twopass.worker.runner import Worker
 
@@ -33,7 +35,9 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     )
     source = SqsSource(settings.queue_url, visibility_timeout=settings.visibility_timeout_seconds)
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
-    return Worker(classifier, source, store, settings)
+    dlq_url = deadletter.dead_letter_queue_url(settings.queue_url)
+    sweeper = None if dlq_url is None else functools.partial(deadletter.sweep, dlq_url, store)
+    return Worker(classifier, source, store, settings, sweeper=sweeper)
 
 
 def run_one(settings: Settings) -> int:

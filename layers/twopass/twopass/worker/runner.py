@@ -87,6 +87,7 @@ class Worker:
         settings: Settings | None = None,
         *,
         worker_id: str | None = None,
+        sweeper: Callable[[], int] | None = None,
     ) -> None:
         self.classifier = classifier
         self.source = source
@@ -94,6 +95,8 @@ class Worker:
         self.settings = settings or Settings.from_env()
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
+        #: Called every ``dlq_sweep_seconds``: marks dead-lettered jobs failed (see ops.deadletter).
+        self.sweeper = sweeper
         self._stopping = threading.Event()
         self._pending: queue.Queue[_Item] = queue.Queue(maxsize=max(2 * self.settings.max_batch_size, 20))
         self._held: dict[str, Delivery] = {}
@@ -135,7 +138,10 @@ class Worker:
             t = threading.Thread(target=self._receive_loop, name=f"receiver-{i}", daemon=True)
             t.start()
             self._receivers.append(t)
-        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._lease_loop, "lease")):
+        loops = [(self._heartbeat_loop, "heartbeat"), (self._lease_loop, "lease")]
+        if self.sweeper is not None and self.settings.dlq_sweep_seconds > 0:
+            loops.append((self._sweep_loop, "dlq-sweep"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._background.append(t)
@@ -197,7 +203,7 @@ class Worker:
     def _decode(self, delivery: Delivery) -> np.ndarray:
         if delivery.message is None:
             raise InvalidImageError(delivery.error or "undecodable message")
-        return self.classifier.tensor(delivery.message.image, max_pixels=self.settings.max_image_pixels)
+        return self.classifier.tensor(delivery.message.image_bytes(), max_pixels=self.settings.max_image_pixels)
 
     # -- batching ----------------------------------------------------------------------------
 
@@ -223,6 +229,11 @@ class Worker:
             delivery = item.delivery
             try:
                 ready.append((delivery, item.tensor.result()))
+            except DependencyError as exc:
+                # The payload bucket is down: not the job's fault, so it comes back later.
+                logger.warning("job %s: payload unavailable (%s); will be redelivered", delivery.message_id, exc)
+                self.stats.retried += 1
+                self._unhold([delivery])
             except Exception as exc:  # noqa: BLE001 - InvalidImageError, or anything Pillow throws on hostile bytes
                 if delivery.message is None:
                     # Not a twopass message at all: leave it to be dead-lettered for inspection.
@@ -307,11 +318,22 @@ class Worker:
                 return None
             if wrote:
                 self.stats.succeeded += 1
+                if delivery.message.image_ref:  # type: ignore[union-attr]
+                    self._drop_payload(delivery.message.image_ref)  # type: ignore[union-attr]
             else:
                 self.stats.duplicates += 1
             return delivery
 
         return [d for d in self._io_pool.map(record, zip(runnable, predictions, strict=True)) if d is not None]
+
+    @staticmethod
+    def _drop_payload(ref: str) -> None:
+        from twopass import payloads
+
+        try:
+            payloads.delete(ref)
+        except DependencyError as exc:  # the bucket's lifecycle rule removes it later anyway
+            logger.info("could not delete payload %s: %s", ref, exc)
 
     def _finish_failed(self, delivery: Delivery, reason: str) -> bool:
         """Record a permanent failure; ``True`` when the message may be deleted."""
@@ -365,6 +387,14 @@ class Worker:
                         d.received_at = now
                 except Exception as exc:  # noqa: BLE001 - best effort; logged, retried later
                     logger.warning("could not extend visibility of %d message(s): %s", len(due), exc)
+
+    def _sweep_loop(self) -> None:
+        assert self.sweeper is not None
+        while not self._stopping.wait(self.settings.dlq_sweep_seconds):
+            try:
+                self.sweeper()
+            except Exception as exc:  # noqa: BLE001 - best effort; the next sweep tries again
+                logger.warning("dead-letter sweep failed: %s", exc)
 
     def _heartbeat_loop(self) -> None:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "model": self.classifier.name,

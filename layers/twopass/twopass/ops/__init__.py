@@ -1,0 +1,1 @@
+"""Operator tools: dead-letter sweeping and redrive."""

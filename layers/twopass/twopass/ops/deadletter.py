@@ -1,0 +1,132 @@
+"""The dead-letter queue: record why jobs landed there, and move them back after a fix.
+
+A job's message reaches the DLQ when ``maxReceiveCount`` deliveries did not finish it: the worker
+crashed on it each time (OOM, a killed host) or could not record it. The worker writes ``failed``
+itself when it sees an error on the last allowed delivery; :func:`sweep` covers the crashes, which
+no worker lived to report. :func:`redrive` is SQS's "start message move task", done by hand with
+receive/send/delete so it works everywhere (moto cannot run the real one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from twopass.aws import client
+from twopass.exceptions import DependencyError
+from twopass.jobs.base import JobStatus, JobStore
+from twopass.queue.base import JobMessage, MessageFormatError
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter_queue_url(queue_url: str) -> str | None:
+    """The DLQ named by ``queue_url``'s redrive policy (so nothing needs configuring twice)."""
+    sqs = client("sqs")
+    try:
+        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+        policy = attrs.get("RedrivePolicy")
+        if not policy:
+            return None
+        arn = json.loads(policy)["deadLetterTargetArn"]
+        _, _, _, _, account, name = arn.split(":", 5)
+        return str(sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+    except (ClientError, BotoCoreError) as exc:
+        raise DependencyError(f"could not find the dead-letter queue of {queue_url}: {exc}") from exc
+
+
+def _receive(queue_url: str, visibility: int) -> list[dict[str, Any]]:
+    out = client("sqs").receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=1,
+        VisibilityTimeout=visibility,
+        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        MessageAttributeNames=["All"],
+    )
+    messages: list[dict[str, Any]] = out.get("Messages", [])
+    return messages
+
+
+def _aws_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """SDK errors become :class:`DependencyError`, like everywhere else in twopass."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyError(f"{fn.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+@_aws_errors
+def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility: int = 300) -> int:
+    """Mark every dead-lettered job that is still open as failed; returns how many were marked.
+
+    Messages stay in the DLQ (hidden for ``visibility`` seconds so one sweep sees each once): the
+    operator decides between :func:`redrive` and a purge.
+    """
+    marked = seen = 0
+    while seen < max_messages:
+        batch = _receive(dlq_url, visibility)
+        if not batch:
+            break
+        for msg in batch:
+            seen += 1
+            try:
+                job = JobMessage.decode(msg["Body"])
+            except MessageFormatError:
+                continue
+            if store.fail(job.job_id, "dead-lettered: no delivery of this job finished (worker crashed or timed out)"):
+                marked += 1
+                logger.warning("job %s dead-lettered; marked failed", job.job_id)
+    return marked
+
+
+@dataclass
+class RedriveReport:
+    moved: int = 0
+    reopened: int = 0
+    dropped_done: int = 0
+    unreadable: int = 0
+
+
+@_aws_errors
+def redrive(dlq_url: str, queue_url: str, store: JobStore, *, max_messages: int | None = None) -> RedriveReport:
+    """Move DLQ messages back to the job queue, reopening their failed jobs.
+
+    A job that has succeeded meanwhile is never reopened: its message is simply dropped. Each
+    message is sent to the queue before it is deleted from the DLQ, so a crash mid-way duplicates
+    at worst (harmless), never loses.
+    """
+    report = RedriveReport()
+    sqs = client("sqs")
+    while max_messages is None or report.moved + report.dropped_done + report.unreadable < max_messages:
+        batch = _receive(dlq_url, 60)
+        if not batch:
+            break
+        for msg in batch:
+            try:
+                job = JobMessage.decode(msg["Body"])
+            except MessageFormatError:
+                report.unreadable += 1  # not ours: leave it for a person to look at
+                continue
+            record = store.get(job.job_id)
+            if record is not None and record.status is JobStatus.SUCCEEDED:
+                report.dropped_done += 1
+            else:
+                if store.reopen(job.job_id):
+                    report.reopened += 1
+                attributes = msg.get("MessageAttributes") or {}
+                sqs.send_message(QueueUrl=queue_url, MessageBody=msg["Body"], MessageAttributes=attributes)
+                report.moved += 1
+            sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=msg["ReceiptHandle"])
+    return report
