@@ -238,7 +238,7 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     recorder.on = False
 
     assert statuses == {inline: "succeeded", claimed: "succeeded", lost: "failed"}
-    with pytest.raises(Exception, match="404|Not Found|NoSuchKey"):
+    with pytest.raises(Exception, match=r"404|Not Found|NoSuchKey"):
         boto3.client("s3", region_name=REGION).head_object(Bucket=bucket, Key=f"{payloads.PREFIX}{claimed}")
 
     granted = _task_role_actions()

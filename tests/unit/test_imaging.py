@@ -107,3 +107,12 @@ def test_unsupported_format_is_refused() -> None:
     data = encode(Image.new("RGB", (8, 8)), "PPM")
     with pytest.raises(InvalidImageError, match="supported format"):
         decode_image(data, max_pixels=1000)
+
+
+def test_exif_orientation_is_applied() -> None:
+    # A 40x20 image tagged "rotate 90° CW" (orientation 6) is shown, and must be classified, as 20x40.
+    image = Image.new("RGB", (40, 20), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(encode(image, "JPEG", exif=exif), max_pixels=10_000)
+    assert decoded.size == (20, 40)

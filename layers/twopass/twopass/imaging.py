@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from twopass.exceptions import ImageTooLargeError, InvalidImageError
 from twopass.models.card import Preprocessing
@@ -48,6 +48,8 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
                 # Only ever scales down, and never below draft_size on either side.
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
+            # Phones store portrait photos sideways plus an EXIF "rotate me" tag.
+            image = ImageOps.exif_transpose(image)
     except (InvalidImageError, ImageTooLargeError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -1,0 +1,26 @@
+"""``uvicorn --factory bench.http_app:create_app``: the real twopass app over in-memory backends.
+
+The store and publisher are :class:`MemoryJobStore` and :class:`MemoryQueue` (which implements
+``JobPublisher``), so the HTTP measurement shows the framework and the fast model, not an emulator.
+Every other setting comes from the environment (``TWOPASS_*``), as in production.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from fastapi import FastAPI  # noqa: E402
+from twopass.api.app import create_app as create_twopass_app  # noqa: E402
+from twopass.api.service import TwopassService  # noqa: E402
+from twopass.config import Settings  # noqa: E402
+from twopass.jobs.memory import MemoryJobStore  # noqa: E402
+from twopass.queue.memory import MemoryQueue  # noqa: E402
+
+
+def create_app() -> FastAPI:
+    settings = Settings.from_env()
+    service = TwopassService(settings, MemoryJobStore(), MemoryQueue())
+    _ = service.classifier  # load before the first request, as the Lambda init does
+    return create_twopass_app(service)
