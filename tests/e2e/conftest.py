@@ -14,7 +14,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         emulator_port=free_port(),
         workers=1,
         log_dir=tmp_path_factory.mktemp("stack-logs"),
-        env={"TWOPASS_POLL_WAIT_SECONDS": "2", "TWOPASS_HEARTBEAT_SECONDS": "1"},
+        # JSON logs, as on AWS, so the tests can follow a job id through them.
+        env={"TWOPASS_POLL_WAIT_SECONDS": "2", "TWOPASS_HEARTBEAT_SECONDS": "1", "TWOPASS_LOG_FORMAT": "json"},
     )
     with local:
         yield local

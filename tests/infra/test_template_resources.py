@@ -214,10 +214,12 @@ def test_a_step_policy_scales_in_to_zero_when_the_queue_is_idle() -> None:
         if c["AdjustmentType"] == "ExactCapacity" and all(s["ScalingAdjustment"] == 0 for s in c["StepAdjustments"])
     }
     assert len(ins) == 1, ins
-    ((policy_id, _config),) = ins.items()
+    ((policy_id, config),) = ins.items()
     alarm = _alarm_for(policy_id)
-    assert alarm["ComparisonOperator"] == "LessThanOrEqualToThreshold"
-    assert alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "LessThanThreshold"
+    assert 0 < alarm["Threshold"] < 1  # integer counts: below it means exactly 0
+    for step in config["StepAdjustments"]:
+        assert step["MetricIntervalUpperBound"] == 0 and "MetricIntervalLowerBound" not in step
     assert alarm["EvaluationPeriods"] == {"Ref": "WorkerIdleMinutes"}
     stats = [q["MetricStat"] for q in alarm["Metrics"] if "MetricStat" in q]
     assert any(_queue_metric(s, "ApproximateNumberOfMessagesVisible") for s in stats)
@@ -286,7 +288,8 @@ def test_payload_bucket_is_private_encrypted_and_expires() -> None:
 
 def test_log_groups_are_encrypted_and_expire() -> None:
     groups = _resources("AWS::Logs::LogGroup")
-    assert {"ApiAccessLogGroup", "ApiFunctionLogGroup", "WorkerLogGroup"} <= set(groups)
+    assert {"ApiAccessLogGroup", "ApiExecutionLogGroup", "ApiFunctionLogGroup", "WorkerLogGroup"} <= set(groups)
+    assert _props("ApiFunction")["LoggingConfig"]["LogGroup"] == {"Ref": "ApiFunctionLogGroup"}
     for g in groups.values():
         assert g["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["LogsKey", "Arn"]}
         assert g["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}

@@ -93,6 +93,14 @@ class Settings:
     dlq_sweep_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_DLQ_SWEEP_SECONDS"})
     #: API: a worker whose last heartbeat is older than this is reported as not alive.
     worker_stale_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_WORKER_STALE_SECONDS"})
+    #: Secret that signs completion callbacks (on ECS injected from Secrets Manager).
+    callback_secret: str = field(default="", metadata={"env": "TWOPASS_CALLBACK_SECRET"})
+    #: Allow callbacks to private, loopback and link-local addresses (local stack and tests only).
+    callback_allow_private: bool = field(default=False, metadata={"env": "TWOPASS_CALLBACK_ALLOW_PRIVATE"})
+    #: Allow plain-http callback URLs (local stack and tests only).
+    callback_allow_http: bool = field(default=False, metadata={"env": "TWOPASS_CALLBACK_ALLOW_HTTP"})
+    #: Delivery attempts per callback before giving up (the job is unaffected either way).
+    callback_attempts: int = field(default=5, metadata={"env": "TWOPASS_CALLBACK_ATTEMPTS"})
     #: Log level for twopass loggers.
     log_level: str = field(default="INFO", metadata={"env": "TWOPASS_LOG_LEVEL"})
 
@@ -128,6 +136,12 @@ def _parse(name: str, env_name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
+        if type_name == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
         if type_name.startswith("tuple"):
             return tuple(_provider_name(p) for p in raw.split(",") if p.strip())
         return raw

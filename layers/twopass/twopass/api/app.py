@@ -30,6 +30,10 @@ from twopass.config import Settings
 from twopass.exceptions import IdempotencyConflictError
 from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus, is_job_id
 from twopass.models.runtime import Prediction
+from twopass.notify.guard import CallbackURLError, check_url
+from twopass.observability import logs
+from twopass.observability.logs import job_extra
+from twopass.observability.metrics import Metric, MetricsSink
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +98,9 @@ def job_body(record: JobRecord) -> dict[str, Any]:
     }
 
 
-def create_app(service: TwopassService | None = None, settings: Settings | None = None) -> FastAPI:
+def create_app(
+    service: TwopassService | None = None, settings: Settings | None = None, *, emit_metrics: bool = True
+) -> FastAPI:
     """Build the app. Without ``service`` one is built from the environment on first use."""
     settings = settings or (service.settings if service else Settings.from_env())
     app = FastAPI(
@@ -102,7 +108,9 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
         version=__version__,
         description="A fast model answers at once; a slow, more accurate model follows through a queue.",
     )
+    logs.configure(settings.log_level, service="twopass-api")
     errors.install(app)
+    metrics = MetricsSink(service="twopass-api") if emit_metrics else None
     keys = frozenset(k.strip() for k in settings.api_keys.split(",") if k.strip())
     if keys:
         _require_api_key(app, keys)
@@ -135,8 +143,9 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
             raise ApiError(409, "request_in_progress", "a request with this key is in progress", {"Retry-After": "1"})
         return JSONResponse(previous.response, headers={"Idempotent-Replayed": "true"})
 
-    async def submit(request: Request, data: bytes) -> JSONResponse:
+    async def submit(request: Request, submission: _Submission) -> JSONResponse:
         service = svc()
+        data = submission.data
         claim = _idempotency_claim(request, data, service.settings)
         if claim is not None and (earlier := await replay(service, claim.key_hash, claim.body_hash)) is not None:
             return earlier
@@ -144,11 +153,14 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
         job_id = service.new_job_id()
         if claim is not None:
             claim = dataclasses.replace(claim, job_id=job_id)
-        context = {"request_id": request.headers.get("x-request-id") or _lambda_request_id(request) or uuid.uuid4().hex}
+        request_id = request.headers.get("x-request-id") or _lambda_request_id(request) or uuid.uuid4().hex
+        context = {"request_id": request_id}
+        if submission.callback_url:
+            context["callback_url"] = submission.callback_url
         # The enqueue (table put + queue send) overlaps the fast model instead of following it.
         classify = asyncio.ensure_future(run_in(inference_pool, service.classify, tensor))
         try:
-            await run_in(io_pool, service.enqueue, job_id, data, context, claim)
+            enqueue_ms = await run_in(io_pool, _timed, service.enqueue, job_id, data, context, claim)
         except IdempotencyConflictError:
             classify.cancel()
             assert claim is not None
@@ -162,7 +174,18 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
             raise
         prediction, inference_ms = await classify
         fast = _model_result(service.fast_name, prediction, inference_ms)
-        logger.info("job %s queued; fast %s=%s (%.1f ms)", job_id, service.fast_name, prediction.label, inference_ms)
+        logger.info(
+            "job queued; fast %s=%s (%.1f ms)",
+            service.fast_name,
+            prediction.label,
+            inference_ms,
+            extra=job_extra(job_id, request_id),
+        )
+        if metrics is not None:
+            metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
+            metrics.add(Metric.ENQUEUE_MS, enqueue_ms)
+            metrics.add(Metric.JOBS_ACCEPTED, 1)
+            metrics.flush()
         body = {
             "job_id": job_id,
             service.fast_name: prediction.label,
@@ -224,12 +247,11 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
         openapi_extra={"requestBody": _PREDICT_BODY},
     )
     async def predict(request: Request) -> JSONResponse:
-        data = await _read_image(request, svc())
-        return await submit(request, data)
+        return await submit(request, await _read_submission(request, svc()))
 
     @app.get("/predict/test", summary="/predict on the bundled cat photo", response_model=PredictResponse)
     async def predict_test(request: Request) -> JSONResponse:
-        return await submit(request, svc().sample_image())
+        return await submit(request, _Submission(svc().sample_image()))
 
     @app.get("/job/{job_id}", summary="The slow model's result", response_model=JobResponse, responses=_ERRORS)
     async def job(job_id: str) -> JSONResponse:
@@ -241,6 +263,13 @@ def create_app(service: TwopassService | None = None, settings: Settings | None 
         return JSONResponse(job_body(record))
 
     return app
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Run ``fn(*args)``; its wall time in milliseconds."""
+    started = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - started) * 1000
 
 
 def _idempotency_claim(request: Request, data: bytes, settings: Settings) -> IdempotencyRecord | None:
@@ -275,8 +304,27 @@ def _lambda_request_id(request: Request) -> str | None:
     return getattr(context, "aws_request_id", None)
 
 
-async def _read_image(request: Request, service: TwopassService) -> bytes:
-    """The image bytes from a JSON ``image_data`` body or a raw ``image/*`` body."""
+@dataclasses.dataclass(frozen=True)
+class _Submission:
+    data: bytes
+    callback_url: str | None = None
+
+
+async def _read_submission(request: Request, service: TwopassService) -> _Submission:
+    """The image (JSON ``image_data`` or a raw ``image/*`` body) and the optional callback URL."""
+    submission = await _read_body(request, service)
+    url = submission.callback_url or request.query_params.get("callback_url")
+    if url is None:
+        return submission
+    settings = service.settings
+    try:
+        check_url(url, allow_private=settings.callback_allow_private, allow_http=settings.callback_allow_http)
+    except CallbackURLError as exc:
+        raise ApiError(400, "invalid_callback_url", str(exc)) from None
+    return dataclasses.replace(submission, callback_url=url)
+
+
+async def _read_body(request: Request, service: TwopassService) -> _Submission:
     limit = service.settings.max_image_bytes
     declared = request.headers.get("content-length", "")
     json_limit = limit * 4 // 3 + 4096  # base64 inflates by 4/3
@@ -290,11 +338,11 @@ async def _read_image(request: Request, service: TwopassService) -> bytes:
         return _image_from_json(body, limit)
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         service.check_size(len(body))
-        return body
+        return _Submission(body)
     raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json or image/*")
 
 
-def _image_from_json(body: bytes, limit: int) -> bytes:
+def _image_from_json(body: bytes, limit: int) -> _Submission:
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -315,4 +363,4 @@ def _image_from_json(body: bytes, limit: int) -> bytes:
         raise ApiError(400, "invalid_base64", f"image_data is not valid base64: {exc}") from None
     if not data:
         raise ApiError(400, "empty_image", "image_data is empty")
-    return data
+    return _Submission(data, request.callback_url)

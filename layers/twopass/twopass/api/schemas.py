@@ -19,6 +19,11 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_data: str = Field(description="The image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded.")
+    callback_url: str | None = Field(
+        default=None,
+        description="https URL that receives a signed POST when the slow result is final "
+        "(for raw image bodies, pass it as the callback_url query parameter).",
+    )
 
 
 class LabelScore(BaseModel):

@@ -23,6 +23,16 @@ from twopass.local import template as tpl
 from twopass.local.provision import Provisioned, provision
 
 STACK_NAME = "twopass-local"
+#: What a laptop does differently from AWS: no X-Ray daemon, no EMF collector, callbacks to the
+#: tests' own receivers on loopback, a fixed callback secret that the banner prints.
+LOCAL_DEFAULTS = {
+    "TWOPASS_PROVIDERS": "cpu",
+    "TWOPASS_CALLBACK_SECRET": "local-callback-secret",
+    "TWOPASS_CALLBACK_ALLOW_PRIVATE": "true",
+    "TWOPASS_CALLBACK_ALLOW_HTTP": "true",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}
 #: The local API checks this key like API Gateway checks usage-plan keys in front of the function.
 DEFAULT_API_KEY = "local-dev-key"
 #: Credentials and region the emulator accepts; never real ones.
@@ -193,7 +203,8 @@ class LocalStack:
         """Environment of the API and workers: the template's function env, resolved, plus local bits."""
         env = self.base_env()
         env.update(self.service_env)
-        env.setdefault("TWOPASS_PROVIDERS", "cpu")
+        for key, value in LOCAL_DEFAULTS.items():
+            env.setdefault(key, value)
         if self.api_key:
             env["TWOPASS_API_KEYS"] = self.api_key
         env.update(self.env)

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from twopass import logs
 from twopass.config import Settings
+from twopass.observability import logs
+from twopass.worker.events import WorkerEvents
 
 logger = logging.getLogger("twopass.worker")
 
@@ -37,7 +38,26 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
     dlq_url = deadletter.dead_letter_queue_url(settings.queue_url)
     sweeper = None if dlq_url is None else functools.partial(deadletter.sweep, dlq_url, store)
-    return Worker(classifier, source, store, settings, sweeper=sweeper)
+    return Worker(classifier, source, store, settings, sweeper=sweeper, events=build_events(settings))
+
+
+def build_events(settings: Settings) -> WorkerEvents:
+    """Metrics (EMF on stdout) and, when a secret is configured, signed completion callbacks."""
+    from twopass.notify.sender import CallbackSender
+    from twopass.observability.metrics import Metric, MetricsSink
+    from twopass.worker.events import ObservedEvents
+
+    metrics = MetricsSink(service="twopass-worker")
+    callbacks = None
+    if settings.callback_secret:
+        callbacks = CallbackSender(
+            settings.callback_secret,
+            allow_private=settings.callback_allow_private,
+            allow_http=settings.callback_allow_http,
+            attempts=settings.callback_attempts,
+            on_result=lambda ok: metrics.add(Metric.CALLBACKS_DELIVERED if ok else Metric.CALLBACKS_FAILED, 1),
+        )
+    return ObservedEvents(metrics, callbacks)
 
 
 def run_one(settings: Settings) -> int:
@@ -55,7 +75,7 @@ def run_one(settings: Settings) -> int:
 
 
 def _child(settings: Settings) -> None:
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, service="twopass-worker")
     sys.exit(run_one(settings))
 
 
@@ -100,6 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     settings = settings.replace(**overrides)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, service="twopass-worker")
     processes = args.processes or settings.worker_processes
     return run_pool(settings, processes) if processes > 1 else run_one(settings)

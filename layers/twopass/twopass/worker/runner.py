@@ -31,9 +31,10 @@ import numpy as np
 
 from twopass.config import Settings
 from twopass.exceptions import DependencyError, InvalidImageError
-from twopass.jobs.base import JobStore
+from twopass.jobs.base import JobStatus, JobStore
 from twopass.models.runtime import Classifier
 from twopass.queue.base import Delivery, MessageSource
+from twopass.worker.events import WorkerEvents
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Worker:
         *,
         worker_id: str | None = None,
         sweeper: Callable[[], int] | None = None,
+        events: WorkerEvents | None = None,
     ) -> None:
         self.classifier = classifier
         self.source = source
@@ -97,6 +99,7 @@ class Worker:
         self.stats = WorkerStats()
         #: Called every ``dlq_sweep_seconds``: marks dead-lettered jobs failed (see ops.deadletter).
         self.sweeper = sweeper
+        self.events = events or WorkerEvents()
         self._stopping = threading.Event()
         self._pending: queue.Queue[_Item] = queue.Queue(maxsize=max(2 * self.settings.max_batch_size, 20))
         self._held: dict[str, Delivery] = {}
@@ -163,6 +166,7 @@ class Worker:
             t.join(timeout=2)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._io_pool.shutdown(wait=True)
+        self.events.close()
         try:
             self.store.forget_worker(self.worker_id)
         except DependencyError:
@@ -250,6 +254,7 @@ class Worker:
             done.extend(self._infer_and_record(runnable))
         if done:
             self._ack(done)
+        self.events.flush()  # one EMF blob per batch
 
     @dataclass
     class _Started:
@@ -297,6 +302,9 @@ class Worker:
         self.stats.batch_sizes.append(len(runnable))
         self.stats.inference_seconds += elapsed
         batch_ms = round(elapsed * 1000, 3)
+        now = time.time()
+        waits = [max(0.0, (now - d.message.submitted_at) * 1000 - batch_ms) for d, _ in runnable if d.message]
+        self.events.batch(len(runnable), batch_ms, waits)
 
         def record(pair: tuple[tuple[Delivery, np.ndarray], Any]) -> Delivery | None:
             (delivery, _), prediction = pair
@@ -318,6 +326,7 @@ class Worker:
                 return None
             if wrote:
                 self.stats.succeeded += 1
+                self.events.final(delivery.message, JobStatus.SUCCEEDED, result, None)  # type: ignore[arg-type]
                 if delivery.message.image_ref:  # type: ignore[union-attr]
                     self._drop_payload(delivery.message.image_ref)  # type: ignore[union-attr]
             else:
@@ -345,7 +354,7 @@ class Worker:
             return False
         if wrote:
             self.stats.failed += 1
-            logger.warning("job %s failed: %s", delivery.message.job_id, reason)
+            self.events.final(delivery.message, JobStatus.FAILED, None, reason)
         return True
 
     # -- acknowledgement and visibility ------------------------------------------------------
@@ -392,7 +401,8 @@ class Worker:
         assert self.sweeper is not None
         while not self._stopping.wait(self.settings.dlq_sweep_seconds):
             try:
-                self.sweeper()
+                if marked := self.sweeper():
+                    self.events.dead_lettered(marked)
             except Exception as exc:  # noqa: BLE001 - best effort; the next sweep tries again
                 logger.warning("dead-letter sweep failed: %s", exc)
 

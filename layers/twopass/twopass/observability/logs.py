@@ -1,0 +1,65 @@
+"""Logging set-up shared by the API and the worker.
+
+On AWS (Lambda, ECS) every ``twopass.*`` record is one JSON object (powertools' formatter) with the
+job id and request id as top-level keys, so one query follows a job from API to worker. Locally the
+same records print as readable lines with those ids appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+#: ``extra`` keys that identify a job across processes; both formats print them.
+CORRELATION_KEYS = ("job_id", "request_id", "worker_id")
+
+
+def job_extra(job_id: str, request_id: str | None = None, **more: Any) -> dict[str, Any]:
+    """``extra=`` for a log record about one job: the correlation ids every process logs."""
+    extra: dict[str, Any] = {"job_id": job_id, "correlation_id": job_id}
+    if request_id:
+        extra["request_id"] = request_id
+    extra.update(more)
+    return extra
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [f"{k}={getattr(record, k)}" for k in CORRELATION_KEYS if getattr(record, k, None)]
+        return f"{line} [{' '.join(ids)}]" if ids else line
+
+
+def default_format() -> str:
+    """``json`` where a log service reads the output (Lambda, ECS), ``text`` on a terminal."""
+    explicit = os.environ.get("TWOPASS_LOG_FORMAT", "").lower()
+    if explicit in ("json", "text"):
+        return explicit
+    on_aws = os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    return "json" if on_aws else "text"
+
+
+def configure(level: str = "INFO", *, service: str = "twopass", fmt: str | None = None) -> None:
+    """Send ``twopass.*`` records to stderr (text) or stdout (JSON), once per process."""
+    log = logging.getLogger("twopass")
+    log.setLevel(level.upper())
+    if getattr(log, "_twopass_configured", False):
+        return
+    fmt = fmt or default_format()
+    if fmt == "json":
+        from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(LambdaPowertoolsFormatter(service=service))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_TextFormatter())
+    log.addHandler(handler)
+    # Our handler is the only one: Lambda's root handler would print every record a second time.
+    log.propagate = False
+    log._twopass_configured = True  # type: ignore[attr-defined]

@@ -1,0 +1,81 @@
+"""What the worker reports as it goes: metrics, completion callbacks, per-job log records.
+
+The pipeline calls these hooks and knows nothing of CloudWatch or HTTP; tests and benchmarks use
+the silent default.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from twopass.jobs.base import JobStatus
+from twopass.observability.logs import job_extra
+from twopass.observability.metrics import Metric, MetricsSink
+from twopass.queue.base import JobMessage
+
+logger = logging.getLogger("twopass.worker.jobs")
+
+
+class WorkerEvents:
+    """Hooks the worker calls; this base does nothing but log."""
+
+    def batch(self, size: int, inference_ms: float, queue_wait_ms: Sequence[float]) -> None:
+        """A batch went through the model."""
+
+    def final(self, message: JobMessage, status: JobStatus, result: dict[str, Any] | None, error: str | None) -> None:
+        """A job reached its final state (written once; duplicates do not call this)."""
+        extra = job_extra(message.job_id, message.context.get("request_id"), status=status.value)
+        if status is JobStatus.SUCCEEDED and result is not None:
+            logger.info("job succeeded: %s", result.get("label"), extra=extra)
+        else:
+            logger.warning("job failed: %s", error, extra=extra)
+
+    def dead_lettered(self, count: int) -> None:
+        """``count`` dead-lettered jobs were marked failed."""
+
+    def flush(self) -> None:
+        """End of a batch: emit what was recorded."""
+
+    def close(self) -> None:
+        """Flush and stop whatever runs in the background."""
+
+
+class ObservedEvents(WorkerEvents):
+    """Production hooks: EMF metrics per batch and signed completion callbacks."""
+
+    def __init__(self, metrics: MetricsSink | None = None, callbacks: Any | None = None) -> None:
+        self.metrics = metrics
+        self.callbacks = callbacks
+
+    def batch(self, size: int, inference_ms: float, queue_wait_ms: Sequence[float]) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.add(Metric.BATCH_SIZE, size)
+        self.metrics.add(Metric.SLOW_INFERENCE_MS, inference_ms)
+        for wait in queue_wait_ms:
+            self.metrics.add(Metric.QUEUE_WAIT_MS, wait)
+
+    def final(self, message: JobMessage, status: JobStatus, result: dict[str, Any] | None, error: str | None) -> None:
+        super().final(message, status, result, error)
+        if self.metrics is not None:
+            self.metrics.add(Metric.JOBS_SUCCEEDED if status is JobStatus.SUCCEEDED else Metric.JOBS_FAILED, 1)
+        url = message.context.get("callback_url")
+        if url and self.callbacks is not None:
+            payload: dict[str, Any] = {"job_id": message.job_id, "status": status.value}
+            payload.update({"prediction": result.get("label"), "slow": result} if result else {"error": error})
+            self.callbacks.submit(url, payload)
+
+    def dead_lettered(self, count: int) -> None:
+        if self.metrics is not None:
+            self.metrics.add(Metric.DEAD_LETTERED, count)
+
+    def flush(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.callbacks is not None:
+            self.callbacks.close()

@@ -1,0 +1,93 @@
+"""Metrics as CloudWatch EMF blobs from the API and the worker, with the documented names."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from twopass.api.app import create_app
+from twopass.api.service import TwopassService
+from twopass.config import Settings
+from twopass.jobs.base import JobRecord, new_job_id
+from twopass.jobs.memory import MemoryJobStore
+from twopass.models.runtime import Classifier
+from twopass.observability.metrics import NAMESPACE, Metric, MetricsSink
+from twopass.queue.base import JobMessage
+from twopass.queue.memory import MemoryQueue
+from twopass.worker.events import ObservedEvents
+from twopass.worker.runner import Worker
+
+
+def emf_blobs(text: str) -> list[dict[str, Any]]:
+    blobs = []
+    for line in text.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            blobs.append(json.loads(line))
+    return blobs
+
+
+def metric_names(blobs: list[dict[str, Any]]) -> set[str]:
+    names: set[str] = set()
+    for blob in blobs:
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == NAMESPACE
+            names.update(m["Name"] for m in directive["Metrics"])
+    return names
+
+
+@pytest.fixture(autouse=True)
+def _metrics_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.delenv("POWERTOOLS_DEV", raising=False)
+
+
+def test_api_emits_fast_path_metrics(
+    fast_classifier: Classifier, cat_jpeg: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = TwopassService(Settings(), MemoryJobStore(), MemoryQueue(), fast_classifier)
+    with TestClient(create_app(service)) as client:
+        assert client.post("/predict", json={"image_data": base64.b64encode(cat_jpeg).decode()}).status_code == 200
+    blobs = emf_blobs(capsys.readouterr().out)
+    assert {Metric.FAST_INFERENCE_MS, Metric.ENQUEUE_MS, Metric.JOBS_ACCEPTED} <= metric_names(blobs)
+    (blob,) = blobs
+    assert blob["service"] == "twopass-api"
+    values = blob[Metric.FAST_INFERENCE_MS]
+    assert all(v > 0 for v in (values if isinstance(values, list) else [values]))
+
+
+def test_worker_emits_batch_and_outcome_metrics(
+    slow_classifier: Classifier, cat_jpeg: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue, store = MemoryQueue(), MemoryJobStore()
+    events = ObservedEvents(MetricsSink("twopass-worker"))
+    settings = Settings().replace(poll_wait_seconds=0.1, heartbeat_seconds=5)
+    worker = Worker(slow_classifier, queue, store, settings, events=events)
+    ids = []
+    for image in (cat_jpeg, b"not an image"):
+        job_id = new_job_id()
+        store.create(JobRecord(job_id=job_id))
+        queue.publish(JobMessage(job_id=job_id, image=image))
+        ids.append(job_id)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all((r := store.get(j)) and r.final for j in ids):
+        time.sleep(0.05)
+    events.dead_lettered(2)
+    worker.stop()
+    thread.join(30)
+    names = metric_names(emf_blobs(capsys.readouterr().out))
+    expected = {
+        Metric.SLOW_INFERENCE_MS,
+        Metric.BATCH_SIZE,
+        Metric.QUEUE_WAIT_MS,
+        Metric.JOBS_SUCCEEDED,
+        Metric.JOBS_FAILED,
+    }
+    assert expected | {Metric.DEAD_LETTERED} <= names
