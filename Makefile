@@ -16,6 +16,9 @@ PYTHON311 ?= $(shell PYENV_VERSION=3.11.7 python3.11 -c 'import sys; print(sys.e
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# checkov pins boto3 and packaging versions of its own: it lives in a virtualenv of its own.
+CHECKOV_VENV := .venv-checkov
+export CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 PORT ?= 3000
 
 .PHONY: help venv run test lint typecheck unit e2e models models-check bench sam-build clean
@@ -29,6 +32,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+$(CHECKOV): | $(STAMP)
+	$(PYTHON312) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov
 
 venv: $(STAMP) ## Create .venv with everything the service and tests need
 
@@ -45,7 +52,7 @@ typecheck: $(STAMP) ## mypy --strict on the library
 unit: $(STAMP) ## Tests that start no servers
 	$(PY) -m pytest -m "not e2e" -q
 
-test: $(STAMP) lint typecheck ## Install what is needed, lint, type-check and run every test
+test: $(STAMP) $(CHECKOV) lint typecheck ## Install what is needed, lint, type-check and run every test
 	$(PY) -m pytest -q
 
 models: ## Rebuild the ONNX models from the PyPI weights (needs torch; slow)
@@ -70,4 +77,4 @@ sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); pr
 	@du -sh .aws-sam/build/*/ | sort -h
 
 clean: ## Remove virtualenvs and build outputs
-	rm -rf $(VENV) .venv-models .venv-sam .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .venv-models .venv-sam .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -405,6 +405,7 @@ STAR_RESOURCES = {
     ("WorkerExecutionRole", "EcrLogin"): "ecr:GetAuthorizationToken has no resource-level permission",
     ("LogsKey", "AccountAdministersTheKey"): "in a key policy, * is the key itself",
     ("LogsKey", "CloudWatchLogsEncryptsThisAccountsLogGroups"): "in a key policy, * is the key itself",
+    ("LogsKey", "CloudWatchAlarmsPublishToTheAlarmTopic"): "in a key policy, * is the key itself",
 }
 
 
@@ -469,6 +470,8 @@ def test_worker_execution_role_only_pulls_its_image_and_writes_its_logs() -> Non
         ("ecr:GetDownloadUrlForLayer", repo),
         ("logs:CreateLogStream", logs),
         ("logs:PutLogEvents", logs),
+        # The callback signing secret, injected as TWOPASS_CALLBACK_SECRET when the task starts.
+        ("secretsmanager:GetSecretValue", json.dumps({"Ref": "CallbackSecret"})),
     }
 
 

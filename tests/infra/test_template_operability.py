@@ -1,0 +1,71 @@
+"""Dashboard, alarms, alarm topic and callback secret in the transformed template."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+from twopass.local import template as tpl
+from twopass.observability.metrics import Metric
+
+
+@cache
+def resources() -> dict[str, Any]:
+    return tpl.transform_file()["Resources"]  # type: ignore[no-any-return]
+
+
+def of_type(kind: str) -> dict[str, Any]:
+    return {k: v for k, v in resources().items() if v["Type"] == kind}
+
+
+def test_dashboard_plots_every_twopass_metric_and_the_aws_ones() -> None:
+    (dashboard,) = of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    for metric in Metric:
+        assert f'\\"{metric.value}\\"' in body, metric
+    for aws_metric in (
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateAgeOfOldestMessage",
+        "RunningTaskCount",
+        "4XXError",
+        "5XXError",
+        "Latency",
+    ):
+        assert aws_metric in body
+
+
+def test_alarms_page_the_alarm_topic() -> None:
+    alarms = of_type("AWS::CloudWatch::Alarm")
+    paging = {"DeadLetterAlarm", "OldestJobAgeAlarm", "Api5xxAlarm"}
+    assert paging <= set(alarms)
+    for name in paging:
+        actions = json.dumps(alarms[name]["Properties"]["AlarmActions"])
+        assert '{"Ref": "AlarmTopic"}' in actions, name
+    assert alarms["DeadLetterAlarm"]["Properties"]["Threshold"] == 0
+    assert alarms["OldestJobAgeAlarm"]["Properties"]["Threshold"] == {"Ref": "OldestJobAgeAlarmSeconds"}
+    expression = [m for m in alarms["Api5xxAlarm"]["Properties"]["Metrics"] if m.get("Expression")]
+    assert "errors / requests" in expression[0]["Expression"]
+
+
+def test_alarm_topic_is_encrypted_and_email_is_optional() -> None:
+    topic = resources()["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "LogsKey"}
+    assert resources()["AlarmEmailSubscription"]["Condition"] == "HasAlarmEmail"
+
+
+def test_worker_gets_the_callback_secret_from_secrets_manager() -> None:
+    (container,) = resources()["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert {"Name": "TWOPASS_CALLBACK_SECRET", "ValueFrom": {"Ref": "CallbackSecret"}} in container["Secrets"]
+    assert all(e["Name"] != "TWOPASS_CALLBACK_SECRET" for e in container["Environment"])  # never in plain env
+
+
+def test_api_tracing_is_a_switch() -> None:
+    env = resources()["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["POWERTOOLS_TRACE_DISABLED"] == {"Fn::If": ["TracingOn", "false", "true"]}
+
+
+def test_payload_bucket_refuses_plain_http() -> None:
+    statement = resources()["PayloadBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
