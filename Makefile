@@ -72,9 +72,11 @@ bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start,
 
 sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); prints sizes
 	test -x .venv-sam/bin/sam || { $(PYTHON312) -m venv .venv-sam && .venv-sam/bin/pip install -q aws-sam-cli; }
-	.venv-sam/bin/sam build --template template.yaml --build-dir .aws-sam/build
-	@echo "unzipped sizes (Lambda limit: 250 MB for function + layers):"
-	@du -sh .aws-sam/build/*/ | sort -h
+	# SAM's python3.12 builder looks for python3.12 on PATH.
+	PATH="$(dir $(PYTHON312)):$$PATH" .venv-sam/bin/sam build --template template.yaml --build-dir .aws-sam/build
+	@echo "unzipped sizes (Lambda's limit is 250 MB for function + layers; FastModelLayer ships as is):"
+	@du -sh .aws-sam/build/*/ layers/models/fast | sort -h
+	@du -sb .aws-sam/build/*/ layers/models/fast | awk '{s += $$1} END {printf "total: %.1f MB\n", s / 1e6}'
 
 clean: ## Remove virtualenvs and build outputs
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-models .venv-sam .aws-sam .mypy_cache .ruff_cache .pytest_cache
