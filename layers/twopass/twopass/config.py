@@ -103,6 +103,8 @@ class Settings:
     callback_attempts: int = field(default=5, metadata={"env": "TWOPASS_CALLBACK_ATTEMPTS"})
     #: Log level for twopass loggers.
     log_level: str = field(default="INFO", metadata={"env": "TWOPASS_LOG_LEVEL"})
+    #: ``json`` (one object a record, as on AWS) or ``text``; empty: JSON on Lambda and ECS, else text.
+    log_format: str = field(default="", metadata={"env": "TWOPASS_LOG_FORMAT"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -108,7 +108,7 @@ def create_app(
         version=__version__,
         description="A fast model answers at once; a slow, more accurate model follows through a queue.",
     )
-    logs.configure(settings.log_level, service="twopass-api")
+    logs.configure(settings.log_level, service="twopass-api", fmt=settings.log_format)
     errors.install(app)
     metrics = MetricsSink(service="twopass-api") if emit_metrics else None
     keys = frozenset(k.strip() for k in settings.api_keys.split(",") if k.strip())

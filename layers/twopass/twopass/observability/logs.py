@@ -37,9 +37,6 @@ class _TextFormatter(logging.Formatter):
 
 def default_format() -> str:
     """``json`` where a log service reads the output (Lambda, ECS), ``text`` on a terminal."""
-    explicit = os.environ.get("TWOPASS_LOG_FORMAT", "").lower()
-    if explicit in ("json", "text"):
-        return explicit
     on_aws = os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
     return "json" if on_aws else "text"
 
@@ -50,7 +47,7 @@ def configure(level: str = "INFO", *, service: str = "twopass", fmt: str | None 
     log.setLevel(level.upper())
     if getattr(log, "_twopass_configured", False):
         return
-    fmt = fmt or default_format()
+    fmt = fmt.lower() if fmt in ("json", "text", "JSON", "TEXT") else default_format()
     if fmt == "json":
         from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 

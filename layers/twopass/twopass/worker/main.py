@@ -75,7 +75,7 @@ def run_one(settings: Settings) -> int:
 
 
 def _child(settings: Settings) -> None:
-    logs.configure(settings.log_level, service="twopass-worker")
+    logs.configure(settings.log_level, service="twopass-worker", fmt=settings.log_format)
     sys.exit(run_one(settings))
 
 
@@ -120,6 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     settings = settings.replace(**overrides)
-    logs.configure(settings.log_level, service="twopass-worker")
+    logs.configure(settings.log_level, service="twopass-worker", fmt=settings.log_format)
     processes = args.processes or settings.worker_processes
     return run_pool(settings, processes) if processes > 1 else run_one(settings)
