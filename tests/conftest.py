@@ -17,12 +17,15 @@ for _name, _value in {
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 
+import contextlib  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
 from twopass.aws import reset_clients  # noqa: E402
-from twopass.config import DATA_DIR, REPO_ROOT, Settings  # noqa: E402
+from twopass.config import DATA_DIR, Settings  # noqa: E402
+from twopass.local.stack import LocalStack, free_port  # noqa: E402
 
 TESTS = Path(__file__).parent
 PHOTOS = TESTS / "data"
@@ -58,32 +61,48 @@ def slow_classifier():  # type: ignore[no-untyped-def]
     return Classifier.from_location(Settings().slow_model, top_k=5)
 
 
-@pytest.fixture
-def aws() -> Iterator[Settings]:
-    """moto in-process with the template's queues and table created through CloudFormation.
+@contextlib.contextmanager
+def template_in_moto() -> Iterator[Settings]:
+    """moto in-process with the template's queues, table and bucket created through CloudFormation.
 
-    Yields settings pointing at them; the env vars the template gives the API are set too.
+    The env vars the template gives the API are set while it lasts; yields settings reading them.
     """
     import boto3
     from moto import mock_aws
+
     from twopass.local.provision import provision
 
     reset_clients()
-    with mock_aws():
+    with mock_aws(), pytest.MonkeyPatch.context() as env:
         provisioned = provision(lambda service: boto3.client(service, region_name="us-east-1"))
-        saved = {k: os.environ.get(k) for k in provisioned.api_env}
-        os.environ.update(provisioned.api_env)
+        for key, value in provisioned.api_env.items():
+            env.setenv(key, value)
         try:
-            yield Settings.from_env().replace(poll_wait_seconds=0, heartbeat_seconds=0.2)
+            yield Settings.from_env()
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             reset_clients()
 
 
+@pytest.fixture
+def aws() -> Iterator[Settings]:
+    with template_in_moto() as settings:
+        yield settings.replace(poll_wait_seconds=0, heartbeat_seconds=0.2)
+
+
 @pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO_ROOT
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole local stack, as `make run` starts it, on free loopback ports, shared by the
+    end-to-end and client tests. ``TWOPASS_API_KEY`` is set so the SDK and CLI send its key.
+    """
+    local = LocalStack(
+        api_port=free_port(),
+        emulator_port=free_port(),
+        workers=1,
+        log_dir=tmp_path_factory.mktemp("stack-logs"),
+        # JSON logs, as on AWS, so tests can follow a job id through them; short polls so the
+        # worker stops promptly at teardown.
+        env={"TWOPASS_POLL_WAIT_SECONDS": "1", "TWOPASS_HEARTBEAT_SECONDS": "1", "TWOPASS_LOG_FORMAT": "json"},
+    )
+    with local, pytest.MonkeyPatch.context() as env:
+        env.setenv("TWOPASS_API_KEY", local.api_key or "")
+        yield local

@@ -7,41 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import CAT_LABELS, PHOTOS
 from twopass.cli import main
 from twopass.client import AsyncClient, BadRequestError, Client, JobResult, NotFoundError
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-PHOTOS = REPO / "tests" / "data"
-#: ImageNet classes a photo of a cat may fairly be given.
-CAT_LABELS = frozenset({"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx", "cougar"})
 COFFEE_LABELS = frozenset({"espresso", "cup", "coffee mug", "eggnog"})
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(
-        api_port=free_port(),
-        emulator_port=free_port(),
-        workers=1,
-        log_dir=tmp_path_factory.mktemp("stack"),
-        # A short long-poll lets the worker stop promptly at teardown.
-        env={"TWOPASS_POLL_WAIT_SECONDS": "1"},
-    )
-    local.start()
-    # The local API requires x-api-key like API Gateway does; clients and the CLI read this variable.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("TWOPASS_API_KEY", local.api_key or "")
-        try:
-            yield local
-        finally:
-            local.stop()
 
 
 def test_sync_client_predicts_and_waits(stack: LocalStack) -> None:

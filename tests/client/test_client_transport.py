@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from twopass.client import (
     ApiError,
     AsyncClient,

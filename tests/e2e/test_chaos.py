@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

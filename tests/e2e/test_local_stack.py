@@ -9,9 +9,9 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from twopass.local.stack import EMULATOR_ENV, LocalStack
 
 from tests.conftest import CAT_LABELS
+from twopass.local.stack import EMULATOR_ENV, LocalStack
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from twopass.local.stack import LOCAL_DEFAULTS, LocalStack
-from twopass.notify import SIGNATURE_HEADER, verify
 
 from tests.conftest import CAT_LABELS
+from twopass.local.stack import LOCAL_DEFAULTS, LocalStack
+from twopass.notify import SIGNATURE_HEADER, verify
 
 pytestmark = pytest.mark.e2e
 

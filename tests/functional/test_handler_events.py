@@ -11,10 +11,10 @@ from typing import Any
 
 import boto3
 import pytest
-from twopass.config import REPO_ROOT, Settings
-from twopass.queue.base import JobMessage
 
 from tests.conftest import CAT_LABELS, EVENTS
+from twopass.config import REPO_ROOT, Settings
+from twopass.queue.base import JobMessage
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 

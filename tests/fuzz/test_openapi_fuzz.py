@@ -6,22 +6,18 @@ schema, and never a 5xx.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from moto import mock_aws
 from schemathesis.checks import positive_data_acceptance
+
+from tests.conftest import template_in_moto
 from twopass.api.app import create_app
 from twopass.api.service import TwopassService
-from twopass.aws import reset_clients
-from twopass.config import Settings
 from twopass.jobs.dynamodb import DynamoJobStore
-from twopass.local.provision import provision
 from twopass.models.runtime import Classifier
 from twopass.queue.sqs import SqsPublisher
 
@@ -31,24 +27,12 @@ API_KEY = "fuzz-key"
 
 @pytest.fixture(scope="module")
 def app_schema(fast_classifier: Classifier) -> Iterator[Any]:
-    reset_clients()
-    with mock_aws():
-        env = provision(lambda service: boto3.client(service, region_name="us-east-1")).api_env
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            config = Settings.from_env().replace(api_keys=API_KEY)
-            service = TwopassService(
-                config, DynamoJobStore(config.table_name), SqsPublisher(config.queue_url), fast_classifier
-            )
-            yield schemathesis.openapi.from_asgi("/openapi.json", create_app(service))
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            reset_clients()
+    with template_in_moto() as settings:
+        config = settings.replace(api_keys=API_KEY)
+        service = TwopassService(
+            config, DynamoJobStore(config.table_name), SqsPublisher(config.queue_url), fast_classifier
+        )
+        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(service))
 
 
 #: Examples per operation; the closing note quotes the total this produces.

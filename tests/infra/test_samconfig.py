@@ -9,6 +9,7 @@ from functools import cache
 from typing import Any
 
 import pytest
+
 from twopass.config import REPO_ROOT
 from twopass.local import template as tpl
 

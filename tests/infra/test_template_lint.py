@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
 from twopass.local import template as tpl
 
 #: (rule id, logical id) → why the finding is accepted. Keep it short and justified.

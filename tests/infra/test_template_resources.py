@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 import pytest
+
 from twopass.config import Settings
 from twopass.local import template as tpl
 

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
 from twopass.config import REPO_ROOT
 from twopass.local import template as tpl
 

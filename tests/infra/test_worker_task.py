@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+
 from twopass.config import REPO_ROOT, Settings
 from twopass.local import template as tpl
 
@@ -53,6 +54,7 @@ class Stack:
 def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The template's data plane created by CloudFormation in moto, and the worker env resolved."""
     from moto import mock_aws
+
     from twopass import aws
 
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):

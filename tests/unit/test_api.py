@@ -10,6 +10,8 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from tests.conftest import CAT_LABELS
 from twopass.api.app import create_app
 from twopass.api.service import TwopassService
 from twopass.config import Settings
@@ -17,8 +19,6 @@ from twopass.jobs.base import JobStatus
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
 from twopass.queue.sqs import SqsPublisher
-
-from tests.conftest import CAT_LABELS
 
 
 def make_client(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
+
 from twopass.config import Settings
 from twopass.exceptions import ConfigError
 

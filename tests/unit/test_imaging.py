@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+
 from twopass.exceptions import ImageTooLargeError, InvalidImageError
 from twopass.imaging import decode_image, load_tensor, preprocess
 from twopass.models.card import Preprocessing

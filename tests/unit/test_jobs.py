@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, JobStore, is_job_id, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore

@@ -12,6 +12,8 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from tests.conftest import CAT_LABELS
 from twopass import payloads
 from twopass.api.app import create_app
 from twopass.api.service import SQS_INLINE_LIMIT, TwopassService
@@ -23,8 +25,6 @@ from twopass.ops.deadletter import dead_letter_queue_url, redrive, sweep
 from twopass.queue.base import JobMessage
 from twopass.queue.sqs import SqsPublisher, SqsSource
 from twopass.worker.runner import Worker
-
-from tests.conftest import CAT_LABELS
 
 
 def sqs() -> Any:

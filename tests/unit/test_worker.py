@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+
+from tests.conftest import CAT_LABELS
 from twopass.config import Settings
 from twopass.exceptions import DependencyError
 from twopass.jobs.base import JobRecord, JobStatus, new_job_id
@@ -16,8 +18,6 @@ from twopass.models.runtime import Classifier
 from twopass.queue.base import Delivery, JobMessage
 from twopass.queue.memory import MemoryQueue
 from twopass.worker.runner import Worker
-
-from tests.conftest import CAT_LABELS
 
 SETTINGS = Settings().replace(
     max_batch_size=8, max_wait_ms=20, receivers=2, poll_wait_seconds=0.2, heartbeat_seconds=0.1

@@ -1,12 +1,15 @@
 """The batching worker pipeline.
 
-receivers (threads, long polling) ──▶ decode pool (threads) ──▶ pending ──▶ batcher ──▶ session.run
-                                                                                   └──▶ store writes ──▶ ack
+receivers (threads, long polling) ──▶ decode pool (threads) ──▶ pending ──▶ batcher ──▶ model thread ──▶ finisher
+                                                          (mark running) ─┘    (session.run)   (store writes, ack)
 
 * A batch closes when it holds ``max_batch_size`` jobs or ``max_wait_ms`` after its first job
   arrived, so a lone job is never held back waiting for company.
 * Images are decoded while the previous batch is on the model: onnxruntime and Pillow both
   release the GIL, so threads overlap for real.
+* The model never waits for the network: while one batch is on the model the next one is formed
+  and marked running, and the previous one's results are written and acked on another thread.
+  One batch runs and one waits ready at most; finished batches queue for the finisher, bounded.
 * A message is acknowledged only after its job's final state is durable; anything that fails in
   between is simply redelivered, and the store's conditional transitions make redelivery harmless.
 * Messages held longer than half their visibility are extended, so a long batch is never handed
@@ -32,7 +35,7 @@ import numpy as np
 from twopass.config import Settings
 from twopass.exceptions import DependencyError, InvalidImageError
 from twopass.jobs.base import JobStatus, JobStore
-from twopass.models.runtime import Classifier
+from twopass.models.runtime import Classifier, Prediction
 from twopass.queue.base import Delivery, MessageSource
 from twopass.worker.events import WorkerEvents
 
@@ -106,6 +109,11 @@ class Worker:
         self._held_lock = threading.Lock()
         self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
         self._io_pool = ThreadPoolExecutor(16, thread_name_prefix="store")
+        # One batch on the model and one ready behind it; a few finished ones waiting to be written.
+        self._model = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._model_slots = threading.BoundedSemaphore(2)
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
+        self._finish_slots = threading.BoundedSemaphore(4)
         self._receivers: list[threading.Thread] = []
         self._background: list[threading.Thread] = []
 
@@ -162,6 +170,9 @@ class Worker:
                 break
         if leftovers:
             self._release(leftovers)
+        # Batches already marked running are finished: run, recorded, acked.
+        self._model.shutdown(wait=True)
+        self._finisher.shutdown(wait=True)
         for t in self._background:
             t.join(timeout=2)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -250,11 +261,22 @@ class Worker:
             if delivery.message_id in started.duplicates:
                 done.append(delivery)
         runnable = [(d, t) for d, t in ready if d.message_id in started.running]
-        if runnable:
-            done.extend(self._infer_and_record(runnable))
         if done:
             self._ack(done)
-        self.events.flush()  # one EMF blob per batch
+        if not runnable:
+            self.events.flush()
+            return
+        self._model_slots.acquire()  # waits while one batch runs and another is ready
+        future = self._model.submit(self._guarded, self._infer_batch, runnable)
+        future.add_done_callback(lambda _: self._model_slots.release())
+
+    def _guarded(self, fn: Callable[[list[tuple[Delivery, Any]]], None], items: list[tuple[Delivery, Any]]) -> None:
+        """Run a pipeline stage; on a bug, log it and let the messages come back after their visibility."""
+        try:
+            fn(items)
+        except Exception:
+            logger.exception("%s failed for a batch of %d; its messages will be redelivered", fn.__name__, len(items))
+            self._unhold([d for d, _ in items])
 
     @dataclass
     class _Started:
@@ -284,7 +306,8 @@ class Worker:
         list(self._io_pool.map(start, [d for d, _ in ready]))
         return started
 
-    def _infer_and_record(self, runnable: list[tuple[Delivery, np.ndarray]]) -> list[Delivery]:
+    def _infer_batch(self, runnable: list[tuple[Delivery, np.ndarray]]) -> None:
+        """Model thread: one ``session.run``, then the results go to the finisher."""
         t0 = time.perf_counter()
         try:
             predictions = self.classifier.predict_batch([t for _, t in runnable])
@@ -296,7 +319,11 @@ class Worker:
                     done.append(delivery)
                 else:
                     self.stats.retried += 1
-            return done
+                    self._unhold([delivery])  # no longer extended: it comes back after its visibility
+            if done:
+                self._ack(done)
+            self.events.flush()
+            return
         elapsed = time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.batch_sizes.append(len(runnable))
@@ -305,15 +332,23 @@ class Worker:
         now = time.time()
         waits = [max(0.0, (now - d.message.submitted_at) * 1000 - batch_ms) for d, _ in runnable if d.message]
         self.events.batch(len(runnable), batch_ms, waits)
+        items = [(d, (p, batch_ms)) for (d, _), p in zip(runnable, predictions, strict=True)]
+        self._finish_slots.acquire()  # back-pressure when the table is slower than the model
+        future = self._finisher.submit(self._guarded, self._record_batch, items)
+        future.add_done_callback(lambda _: self._finish_slots.release())
 
-        def record(pair: tuple[tuple[Delivery, np.ndarray], Any]) -> Delivery | None:
-            (delivery, _), prediction = pair
+    def _record_batch(self, items: list[tuple[Delivery, tuple[Prediction, float]]]) -> None:
+        """Finisher thread: write every result (in parallel, conditional), then ack the batch at once."""
+        size = len(items)
+
+        def record(item: tuple[Delivery, tuple[Prediction, float]]) -> Delivery | None:
+            delivery, (prediction, batch_ms) = item
             assert delivery.message is not None
             result = {
                 "model": self.classifier.name,
                 "label": prediction.label,
                 "top_k": prediction.top_k(),
-                "batch_size": len(runnable),
+                "batch_size": size,
                 "inference_ms": batch_ms,
                 "queue_wait_ms": round(max(0.0, time.time() - delivery.message.submitted_at) * 1000 - batch_ms, 1),
             }
@@ -333,7 +368,10 @@ class Worker:
                 self.stats.duplicates += 1
             return delivery
 
-        return [d for d in self._io_pool.map(record, zip(runnable, predictions, strict=True)) if d is not None]
+        done = [d for d in self._io_pool.map(record, items) if d is not None]
+        if done:
+            self._ack(done)
+        self.events.flush()  # one EMF blob per batch
 
     @staticmethod
     def _drop_payload(ref: str) -> None:
