@@ -71,7 +71,8 @@ def main() -> None:
     if response.get("statusCode") != 200:
         raise SystemExit(f"first request failed: {response}")
     print(
-        json.dumps(
+        "RESULT "
+        + json.dumps(
             {
                 "wall_start": WALL0,
                 "init_s": marks["init_done"] - T0,

@@ -30,7 +30,8 @@ def _spawn(
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"cold start child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("RESULT "))
+    data: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     data["interpreter_start_s"] = data["wall_start"] - t_spawn
     data["total_s"] = data["wall_end"] - t_spawn
     data["import_s"] = data["init_s"] - data["model_load_s"]
@@ -73,11 +74,12 @@ def run(config: ColdConfig) -> dict[str, Any]:
     with moto_server() as endpoint:
         env = child_env(
             {
+                **provision_moto(endpoint),
                 "AWS_ENDPOINT_URL": endpoint,
                 "AWS_LAMBDA_FUNCTION_NAME": "twopass-ApiFunction",
                 "TWOPASS_PROVIDERS": "cpu",
-                "TWOPASS_LOG_LEVEL": "WARNING",
-                **provision_moto(endpoint),
+                # The template's default (ApiTracing=false); moto's provisioning leaves the Fn::If unresolved.
+                "POWERTOOLS_TRACE_DISABLED": "true",
             }
         )
         _spawn(env)  # page cache warm: a Lambda's layer is on local disk too

@@ -159,26 +159,46 @@ def server(
     args: Sequence[str], health_url: str, *, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A child server process, up once ``health_url`` answers, stopped (SIGTERM, then kill) after."""
-    log_path = RESULTS / f".{Path(args[2] if len(args) > 2 else args[0]).name}.{os.getpid()}.log.tmp"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(list(args), env=dict(env or child_env()), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    log_path = RESULTS / f".server.{os.getpid()}.{free_port()}.log.tmp"
+    out = log_path.open("wb")
+    proc = subprocess.Popen(list(args), env=dict(env or child_env()), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
         try:
-            try:
-                wait_http(health_url, timeout, proc)
-            except (RuntimeError, TimeoutError) as exc:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{exc}\n--- server log ---\n{tail}") from exc
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    with contextlib.suppress(OSError):
-        log_path.unlink()
+            wait_http(health_url, timeout, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}\n--- server log ---\n{tail}") from exc
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+        with contextlib.suppress(OSError):
+            log_path.unlink()
+
+
+def quiet_twopass_logs() -> None:
+    """twopass logs in this process go where Lambda's go (formatted JSON to a stream), not to the console."""
+    import logging
+
+    log = logging.getLogger("twopass")
+    if getattr(log, "_twopass_configured", False):
+        return
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    try:
+        from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+        handler.setFormatter(LambdaPowertoolsFormatter(service="twopass-bench"))
+    except ImportError:
+        pass
+    log.addHandler(handler)
+    log.propagate = False
+    log._twopass_configured = True  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -193,6 +213,7 @@ def moto_server() -> Iterator[str]:
 def provision_moto(endpoint: str) -> dict[str, str]:
     """Create the template's queues and table in the emulator; returns the API function's env."""
     import boto3
+
     from twopass.local.provision import provision
 
     def client(service: str) -> Any:

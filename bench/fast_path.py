@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +28,8 @@ from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 
 MAX_PIXELS = 40_000_000
+#: uvicorn on 2 cores: two requests on the model at once, one core each (found by a sweep; see docs).
+HTTP_API_ENV = {"TWOPASS_INTRA_OP_THREADS": "1", "TWOPASS_INFERENCE_CONCURRENCY": "2"}
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class FastConfig:
     concurrency: tuple[int, ...] = (1, 10, 50)
     repeats: int = 3
     bursts: int = 5
-    #: TWOPASS_* overrides for the API under test (empty: the project's defaults).
-    api_env: dict[str, str] = field(default_factory=dict)
+    #: TWOPASS_* settings of the HTTP API under test (uvicorn serves many requests at once).
+    api_env: dict[str, str] = field(default_factory=lambda: dict(HTTP_API_ENV))
 
 
 @dataclass
@@ -62,10 +65,12 @@ def predict_event() -> dict[str, Any]:
 class RawFastPath:
     """The fast model with nothing around it: a plain onnxruntime session, the card's preprocessing."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, intra_op_threads: int = 0) -> None:
         path = Path(model)
         self.card = ModelCard.load(card_path(path))
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.labels = imagenet_labels()
         self.session.run(None, {self.card.input_name: self.tensor(cat_jpeg())[None]})
 
@@ -114,13 +119,15 @@ def moto_handler() -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
     """``functions/api/app.py`` imported fresh inside moto's in-process mock, resources provisioned."""
     import boto3
     from moto import mock_aws
+
     from twopass.aws import reset_clients
     from twopass.local.provision import provision
 
     os.environ.pop("AWS_ENDPOINT_URL", None)
     reset_clients()
     with mock_aws():
-        env = provision(lambda service: boto3.client(service, region_name="us-east-1")).api_env
+        env = dict(provision(lambda service: boto3.client(service, region_name="us-east-1")).api_env)
+        env["POWERTOOLS_TRACE_DISABLED"] = "true"  # the template's default; local provisioning leaves an Fn::If
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -141,6 +148,7 @@ def moto_handler() -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
 def memory_handler(settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The same app and Mangum adapter over MemoryJobStore + MemoryQueue: framework cost alone."""
     from mangum import Mangum
+
     from twopass.api.app import create_app
     from twopass.api.service import TwopassService
     from twopass.jobs.memory import MemoryJobStore
@@ -157,19 +165,6 @@ def check_ok(response: dict[str, Any]) -> None:
         raise RuntimeError(f"handler answered {response.get('statusCode')}: {response.get('body')}")
 
 
-def time_handler(handler: Callable[[dict[str, Any]], dict[str, Any]], n: int) -> list[float]:
-    event = predict_event()
-    for _ in range(3):
-        check_ok(handler(event))
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        response = handler(event)
-        out.append(time.perf_counter() - t0)
-        check_ok(response)
-    return out
-
-
 def api_settings(api_env: dict[str, str]) -> Settings:
     return Settings.from_env({"TWOPASS_PROVIDERS": "cpu", **api_env})
 
@@ -183,29 +178,9 @@ def twopass_http(api_env: dict[str, str]) -> Iterator[str]:
         sys.executable, "-m", "uvicorn", "--factory", "bench.http_app:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    env = child_env({"TWOPASS_PROVIDERS": "cpu", "TWOPASS_LOG_LEVEL": "WARNING", **api_env})
+    env = child_env({"TWOPASS_PROVIDERS": "cpu", **api_env})
     with server(args, f"{url}/health", env=env):
         yield url
-
-
-def http_measure(url: str, path: str, config: FastConfig, field_name: str = "image_data") -> dict[str, Any]:
-    """p50/p99/throughput at each concurrency and the 10-request burst, median over repeats."""
-    request = http_load.json_request(url, path, cat_jpeg(), field_name)
-    http_load.load(url, request, concurrency=2, total=10)  # warm
-    out: dict[str, Any] = {}
-    for c in config.concurrency:
-        runs = []
-        for _ in range(config.repeats):
-            total = max(config.requests, 3 * c) if c > 1 else config.requests // 2
-            res = http_load.load(url, request, concurrency=c, total=total)
-            if res.errors:
-                raise RuntimeError(f"{res.errors} errors at concurrency {c}: {res.statuses}")
-            runs.append(summary(res.latencies, res.wall))
-        out[f"c{c}"] = _median_summary(runs)
-    walls = [http_load.burst(url, request, 10) for _ in range(config.bursts)]
-    out["burst10_wall_ms"] = round(median(walls) * 1000, 1)
-    out["burst10_runs_ms"] = [round(w * 1000, 1) for w in walls]
-    return out
 
 
 def _median_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -213,79 +188,154 @@ def _median_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {**{k: round(median([r[k] for r in runs]), 2) for k in keys}, "n": int(sum(r["n"] for r in runs))}
 
 
-def raw_measure(raw: RawFastPath, config: FastConfig) -> dict[str, Any]:
-    data = cat_jpeg()
-    out: dict[str, Any] = {}
-    for c in (*config.concurrency, 2):
-        runs = []
-        for _ in range(config.repeats):
-            total = max(config.requests, 3 * c) if c > 1 else config.requests // 2
-            lat, wall = closed_loop(lambda: raw(data), c, total)
-            runs.append(summary(lat, wall))
-        out[f"c{c}"] = _median_summary(runs)
+class HttpClient:
+    """One keep-alive connection; a sync POST per call (for the interleaved concurrency-1 loop)."""
 
-    def burst() -> float:
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(10) as pool:
-            list(pool.map(lambda _: raw(data), range(10)))
-        return time.perf_counter() - t0
+    def __init__(self, url: str, path: str, body: bytes) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+        self.path, self.body = path, body
+        self.headers = {"Content-Type": "application/json"}
 
-    walls = [burst() for _ in range(config.bursts)]
-    out["burst10_wall_ms"] = round(median(walls) * 1000, 1)
-    out["best_throughput_rps"] = max(v["throughput_rps"] for k, v in out.items() if k.startswith("c"))
+    def __call__(self) -> None:
+        self.conn.request("POST", self.path, body=self.body, headers=self.headers)
+        response = self.conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def interleaved(calls: dict[str, Callable[[], object]], n: int) -> dict[str, list[float]]:
+    """``n`` rounds of one call of each, in turn: every path sees the same moments of machine noise."""
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(n):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            out[name].append(time.perf_counter() - t0)
     return out
 
 
+def pair_loop(pair: list[RawFastPath], data: bytes, total: int) -> tuple[list[float], float]:
+    """Two threads, each with its own single-threaded session, ``total`` calls between them."""
+    latencies: list[list[float]] = [[], []]
+
+    def go(i: int) -> None:
+        for _ in range(total // 2):
+            t0 = time.perf_counter()
+            pair[i](data)
+            latencies[i].append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(go, range(2)))
+    return latencies[0] + latencies[1], time.perf_counter() - t0
+
+
+def raw_burst(raw: RawFastPath, data: bytes) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda _: raw(data), range(10)))
+    return time.perf_counter() - t0
+
+
 def run(config: FastConfig) -> dict[str, Any]:
-    settings = api_settings(config.api_env)
+    settings = api_settings({})  # the handler runs as in Lambda: the project's defaults
+    http_settings = api_settings(config.api_env)
     result: dict[str, Any] = {
         "config": {**config.__dict__, "concurrency": list(config.concurrency)},
         "api_settings": {
-            "intra_op_threads": settings.intra_op_threads,
-            "inference_concurrency": settings.inference_concurrency,
+            "handler (Lambda: one request per instance)": {
+                "intra_op_threads": settings.intra_op_threads,
+                "inference_concurrency": settings.inference_concurrency,
+            },
+            "http (uvicorn)": {
+                "intra_op_threads": http_settings.intra_op_threads,
+                "inference_concurrency": http_settings.inference_concurrency,
+            },
         },
-        "payload": "cat.jpg (451x300 JPEG, 35 KB): binary in the API Gateway event, base64 JSON over HTTP",
+        "payload": "cat.jpg (451x300 JPEG, 35 KB): binary in the API Gateway REST event, base64 JSON over HTTP",
+        "http_backend": "uvicorn + create_app(TwopassService(settings, MemoryJobStore(), MemoryQueue()))",
     }
-    log("fast path: raw decode+preprocess+infer")
+    data = cat_jpeg()
     raw = RawFastPath(settings.fast_model)
-    result["raw"] = raw_measure(raw, config)
-    log(f"  raw {result['raw']}")
-
-    log("fast path: Lambda handler in-process (Mangum, API Gateway REST event)")
-    handler_runs: dict[str, list[dict[str, float]]] = {"moto": [], "memory": [], "raw_same_run": []}
+    # The best raw throughput on 2 cores: one single-threaded session per core, one thread each.
+    raw_pair = [RawFastPath(settings.fast_model, intra_op_threads=1) for _ in range(2)]
+    event = predict_event()
     mem = memory_handler(settings)
-    with moto_handler() as moto:
+    with moto_handler() as moto, twopass_http(config.api_env) as url:
+        request = http_load.json_request(url, "/predict", data)
+        client = HttpClient(url, "/predict", request.split(b"\r\n\r\n", 1)[1])
+        calls: dict[str, Callable[[], object]] = {
+            "raw": lambda: raw(data),
+            "handler_moto": lambda: check_ok(moto(event)),
+            "handler_memory": lambda: check_ok(mem(event)),
+            "http": client,
+        }
+        interleaved(calls, 5)  # warm every path
+        log("fast path: concurrency 1 — raw, handler (moto), handler (in-memory), HTTP — interleaved per request")
+        c1_runs: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
+        ratio_runs: dict[str, list[float]] = {"handler_moto": [], "handler_memory": [], "http": []}
         for _ in range(config.repeats):
-            handler_runs["raw_same_run"].append(
-                latency_summary(closed_loop(lambda: raw(cat_jpeg()), 1, config.handler_requests)[0])
-            )
-            handler_runs["moto"].append(latency_summary(time_handler(moto, config.handler_requests)))
-            handler_runs["memory"].append(latency_summary(time_handler(mem, config.handler_requests)))
-            log(f"  handler raw/moto/memory p50: {[handler_runs[k][-1]['p50_ms'] for k in handler_runs]}")
-    result["handler"] = {
-        k: {m: round(median([r[m] for r in v]), 2) for m in ("p50_ms", "p99_ms", "mean_ms")}
-        for k, v in handler_runs.items()
-    }
-    result["handler"]["note"] = (
-        "moto: DynamoDB put + SQS send answered by moto's in-process mock; memory: MemoryJobStore + MemoryQueue"
-    )
+            lat = interleaved(calls, config.handler_requests)
+            for name, values in lat.items():
+                c1_runs[name].append(latency_summary(values))
+            for name in ratio_runs:
+                ratio_runs[name].append(c1_runs[name][-1]["p50_ms"] / c1_runs["raw"][-1]["p50_ms"])
+            log("  p50 ms " + ", ".join(f"{k} {v[-1]['p50_ms']:.1f}" for k, v in c1_runs.items()))
+        client.close()
+        result["c1"] = {
+            name: {m: round(median([r[m] for r in runs]), 2) for m in ("p50_ms", "p99_ms", "mean_ms")}
+            for name, runs in c1_runs.items()
+        }
+        result["c1"]["note"] = (
+            "handler_moto: DynamoDB put + SQS send served by moto's in-process mock; "
+            "handler_memory: MemoryJobStore + MemoryQueue; http: uvicorn over in-memory backends"
+        )
 
-    log("fast path: HTTP (uvicorn, twopass app over MemoryJobStore + MemoryQueue)")
-    with twopass_http(config.api_env) as url:
-        result["http"] = http_measure(url, "/predict", config)
-    log(f"  http {result['http']}")
+        log("fast path: concurrency " + ", ".join(map(str, config.concurrency)) + " — raw threads vs HTTP")
+        raw_runs: dict[str, list[dict[str, float]]] = {}
+        http_runs: dict[str, list[dict[str, float]]] = {}
+        tp_ratios: list[float] = []
+        for _ in range(config.repeats):
+            lat, wall = pair_loop(raw_pair, data, config.requests)
+            raw_runs.setdefault("2x1t", []).append(summary(lat, wall))
+            for c in config.concurrency:
+                total = max(config.requests, 3 * c) if c > 1 else config.requests // 2
+                lat, wall = closed_loop(lambda: raw(data), c, total)
+                raw_runs.setdefault(f"c{c}", []).append(summary(lat, wall))
+                res = http_load.load(url, request, concurrency=c, total=total)
+                if res.errors:
+                    raise RuntimeError(f"twopass HTTP: {res.errors} errors at concurrency {c}: {res.statuses}")
+                http_runs.setdefault(f"c{c}", []).append(summary(res.latencies, res.wall))
+            best_raw = max(runs[-1]["throughput_rps"] for runs in raw_runs.values())
+            tp_ratios.append(http_runs["c10"][-1]["throughput_rps"] / best_raw)
+            log(f"  c10 req/s: http {http_runs['c10'][-1]['throughput_rps']:.1f}, best raw {best_raw:.1f}")
+        result["raw"] = {c: _median_summary(r) for c, r in raw_runs.items()}
+        result["raw"]["best_throughput_rps"] = max(v["throughput_rps"] for v in result["raw"].values())
+        result["http"] = {c: _median_summary(r) for c, r in http_runs.items()}
 
-    h, r = result["handler"], result["raw"]
+        log("fast path: 10 parallel requests (the gibbs scenario)")
+        walls: dict[str, list[float]] = {"raw": [], "http": []}
+        for _ in range(config.bursts):
+            walls["raw"].append(raw_burst(raw, data))
+            walls["http"].append(http_load.burst(url, request, 10))
+        result["raw"]["burst10_wall_ms"] = round(median(walls["raw"]) * 1000, 1)
+        result["http"]["burst10_wall_ms"] = round(median(walls["http"]) * 1000, 1)
+        result["http"]["burst10_runs_ms"] = [round(w * 1000, 1) for w in walls["http"]]
+
     result["ratios"] = {
-        "handler_moto_p50_vs_raw": ratio(h["moto"]["p50_ms"], h["raw_same_run"]["p50_ms"]),
-        "handler_memory_p50_vs_raw": ratio(h["memory"]["p50_ms"], h["raw_same_run"]["p50_ms"]),
-        "http_c1_p50_vs_raw": ratio(result["http"]["c1"]["p50_ms"], r["c1"]["p50_ms"]),
-        "http_c10_throughput_vs_raw_best": ratio(result["http"]["c10"]["throughput_rps"], r["best_throughput_rps"]),
-        "http_c10_throughput_vs_raw_c10": ratio(result["http"]["c10"]["throughput_rps"], r["c10"]["throughput_rps"]),
-        "http_burst10_vs_raw_burst10": ratio(result["http"]["burst10_wall_ms"], r["burst10_wall_ms"]),
+        "handler_moto_p50_vs_raw": round(median(ratio_runs["handler_moto"]), 3),
+        "handler_memory_p50_vs_raw": round(median(ratio_runs["handler_memory"]), 3),
+        "http_c1_p50_vs_raw": round(median(ratio_runs["http"]), 3),
+        "http_c10_throughput_vs_raw_best": round(median(tp_ratios), 3),
+        "http_c10_throughput_vs_raw_c10": ratio(
+            result["http"]["c10"]["throughput_rps"], result["raw"]["c10"]["throughput_rps"]
+        ),
+        "http_burst10_vs_raw_burst10": ratio(result["http"]["burst10_wall_ms"], result["raw"]["burst10_wall_ms"]),
     }
+    log(f"  ratios {result['ratios']}")
     return result
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

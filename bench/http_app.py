@@ -11,12 +11,13 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from fastapi import FastAPI  # noqa: E402
-from twopass.api.app import create_app as create_twopass_app  # noqa: E402
-from twopass.api.service import TwopassService  # noqa: E402
-from twopass.config import Settings  # noqa: E402
-from twopass.jobs.memory import MemoryJobStore  # noqa: E402
-from twopass.queue.memory import MemoryQueue  # noqa: E402
+from fastapi import FastAPI
+
+from twopass.api.app import create_app as create_twopass_app
+from twopass.api.service import TwopassService
+from twopass.config import Settings
+from twopass.jobs.memory import MemoryJobStore
+from twopass.queue.memory import MemoryQueue
 
 
 def create_app() -> FastAPI:

@@ -1,8 +1,14 @@
-"""Slow path: raw onnxruntime (the limit) vs the twopass worker vs a one-job-at-a-time loop."""
+"""Slow path: raw onnxruntime (the limit) vs the twopass worker vs a one-job-at-a-time loop.
+
+A "setup" is the worker's knobs plus how many model sessions run side by side: ``sessions=2``
+is what ``TWOPASS_WORKER_PROCESSES=2`` does in production (one session per process); in this
+process it is two :class:`Worker` objects on the same source and store.
+"""
 
 from __future__ import annotations
 
 import itertools
+import resource
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,8 +19,6 @@ from typing import Any
 import numpy as np
 
 from bench.common import latency_summary, log, median, median_of_runs, photos, ratio
-
-# Imported after bench.common set ORT_DISABLE_TELEMETRY and the fake AWS credentials.
 from twopass.config import Settings
 from twopass.imaging import load_tensor
 from twopass.jobs.base import JobRecord, JobStore, new_job_id
@@ -28,17 +32,56 @@ MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
+class Setup:
+    """Worker knobs and parallel sessions; ``intra_op_threads=0`` lets onnxruntime use every core."""
+
+    max_batch_size: int = 8
+    decode_threads: int = 2
+    intra_op_threads: int = 0
+    sessions: int = 1
+
+    def settings(self) -> Settings:
+        return slow_settings(
+            max_batch_size=self.max_batch_size,
+            decode_threads=self.decode_threads,
+            intra_op_threads=self.intra_op_threads,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The same setup as production environment variables."""
+        return {
+            "TWOPASS_MAX_BATCH_SIZE": str(self.max_batch_size),
+            "TWOPASS_DECODE_THREADS": str(self.decode_threads),
+            "TWOPASS_INTRA_OP_THREADS": str(self.intra_op_threads),
+            "TWOPASS_WORKER_PROCESSES": str(self.sessions),
+        }
+
+
+#: The seed's backend: one default session (onnxruntime picks the threads), batch 1.
+SEED = Setup(max_batch_size=1, decode_threads=1, intra_op_threads=0, sessions=1)
+#: Sweep: one session using both cores vs one single-threaded session per core.
+GRID = (
+    *(Setup(b, d, 0, 1) for b in (4, 8, 16) for d in (1, 2)),
+    Setup(8, 1, 1, 1),
+    *(Setup(b, 1, 1, 2) for b in (4, 8, 16)),
+)
+
+
+@dataclass(frozen=True)
 class SlowConfig:
     """What a slow-path run uses; ``bench/run.py`` fills it from the command line."""
 
     jobs: int = 200
-    moto_jobs: int = 100
+    moto_jobs: int = 120
     repeats: int = 3
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
-    raw_images: int = 96
+    raw_images: int = 64
     lone_jobs: int = 50
     tune: bool = True
     tune_jobs: int = 96
+    tune_rounds: int = 2
+    #: Used when not tuning.
+    setup: Setup = Setup(8, 1, 1, 2)
 
 
 class CountingStore(MemoryJobStore):
@@ -67,10 +110,23 @@ def slow_settings(**changes: Any) -> Settings:
     return base.replace(**changes)
 
 
-def load_slow(settings: Settings) -> Classifier:
-    return Classifier.from_location(
-        settings.slow_model, providers=settings.providers, intra_op_threads=settings.intra_op_threads
-    )
+class Sessions:
+    """Model sessions by thread count, loaded once and reused by every measurement."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[int, int], Classifier] = {}
+
+    def get(self, intra_op_threads: int, index: int = 0) -> Classifier:
+        key = (intra_op_threads, index)
+        if key not in self._loaded:
+            settings = slow_settings(intra_op_threads=intra_op_threads)
+            self._loaded[key] = Classifier.from_location(
+                settings.slow_model, providers=settings.providers, intra_op_threads=intra_op_threads
+            )
+        return self._loaded[key]
+
+    def for_setup(self, setup: Setup) -> list[Classifier]:
+        return [self.get(setup.intra_op_threads, i) for i in range(setup.sessions)]
 
 
 def corpus(n: int) -> list[bytes]:
@@ -78,37 +134,62 @@ def corpus(n: int) -> list[bytes]:
     return list(itertools.islice(itertools.cycle(photos()), n))
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def in_parallel(fns: Sequence[Callable[[], object]]) -> float:
+    """Run ``fns`` on one thread each; wall seconds until the last ends."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(fns)) as pool:
+        for f in [pool.submit(fn) for fn in fns]:
+            f.result()
+    return time.perf_counter() - t0
+
+
 # -- raw onnxruntime ---------------------------------------------------------------------------
 
 
-def raw_infer(classifier: Classifier, batch: int, images: int) -> float:
-    """Images/s of ``session.run`` alone on preprocessed tensors at ``batch``."""
-    tensors = [classifier.tensor(p, max_pixels=MAX_PIXELS) for p in photos()]
+def raw_infer(classifiers: Sequence[Classifier], batch: int, images: int) -> float:
+    """Images/s of ``session.run`` alone on preprocessed tensors, each session on its own thread."""
+    tensors = [classifiers[0].tensor(p, max_pixels=MAX_PIXELS) for p in photos()]
     x = np.stack(list(itertools.islice(itertools.cycle(tensors), batch)))
-    session, feed = classifier.session, classifier.card.input_name
-    session.run(None, {feed: x})  # this shape's first run allocates
-    runs = max(2, -(-images // batch))
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        session.run(None, {feed: x})
-    return runs * batch / (time.perf_counter() - t0)
+    feed = classifiers[0].card.input_name
+    for c in classifiers:
+        c.session.run(None, {feed: x})  # this shape's first run allocates
+    runs = max(2, -(-images // (batch * len(classifiers))))
+
+    def loop(c: Classifier) -> Callable[[], None]:
+        def go() -> None:
+            for _ in range(runs):
+                c.session.run(None, {feed: x})
+
+        return go
+
+    return runs * batch * len(classifiers) / in_parallel([loop(c) for c in classifiers])
 
 
-def raw_pipeline(classifier: Classifier, data: Sequence[bytes], batch: int, decode_threads: int) -> float:
-    """Images/s of the ideal hand-written pipeline: decode in a pool, batched ``session.run``."""
-    spec = classifier.card.preprocessing
-    session, feed = classifier.session, classifier.card.input_name
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(decode_threads) as pool:
-        futures = [pool.submit(load_tensor, d, spec, max_pixels=MAX_PIXELS) for d in data]
-        for i in range(0, len(futures), batch):
-            x = np.stack([f.result() for f in futures[i : i + batch]])
-            session.run(None, {feed: x})
-    return len(data) / (time.perf_counter() - t0)
+def raw_pipeline(classifiers: Sequence[Classifier], data: Sequence[bytes], batch: int, decode_threads: int) -> float:
+    """Images/s of a hand-written pipeline: decode in a pool, batched ``session.run``, per session."""
+    spec = classifiers[0].card.preprocessing
+    feed = classifiers[0].card.input_name
+    shares = [list(data[i :: len(classifiers)]) for i in range(len(classifiers))]
+
+    def pipeline(c: Classifier, share: list[bytes]) -> Callable[[], None]:
+        def go() -> None:
+            with ThreadPoolExecutor(decode_threads) as pool:
+                futures = [pool.submit(load_tensor, d, spec, max_pixels=MAX_PIXELS) for d in share]
+                for i in range(0, len(futures), batch):
+                    c.session.run(None, {feed: np.stack([f.result() for f in futures[i : i + batch]])})
+
+        return go
+
+    return len(data) / in_parallel([pipeline(c, s) for c, s in zip(classifiers, shares, strict=True)])
 
 
 def raw_single(classifier: Classifier, data: Sequence[bytes]) -> list[float]:
-    """Seconds per job of decode + batch-1 inference, one after the other (lone-job floor)."""
+    """Seconds per job of decode + batch-1 inference, one after the other (the lone-job floor)."""
     out = []
     for d in data:
         t0 = time.perf_counter()
@@ -132,34 +213,41 @@ def preload(store: JobStore, publisher: JobPublisher, data: Sequence[bytes], thr
     return ids
 
 
-def run_worker(
-    classifier: Classifier,
+def run_workers(
+    classifiers: Sequence[Classifier],
     source: MessageSource,
     store: JobStore,
     reached: threading.Event,
     settings: Settings,
     timeout: float = 600,
 ) -> tuple[float, dict[str, Any]]:
-    """Start a worker on a preloaded source; seconds until ``reached`` is set, and its stats."""
-    worker = Worker(classifier, source, store, settings, worker_id="bench")
-    thread = threading.Thread(target=worker.run, daemon=True)
+    """One worker per session on a preloaded source; seconds until ``reached``, and merged stats."""
+    workers = [Worker(c, source, store, settings, worker_id=f"bench-{i}") for i, c in enumerate(classifiers)]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
     t0 = time.perf_counter()
-    thread.start()
-    if not reached.wait(timeout):
-        worker.stop()
-        raise TimeoutError("the worker did not finish the preloaded jobs")
+    for t in threads:
+        t.start()
+    finished = reached.wait(timeout)
     elapsed = time.perf_counter() - t0
-    worker.stop()
-    thread.join(timeout=30)
-    return elapsed, worker.stats.summary()
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(timeout=30)
+    if not finished:
+        raise TimeoutError("the worker did not finish the preloaded jobs")
+    sizes = [s for w in workers for s in w.stats.batch_sizes]
+    stats = {"mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else 0.0, "batches": len(sizes)}
+    return elapsed, stats
 
 
-def worker_memory(classifier: Classifier, data: Sequence[bytes], settings: Settings) -> tuple[float, dict[str, Any]]:
-    """Images/s of the worker with MemoryQueue + MemoryJobStore, ``data`` preloaded."""
+def worker_memory(
+    classifiers: Sequence[Classifier], data: Sequence[bytes], settings: Settings
+) -> tuple[float, dict[str, Any]]:
+    """Images/s of the worker(s) on MemoryQueue + MemoryJobStore with ``data`` preloaded."""
     queue, store = MemoryQueue(visibility=600), CountingStore()
     preload(store, queue, data)
     store.target = len(data)
-    elapsed, stats = run_worker(classifier, queue, store, store.reached, settings)
+    elapsed, stats = run_workers(classifiers, queue, store, store.reached, settings)
     return len(data) / elapsed, stats
 
 
@@ -168,10 +256,9 @@ def one_at_a_time(classifier: Classifier, source: MessageSource, store: JobStore
     done = 0
     t0 = time.perf_counter()
     while done < n:
-        deliveries = source.receive(1, 1)
-        for d in deliveries:
+        for d in source.receive(1, 1):
             assert d.message is not None
-            prediction = classifier.predict(classifier.tensor(d.message.image, max_pixels=MAX_PIXELS))
+            prediction = classifier.predict(classifier.tensor(d.message.image_bytes(), max_pixels=MAX_PIXELS))
             store.succeed(d.message.job_id, {"model": classifier.name, "label": prediction.label})
             source.ack([d])
             done += 1
@@ -184,14 +271,15 @@ def one_at_a_time_memory(classifier: Classifier, data: Sequence[bytes]) -> float
     return one_at_a_time(classifier, queue, store, len(data))
 
 
-def lone_job_latency(classifier: Classifier, data: Sequence[bytes], settings: Settings) -> list[float]:
-    """Publish → result recorded, one job at a time into an idle worker (MemoryQueue)."""
+def lone_job_latency(classifiers: Sequence[Classifier], data: Sequence[bytes], settings: Settings) -> list[float]:
+    """Publish → result recorded, one job at a time into idle worker(s) on a MemoryQueue."""
     queue, store = MemoryQueue(visibility=600), CountingStore()
     store.target = 10**9
-    worker = Worker(classifier, queue, store, settings, worker_id="bench-lone")
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    time.sleep(0.2)
+    workers = [Worker(c, queue, store, settings, worker_id=f"bench-lone-{i}") for i, c in enumerate(classifiers)]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
     out = []
     try:
         for d in data:
@@ -207,16 +295,20 @@ def lone_job_latency(classifier: Classifier, data: Sequence[bytes], settings: Se
             out.append(store.done_at[job_id] - t0)
             time.sleep(0.05)  # idle again before the next one
     finally:
-        worker.stop()
-        thread.join(timeout=30)
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(timeout=30)
     return out
 
 
 # -- through the emulator -----------------------------------------------------------------------
 
 
-def moto_measurements(classifier: Classifier, n: int, settings: Settings, repeats: int) -> dict[str, Any]:
-    """Worker and one-at-a-time loop through a moto server (SqsSource + DynamoJobStore)."""
+def moto_measurements(
+    classifiers: Sequence[Classifier], seed: Classifier, n: int, settings: Settings, repeats: int
+) -> dict[str, Any]:
+    """Worker(s) and the one-at-a-time loop through a moto server (SqsSource + DynamoJobStore)."""
     from bench.common import moto_server, pointed_at, provision_moto
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.queue.sqs import SqsPublisher, SqsSource
@@ -251,93 +343,109 @@ def moto_measurements(classifier: Classifier, n: int, settings: Settings, repeat
                     source.ack(got)
                 drained += len(got)
             out["emulator_drain_msgs_per_s"] = round(n / (time.perf_counter() - t0), 1)
-            log(f"  moto drain (receive+delete, no model): {out['emulator_drain_msgs_per_s']} msg/s")
+            log(f"  moto drain (receive + delete, no model): {out['emulator_drain_msgs_per_s']} msg/s")
             worker_runs, loop_runs = [], []
             for _ in range(repeats):
                 store = CountingDynamo(table, n)
                 preload(store, publisher, corpus(n), threads=4)
-                elapsed, stats = run_worker(classifier, source, store, store.reached, settings)
+                elapsed, stats = run_workers(classifiers, source, store, store.reached, settings)
                 worker_runs.append({"images_per_s": n / elapsed, "mean_batch_size": stats["mean_batch_size"]})
-                log(f"  moto worker: {n / elapsed:.1f} img/s (mean batch {stats['mean_batch_size']})")
-                m = max(20, n // 4)
+                m = max(20, n // 3)
                 store = CountingDynamo(table, m)
                 preload(store, publisher, corpus(m), threads=4)
-                rate = one_at_a_time(classifier, source, store, m)
-                loop_runs.append({"images_per_s": rate})
-                log(f"  moto one-at-a-time: {rate:.1f} img/s")
+                loop_runs.append({"images_per_s": one_at_a_time(seed, source, store, m)})
+                log(f"  moto: worker {worker_runs[-1]}, one-at-a-time {loop_runs[-1]}")
             out["worker"] = median_of_runs(worker_runs)
             out["one_at_a_time"] = median_of_runs(loop_runs)
+            out["ratio_runs"] = [
+                round(w["images_per_s"] / o["images_per_s"], 3) for w, o in zip(worker_runs, loop_runs, strict=True)
+            ]
     return out
 
 
 # -- the whole section --------------------------------------------------------------------------
 
 
-def tune(data: Sequence[bytes], base: Settings) -> tuple[Settings, list[dict[str, Any]]]:
-    """A small sweep of the worker's knobs on this machine; returns the best settings and the grid."""
-    grid: list[dict[str, Any]] = []
-    best: tuple[float, Settings] | None = None
-    classifiers: dict[int, Classifier] = {}
-    for intra, batch, decode in itertools.product((0, 1), (4, 8, 16), (1, 2)):
-        if intra not in classifiers:
-            classifiers[intra] = load_slow(base.replace(intra_op_threads=intra))
-        settings = base.replace(intra_op_threads=intra, max_batch_size=batch, decode_threads=decode)
-        rate, stats = worker_memory(classifiers[intra], data, settings)
-        row = {
-            "intra_op_threads": intra,
-            "max_batch_size": batch,
-            "decode_threads": decode,
-            "images_per_s": round(rate, 2),
-            "mean_batch_size": stats["mean_batch_size"],
-        }
-        grid.append(row)
-        log(f"  tune {row}")
-        if best is None or rate > best[0]:
-            best = (rate, settings)
-    assert best is not None
-    return best[1], grid
+def tune(sessions: Sessions, data: Sequence[bytes], rounds: int) -> tuple[Setup, list[dict[str, Any]]]:
+    """Sweep the worker's knobs on this machine in interleaved rounds; the best by median."""
+    rates: dict[Setup, list[float]] = {s: [] for s in GRID}
+    batches: dict[Setup, float] = {}
+    for _ in range(rounds):
+        for setup in GRID:
+            rate, stats = worker_memory(sessions.for_setup(setup), data, setup.settings())
+            rates[setup].append(rate)
+            batches[setup] = stats["mean_batch_size"]
+    rows = []
+    for setup in GRID:
+        rows.append(
+            {
+                **setup.__dict__,
+                "images_per_s": round(median(rates[setup]), 2),
+                "runs": [round(r, 2) for r in rates[setup]],
+                "mean_batch_size": batches[setup],
+            }
+        )
+        log(f"  tune {rows[-1]}")
+    best = max(rows, key=lambda r: r["images_per_s"])
+    return Setup(best["max_batch_size"], best["decode_threads"], best["intra_op_threads"], best["sessions"]), rows
 
 
 def run(config: SlowConfig, progress: Callable[[str], None] = log) -> dict[str, Any]:
-    result: dict[str, Any] = {"config": config.__dict__ | {"batch_sizes": list(config.batch_sizes)}}
-    settings = slow_settings()
+    result: dict[str, Any] = {"config": {**config.__dict__, "batch_sizes": list(config.batch_sizes)}}
+    result["config"]["setup"] = config.setup.__dict__
+    sessions = Sessions()
+    setup = config.setup
     if config.tune:
-        progress("slow path: tuning worker settings")
-        settings, grid = tune(corpus(config.tune_jobs), settings)
-        result["tuning"] = grid
-    chosen = {
-        k: getattr(settings, k)
-        for k in ("max_batch_size", "max_wait_ms", "decode_threads", "intra_op_threads", "receivers")
+        progress(f"slow path: tuning the worker ({len(GRID)} setups × {config.tune_rounds} rounds)")
+        setup, result["tuning"] = tune(sessions, corpus(config.tune_jobs), config.tune_rounds)
+    settings = setup.settings()
+    result["setup"] = setup.__dict__
+    result["setup_env"] = setup.env()
+    result["settings"] = {
+        "max_batch_size": settings.max_batch_size,
+        "max_wait_ms": settings.max_wait_ms,
+        "decode_threads": settings.decode_threads,
+        "intra_op_threads": settings.intra_op_threads,
+        "receivers": settings.receivers,
+        "sessions (TWOPASS_WORKER_PROCESSES)": setup.sessions,
     }
-    result["settings"] = chosen
-    progress(f"slow path: settings {chosen}")
-    classifier = load_slow(settings)
+    progress(f"slow path: worker setup {setup}")
+    workers = sessions.for_setup(setup)
+    seed = sessions.get(0)
+    one_each = [sessions.get(1, 0), sessions.get(1, 1)]
 
     progress("slow path: raw onnxruntime, batch sizes " + ", ".join(map(str, config.batch_sizes)))
     raw_runs: list[dict[str, float]] = []
     for _ in range(config.repeats):
-        raw_runs.append({f"b{b}": raw_infer(classifier, b, config.raw_images) for b in config.batch_sizes})
-        progress("  raw " + ", ".join(f"{k}={v:.1f}" for k, v in raw_runs[-1].items()) + " img/s")
+        row = {f"1x2t_b{b}": raw_infer([seed], b, config.raw_images) for b in config.batch_sizes}
+        row |= {f"2x1t_b{b}": raw_infer(one_each, b, config.raw_images) for b in config.batch_sizes}
+        raw_runs.append(row)
+        progress("  raw " + ", ".join(f"{k}={v:.1f}" for k, v in row.items()) + " img/s")
     raw = median_of_runs(raw_runs)
     result["raw_infer_images_per_s"] = raw
-    best_key = max((f"b{b}" for b in config.batch_sizes), key=lambda k: raw[k])
-    result["raw_best_batch"] = int(best_key[1:])
+    best_key = max((k for k in raw if k != "runs"), key=lambda k: raw[k])
+    result["raw_best"] = best_key
+    best_classifiers = [seed] if best_key.startswith("1x2t") else one_each
+    best_batch = int(best_key.split("_b")[1])
 
-    progress(f"slow path: {config.jobs} jobs — raw pipeline, worker (memory queue), one-at-a-time, interleaved")
+    progress(f"slow path: {config.jobs} jobs — raw, raw pipeline, worker, one-at-a-time; interleaved rounds")
     data = corpus(config.jobs)
-    b = settings.max_batch_size
     runs: list[dict[str, float]] = []
     for _ in range(config.repeats):
-        row: dict[str, float] = {}
-        row["raw_infer_at_worker_batch"] = raw_infer(classifier, b, config.raw_images)
-        row["raw_infer_best"] = raw_infer(classifier, result["raw_best_batch"], config.raw_images)
-        row["raw_pipeline"] = raw_pipeline(classifier, data, b, settings.decode_threads)
-        rate, stats = worker_memory(classifier, data, settings)
+        row = {}
+        row["raw_infer_best"] = raw_infer(best_classifiers, best_batch, config.raw_images * 2)
+        row["raw_infer_worker_setup"] = raw_infer(workers, setup.max_batch_size, config.raw_images * 2)
+        c0 = cpu_seconds()
+        row["raw_pipeline"] = raw_pipeline(workers, data, setup.max_batch_size, setup.decode_threads)
+        row["raw_pipeline_cpu_ms_per_image"] = (cpu_seconds() - c0) / len(data) * 1000
+        c0 = cpu_seconds()
+        rate, stats = worker_memory(workers, data, settings)
+        row["worker_cpu_ms_per_image"] = (cpu_seconds() - c0) / len(data) * 1000
         row["worker_memory"] = rate
         row["worker_mean_batch"] = stats["mean_batch_size"]
-        row["one_at_a_time_memory"] = one_at_a_time_memory(classifier, data[: max(40, len(data) // 2)])
+        row["one_at_a_time_memory"] = one_at_a_time_memory(seed, data[: max(40, len(data) // 3)])
         row["worker_vs_raw_infer_best"] = row["worker_memory"] / row["raw_infer_best"]
-        row["worker_vs_raw_infer_same_batch"] = row["worker_memory"] / row["raw_infer_at_worker_batch"]
+        row["worker_vs_raw_infer_same_setup"] = row["worker_memory"] / row["raw_infer_worker_setup"]
         row["worker_vs_raw_pipeline"] = row["worker_memory"] / row["raw_pipeline"]
         row["worker_vs_one_at_a_time"] = row["worker_memory"] / row["one_at_a_time_memory"]
         runs.append(row)
@@ -346,11 +454,13 @@ def run(config: SlowConfig, progress: Callable[[str], None] = log) -> dict[str, 
 
     progress(f"slow path: lone-job latency over {config.lone_jobs} jobs")
     lone_data = corpus(config.lone_jobs)
-    single = raw_single(classifier, lone_data)
-    lone = lone_job_latency(classifier, lone_data, settings)
+    single = raw_single(workers[0], lone_data)
+    single_default = raw_single(seed, lone_data)
+    lone = lone_job_latency(workers, lone_data, settings)
     single_s, lone_s = latency_summary(single), latency_summary(lone)
     result["lone_job"] = {
         "raw_single_job": single_s,
+        "raw_single_job_default_session": latency_summary(single_default),
         "worker": lone_s,
         "max_wait_ms": settings.max_wait_ms,
         "p50_budget_ms": round(single_s["p50_ms"] + settings.max_wait_ms, 2),
@@ -361,7 +471,7 @@ def run(config: SlowConfig, progress: Callable[[str], None] = log) -> dict[str, 
     progress(f"slow path: through a moto server, {config.moto_jobs} jobs")
     try:
         result["moto"] = moto_measurements(
-            classifier, config.moto_jobs, settings.replace(receivers=max(2, settings.receivers)), config.repeats
+            workers, seed, config.moto_jobs, settings.replace(receivers=max(2, settings.receivers)), config.repeats
         )
     except Exception as exc:  # the emulator is optional: report why it is missing
         log(f"  moto measurement failed: {exc!r}")
@@ -370,16 +480,13 @@ def run(config: SlowConfig, progress: Callable[[str], None] = log) -> dict[str, 
     mem = result["memory"]
     result["ratios"] = {
         "worker_vs_raw_infer_best": round(mem["worker_vs_raw_infer_best"], 3),
-        "worker_vs_raw_infer_same_batch": round(mem["worker_vs_raw_infer_same_batch"], 3),
+        "worker_vs_raw_infer_same_setup": round(mem["worker_vs_raw_infer_same_setup"], 3),
         "worker_vs_raw_pipeline": round(mem["worker_vs_raw_pipeline"], 3),
         "worker_vs_one_at_a_time": round(mem["worker_vs_one_at_a_time"], 3),
         "one_at_a_time_vs_raw_infer_best": ratio(mem["one_at_a_time_memory"], mem["raw_infer_best"]),
     }
-    if "worker" in result.get("moto", {}):
-        moto = result["moto"]
+    moto = result.get("moto", {})
+    if "worker" in moto:
         result["ratios"]["moto_worker_vs_raw_infer_best"] = ratio(moto["worker"]["images_per_s"], mem["raw_infer_best"])
-        result["ratios"]["moto_worker_vs_moto_one_at_a_time"] = ratio(
-            moto["worker"]["images_per_s"], moto["one_at_a_time"]["images_per_s"]
-        )
-    result["single_job_p50_ms"] = median([s * 1000 for s in single])
+        result["ratios"]["moto_worker_vs_moto_one_at_a_time"] = round(median(moto["ratio_runs"]), 3)
     return result

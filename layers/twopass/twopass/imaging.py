@@ -48,8 +48,9 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
                 # Only ever scales down, and never below draft_size on either side.
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            # Phones store portrait photos sideways plus an EXIF "rotate me" tag.
-            image = ImageOps.exif_transpose(image)
+            # Phones store portrait photos sideways plus an EXIF "rotate me" tag. In place: without
+            # a tag the default would hand back a full copy of the pixels for nothing.
+            ImageOps.exif_transpose(image, in_place=True)
     except (InvalidImageError, ImageTooLargeError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -88,9 +89,12 @@ def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
 
 def to_tensor(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """HWC uint8 RGB → CHW float32, normalised ``(x - mean) / std``."""
-    arr = np.asarray(image, dtype=np.float32)
-    arr = (arr - spec.mean) / spec.std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    # Transpose the uint8 pixels (a quarter of the bytes), convert once, normalise in place: the
+    # same float32 operations, so the same values, with one full-size temporary instead of three.
+    arr = np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C")
+    arr -= np.float32(spec.mean)
+    arr /= np.float32(spec.std)
+    return arr
 
 
 def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:

@@ -46,6 +46,7 @@ class MetricsSink:
 
         self._metrics = Metrics(namespace=NAMESPACE, service=service)
         self._lock = threading.Lock()
+        self._pending = 0
 
     def add(self, metric: Metric, value: float) -> None:
         from aws_lambda_powertools.metrics import MetricUnit
@@ -53,6 +54,7 @@ class MetricsSink:
         unit = MetricUnit(_UNITS.get(metric, "Count"))
         with self._lock:
             self._metrics.add_metric(name=metric.value, unit=unit, value=value)
+            self._pending += 1
 
     def add_metadata(self, key: str, value: Any) -> None:
         with self._lock:
@@ -61,4 +63,6 @@ class MetricsSink:
     def flush(self) -> None:
         """Print what was recorded since the last flush as one EMF blob (nothing if empty)."""
         with self._lock:
-            self._metrics.flush_metrics(raise_on_empty_metrics=False)
+            if self._pending:  # powertools warns on every empty flush
+                self._metrics.flush_metrics(raise_on_empty_metrics=False)
+                self._pending = 0
