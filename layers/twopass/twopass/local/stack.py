@@ -157,14 +157,18 @@ class LocalStack:
                 proc.kill()
                 proc.wait()
 
-    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        out: IO[bytes] | None = None
+    def _spawn(
+        self, name: str, args: list[str], env: Mapping[str, str], *, quiet: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Start a child; its output goes to ``log_dir/<name>.log``, else the terminal (or nowhere if quiet)."""
+        out: IO[bytes] | int | None = subprocess.DEVNULL if quiet else None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = (self.log_dir / f"{name}.log").open("ab")
-            self._logs.append(out)
+            log = (self.log_dir / f"{name}.log").open("ab")
+            self._logs.append(log)
+            out = log
         proc = subprocess.Popen(
-            args, env=dict(env), stdout=out, stderr=subprocess.STDOUT if out else None, cwd=REPO_ROOT
+            args, env=dict(env), stdout=out, stderr=subprocess.STDOUT if out is not None else None, cwd=REPO_ROOT
         )
         self.procs[name] = proc
         return proc
@@ -174,6 +178,8 @@ class LocalStack:
             "emulator",
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.emulator_port)],
             self.base_env(),
+            # One access-log line per long poll would drown the API's and the worker's logs.
+            quiet=True,
         )
         wait_http(f"{self.endpoint_url}/moto-api/", 60, proc)
 
