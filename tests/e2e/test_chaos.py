@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
@@ -27,13 +26,7 @@ WORKERS = 2
 
 
 def scan_jobs(stack: LocalStack) -> dict[str, dict[str, Any]]:
-    db = boto3.client(
-        "dynamodb",
-        endpoint_url=stack.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="t",
-        aws_secret_access_key="t",
-    )
+    db = stack.client("dynamodb")
     items: dict[str, dict[str, Any]] = {}
     kwargs: dict[str, Any] = {"TableName": stack.service_env["TWOPASS_TABLE_NAME"], "ConsistentRead": True}
     while True:

@@ -6,12 +6,11 @@ import base64
 import time
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
 from tests.conftest import CAT_LABELS
-from twopass.local.stack import EMULATOR_ENV, LocalStack
+from twopass.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -90,26 +89,14 @@ def test_metadata_over_http(stack: LocalStack) -> None:
 
 def test_resources_come_from_the_template_stack(stack: LocalStack) -> None:
     """The queue and table the API uses are the ones CloudFormation created from template.yaml."""
-    cfn = boto3.client(
-        "cloudformation",
-        endpoint_url=stack.endpoint_url,
-        region_name=EMULATOR_ENV["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    cfn = stack.client("cloudformation")
     resources = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
         for r in cfn.describe_stack_resources(StackName="twopass-local")["StackResources"]
     }
     assert stack.service_env["TWOPASS_QUEUE_URL"] == resources["JobsQueue"]
     assert stack.service_env["TWOPASS_TABLE_NAME"] == resources["JobsTable"]
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=stack.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="t",
-        aws_secret_access_key="t",
-    )
+    sqs = stack.client("sqs")
     attrs = sqs.get_queue_attributes(QueueUrl=resources["JobsQueue"], AttributeNames=["RedrivePolicy"])["Attributes"]
     assert "JobsDeadLetterQueue" in attrs["RedrivePolicy"]
 

@@ -4,7 +4,6 @@ uvicorn and the worker(s) as child processes. ``make run`` and the end-to-end te
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -13,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -183,7 +182,8 @@ class LocalStack:
         )
         wait_http(f"{self.endpoint_url}/moto-api/", 60, proc)
 
-    def _client(self, service: str) -> Any:
+    def client(self, service: str) -> Any:
+        """A boto3 client of the emulator (for tests and tools poking at the local resources)."""
         import boto3
 
         env = EMULATOR_ENV
@@ -199,7 +199,7 @@ class LocalStack:
     def _create_stack(self) -> None:
         """Transform template.yaml and create its data plane in the emulator with CloudFormation."""
         self.provisioned = provision(
-            self._client, stack_name=STACK_NAME, template_path=self.template, parameters=self.parameters
+            self.client, stack_name=STACK_NAME, template_path=self.template, parameters=self.parameters
         )
         self.resources = self.provisioned.resources
         self.outputs = self.provisioned.outputs
@@ -232,10 +232,3 @@ class LocalStack:
 
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
-
-
-@contextlib.contextmanager
-def running(**kwargs: Any) -> Iterator[LocalStack]:
-    stack = LocalStack(**kwargs)
-    with stack:
-        yield stack
