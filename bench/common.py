@@ -202,12 +202,24 @@ def quiet_twopass_logs() -> None:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A moto server (the local stack's emulator) on a free port; yields its endpoint URL."""
+def moto_server_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A moto server (the local stack's emulator) on a free port; yields its URL and process."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/"):
+    with server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/") as proc:
+        yield url, proc
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    with moto_server_process() as (url, _):
         yield url
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def provision_moto(endpoint: str) -> dict[str, str]:

@@ -208,14 +208,19 @@ class HttpClient:
         self.conn.close()
 
 
-def interleaved(calls: dict[str, Callable[[], object]], n: int) -> dict[str, list[float]]:
-    """``n`` rounds of one call of each, in turn: every path sees the same moments of machine noise."""
+def interleaved(calls: dict[str, Callable[[], object]], n: int, block: int = 10) -> dict[str, list[float]]:
+    """``n`` calls of each path in blocks of ``block``, the paths taking turns block by block.
+
+    Every path sees the same stretches of machine noise, while within a block it runs warm, as a
+    Lambda instance or server does between requests a few milliseconds apart.
+    """
     out: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(n):
+    for start in range(0, n, block):
         for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            out[name].append(time.perf_counter() - t0)
+            for _ in range(min(block, n - start)):
+                t0 = time.perf_counter()
+                call()
+                out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -276,7 +281,7 @@ def run(config: FastConfig) -> dict[str, Any]:
             "http": client,
         }
         interleaved(calls, 5)  # warm every path
-        log("fast path: concurrency 1 — raw, handler (moto), handler (in-memory), HTTP — interleaved per request")
+        log("fast path: concurrency 1 — raw, handler (moto), handler (in-memory), HTTP — interleaved in blocks")
         c1_runs: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
         ratio_runs: dict[str, list[float]] = {"handler_moto": [], "handler_memory": [], "http": []}
         for _ in range(config.repeats):

@@ -309,7 +309,7 @@ def moto_measurements(
     classifiers: Sequence[Classifier], seed: Classifier, n: int, settings: Settings, repeats: int
 ) -> dict[str, Any]:
     """Worker(s) and the one-at-a-time loop through a moto server (SqsSource + DynamoJobStore)."""
-    from bench.common import moto_server, pointed_at, provision_moto
+    from bench.common import moto_server_process, pointed_at, process_cpu_seconds, provision_moto
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.queue.sqs import SqsPublisher, SqsSource
 
@@ -328,7 +328,7 @@ def moto_measurements(
             return wrote
 
     out: dict[str, Any] = {}
-    with moto_server() as endpoint:
+    with moto_server_process() as (endpoint, proc):
         env = provision_moto(endpoint)
         with pointed_at(endpoint, env):
             queue_url, table = env["TWOPASS_QUEUE_URL"], env["TWOPASS_TABLE_NAME"]
@@ -348,12 +348,23 @@ def moto_measurements(
             for _ in range(repeats):
                 store = CountingDynamo(table, n)
                 preload(store, publisher, corpus(n), threads=4)
+                moto0 = process_cpu_seconds(proc.pid)
                 elapsed, stats = run_workers(classifiers, source, store, store.reached, settings)
-                worker_runs.append({"images_per_s": n / elapsed, "mean_batch_size": stats["mean_batch_size"]})
+                worker_runs.append(
+                    {
+                        "images_per_s": n / elapsed,
+                        "mean_batch_size": stats["mean_batch_size"],
+                        "moto_cpu_ms_per_job": (process_cpu_seconds(proc.pid) - moto0) / n * 1000,
+                    }
+                )
                 m = max(20, n // 3)
                 store = CountingDynamo(table, m)
                 preload(store, publisher, corpus(m), threads=4)
-                loop_runs.append({"images_per_s": one_at_a_time(seed, source, store, m)})
+                moto0 = process_cpu_seconds(proc.pid)
+                rate = one_at_a_time(seed, source, store, m)
+                loop_runs.append(
+                    {"images_per_s": rate, "moto_cpu_ms_per_job": (process_cpu_seconds(proc.pid) - moto0) / m * 1000}
+                )
                 log(f"  moto: worker {worker_runs[-1]}, one-at-a-time {loop_runs[-1]}")
             out["worker"] = median_of_runs(worker_runs)
             out["one_at_a_time"] = median_of_runs(loop_runs)

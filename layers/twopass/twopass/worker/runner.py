@@ -4,7 +4,8 @@ receivers (threads, long polling) ──▶ decode pool (threads) ──▶ pend
                                                           (mark running) ─┘    (session.run)   (store writes, ack)
 
 * A batch closes when it holds ``max_batch_size`` jobs or ``max_wait_ms`` after its first job
-  arrived, so a lone job is never held back waiting for company.
+  arrived, so a lone job is never held back waiting for company; and at once when the model is
+  idle and the last receive found the queue drained, since then nobody is coming to wait for.
 * Images are decoded while the previous batch is on the model: onnxruntime and Pillow both
   release the GIL, so threads overlap for real.
 * The model never waits for the network: while one batch is on the model the next one is formed
@@ -114,6 +115,11 @@ class Worker:
         self._model_slots = threading.BoundedSemaphore(2)
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
         self._finish_slots = threading.BoundedSemaphore(4)
+        #: Batches handed to the model thread and not finished; and whether the last receive came
+        #: back short (the queue had nothing more), both read by the batcher.
+        self._in_model = 0
+        self._in_model_lock = threading.Lock()
+        self._drained = True
         self._receivers: list[threading.Thread] = []
         self._background: list[threading.Thread] = []
 
@@ -198,7 +204,9 @@ class Worker:
                 backoff = min(backoff * 2, 20.0)
                 continue
             if not deliveries:
+                self._drained = True
                 continue
+            self._drained = False  # more is on its way into pending
             self.stats.received += len(deliveries)
             self._hold(deliveries)
             if self.stopping:
@@ -214,6 +222,8 @@ class Worker:
                         if self.stopping:
                             self._release([delivery])
                             break
+            # Set after the hand-off, so the batcher never sees "drained" with these still in hand.
+            self._drained = len(deliveries) < 10
 
     def _decode(self, delivery: Delivery) -> np.ndarray:
         if delivery.message is None:
@@ -230,12 +240,31 @@ class Worker:
         batch = [first]
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
         while len(batch) < self.settings.max_batch_size:
-            remaining = deadline - time.monotonic()
             try:
-                batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
+                batch.append(self._pending.get_nowait())
+                continue
             except queue.Empty:
+                pass
+            if self._drained and self._model_idle():
+                break  # the queue is empty and the model free: waiting would only add latency
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
+            try:
+                # Short waits, re-checking: a receiver may find the queue drained, the model free up.
+                batch.append(self._pending.get(timeout=min(remaining, 0.002)))
+            except queue.Empty:
+                continue
         return batch
+
+    def _model_idle(self) -> bool:
+        with self._in_model_lock:
+            return self._in_model == 0
+
+    def _model_done(self, _: object) -> None:
+        with self._in_model_lock:
+            self._in_model -= 1
+        self._model_slots.release()
 
     def _process(self, batch: list[_Item]) -> None:
         done: list[Delivery] = []
@@ -267,8 +296,10 @@ class Worker:
             self.events.flush()
             return
         self._model_slots.acquire()  # waits while one batch runs and another is ready
+        with self._in_model_lock:
+            self._in_model += 1
         future = self._model.submit(self._guarded, self._infer_batch, runnable)
-        future.add_done_callback(lambda _: self._model_slots.release())
+        future.add_done_callback(self._model_done)
 
     def _guarded(self, fn: Callable[[list[tuple[Delivery, Any]]], None], items: list[tuple[Delivery, Any]]) -> None:
         """Run a pipeline stage; on a bug, log it and let the messages come back after their visibility."""

@@ -1,0 +1,286 @@
+"""twopass benchmarks: the slow path against raw onnxruntime, the fast path, cold start, peers.
+
+    python bench/run.py            # full run (~10 min on 2 cores), writes bench/results/latest.*
+    python bench/run.py --quick    # smoke run (~2-3 min), same sections, fewer repeats
+    python bench/run.py --only slow,cold
+
+Everything runs the real models on the real photos in tests/data (and the bundled cat); nothing is
+mocked but the AWS services (moto). Each figure is the median over repeated runs, and each ratio
+is computed within one run before the median is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# onnxruntime must not phone home; set before anything imports it.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+for entry in (str(REPO / "layers" / "twopass"), str(REPO)):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+SECTIONS = ("slow", "fast", "cold", "peers", "gpu")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description=(
+            "Benchmark twopass on this machine: slow-path worker vs raw onnxruntime and a one-at-a-time "
+            "loop (in memory and through a moto server), lone-job latency, fast path (raw vs Lambda handler "
+            "vs HTTP), cold start, peers (BentoML, gibbs), and fp16/CUDA checks. Writes JSON, Markdown and "
+            "a PNG to --out."
+        ),
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer jobs and repeats (~2-3 minutes)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, from {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3, quick 2)")
+    parser.add_argument("--jobs", type=int, help="jobs for the worker throughput runs (default 200, quick 48)")
+    parser.add_argument("--moto-jobs", type=int, help="jobs through the moto server (default 120, quick 40)")
+    parser.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="skip the worker settings sweep and use the setup below (quick runs never sweep)",
+    )
+    parser.add_argument("--max-batch-size", type=int, help="worker max_batch_size when not tuning (default 8)")
+    parser.add_argument("--decode-threads", type=int, help="worker decode_threads when not tuning (default 1)")
+    parser.add_argument(
+        "--intra-op-threads", type=int, help="slow model intra_op_threads when not tuning (default 1; 0 = all cores)"
+    )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        help="model sessions side by side (TWOPASS_WORKER_PROCESSES) when not tuning (default 2)",
+    )
+    parser.add_argument(
+        "--api-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="TWOPASS_* setting for the API under uvicorn (fast path and peers), on top of "
+        "TWOPASS_INTRA_OP_THREADS=1 TWOPASS_INFERENCE_CONCURRENCY=2; repeatable",
+    )
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not create .venv-bench-bento or pip-install gibbs; peers that are missing are reported as such",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results",
+        help="directory for latest.json, latest.md and latest.png (default bench/results)",
+    )
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    from bench.common import Target
+
+    out: list[Target] = []
+    slow = results.get("slow_path")
+    if slow:
+        r, mem, lone = slow["ratios"], slow["memory"], slow["lone_job"]
+        bound = mem["raw_infer_best"] / mem["one_at_a_time_memory"]
+        out += [
+            Target(
+                "worker / raw batched onnxruntime (infer only)",
+                "≥ 0.9",
+                r["worker_vs_raw_infer_best"],
+                0.9,
+                note="raw infer-only skips JPEG decode + resize, which the worker does on the same cores",
+            ),
+            Target("worker / raw decode+infer pipeline", "≥ 0.9", r["worker_vs_raw_pipeline"], 0.9),
+            Target(
+                "worker / one-at-a-time loop",
+                "≥ 3",
+                r["worker_vs_one_at_a_time"],
+                3.0,
+                note=f"ceiling on this CPU: raw infer-only / one-at-a-time = {bound:.2f}",
+            ),
+        ]
+        if "moto_worker_vs_moto_one_at_a_time" in r:
+            out.append(
+                Target(
+                    "worker / one-at-a-time, through moto",
+                    "≥ 3",
+                    r["moto_worker_vs_moto_one_at_a_time"],
+                    3.0,
+                    note="the moto server is the bottleneck and shares the 2 cores",
+                )
+            )
+        for q in ("p50", "p99"):
+            budget = lone[f"{q}_budget_ms"]
+            out.append(
+                Target(
+                    f"lone job {q} (ms)",
+                    f"≤ raw single + max_wait = {budget:.0f}",
+                    lone["worker"][f"{q}_ms"],
+                    budget,
+                    higher_is_better=False,
+                )
+            )
+    fast = results.get("fast_path")
+    if fast:
+        r = fast["ratios"]
+        out += [
+            Target(
+                "handler p50 / raw p50 (moto mock_aws)",
+                "≤ 1.2",
+                r["handler_moto_p50_vs_raw"],
+                1.2,
+                higher_is_better=False,
+                note="moto's in-process DynamoDB + SQS cost CPU here, not network waits",
+            ),
+            Target(
+                "handler p50 / raw p50 (in-memory store/queue)",
+                "≤ 1.2",
+                r["handler_memory_p50_vs_raw"],
+                1.2,
+                higher_is_better=False,
+            ),
+            Target(
+                "HTTP c=10 throughput / best raw throughput",
+                "≥ 0.8",
+                r["http_c10_throughput_vs_raw_best"],
+                0.8,
+                note="uvicorn + FastAPI + app cost CPU per request on the same 2 cores",
+            ),
+        ]
+    cold = results.get("cold_start")
+    if cold:
+        out.append(
+            Target(
+                "cold start: import + load + first answer (s)",
+                "≤ 1.0",
+                cold["median"]["total_s"],
+                1.0,
+                higher_is_better=False,
+                note="FastAPI + botocore imports and client creation dominate",
+            )
+        )
+    return [t.to_dict() for t in out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from bench import common, report
+
+    common.quiet_twopass_logs()
+    started = time.time()
+    quick = args.quick
+    repeats = args.repeats or (2 if quick else 3)
+    api_env = dict(item.split("=", 1) for item in args.api_env)
+    results: dict[str, Any] = {
+        "meta": {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": quick,
+            "sections": args.sections,
+            "repeats": repeats,
+            "machine": common.machine(),
+            "versions": common.versions(),
+            "command": " ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        }
+    }
+
+    def section(name: str, fn: Any) -> None:
+        common.log(f"\n=== {name} ===")
+        t0 = time.time()
+        try:
+            # The app prints EMF metrics to stdout (CloudWatch reads them in Lambda): keep the cost,
+            # drop the lines, so stdout carries only the report.
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                results[name] = fn()
+        except Exception as exc:
+            common.log(f"{name} failed: {exc!r}")
+            results[name + "_error"] = repr(exc)
+        else:
+            results[name]["section_seconds"] = round(time.time() - t0, 1)
+            results[name]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+
+    if "slow" in args.sections:
+        from bench import slow_path
+
+        tune = not args.no_tune and not quick
+        cfg = slow_path.SlowConfig(
+            jobs=args.jobs or (48 if quick else 200),
+            moto_jobs=args.moto_jobs or (40 if quick else 120),
+            repeats=repeats,
+            batch_sizes=(1, 4, 8, 16, 32),
+            raw_images=32 if quick else 64,
+            lone_jobs=20 if quick else 100,
+            tune=tune,
+            tune_jobs=96,
+            tune_rounds=2,
+            setup=slow_path.Setup(
+                max_batch_size=args.max_batch_size or 8,
+                decode_threads=args.decode_threads or 1,
+                intra_op_threads=1 if args.intra_op_threads is None else args.intra_op_threads,
+                sessions=args.sessions or 2,
+            ),
+        )
+        section("slow_path", lambda: slow_path.run(cfg))
+    if "fast" in args.sections:
+        from bench import fast_path
+
+        fcfg = fast_path.FastConfig(
+            requests=80 if quick else 300,
+            handler_requests=40 if quick else 150,
+            repeats=repeats,
+            bursts=3 if quick else 7,
+            api_env={**fast_path.HTTP_API_ENV, **api_env},
+        )
+        section("fast_path", lambda: fast_path.run(fcfg))
+    if "cold" in args.sections:
+        from bench import cold_start
+
+        section("cold_start", lambda: cold_start.run(cold_start.ColdConfig(repeats=3 if quick else 7)))
+    if "peers" in args.sections:
+        from bench import peers
+
+        pcfg = peers.PeersConfig(
+            requests=60 if quick else 240,
+            repeats=repeats,
+            bursts=3 if quick else 6,
+            install=not args.no_install,
+            api_env=api_env,
+        )
+        section("peers", lambda: peers.run(pcfg))
+    if "gpu" in args.sections:
+        from bench import gpu_check
+
+        section("gpu", lambda: gpu_check.run(repeats))
+
+    results["targets"] = targets(results)
+    results["meta"]["duration_s"] = round(time.time() - started, 1)
+    results["meta"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    text = report.markdown(results)
+    (args.out / "latest.md").write_text(text + "\n")
+    report.figure(results, args.out / "latest.png")
+    print(text)
+    common.log(f"\nwrote {args.out}/latest.json, latest.md, latest.png in {results['meta']['duration_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
