@@ -11,8 +11,9 @@ app = create_app()
 _asgi = Mangum(app, lifespan="off")
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-    # Load the fast model during init, which runs at full CPU before the first request is billed.
-    _ = app.state.service().classifier
+    # Init runs at full CPU before the first request is billed, and SnapStart snapshots its
+    # result: load the fast model and create the AWS clients here, not on the first request.
+    app.state.service().warm_up()
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and os.environ.get("POWERTOOLS_TRACE_DISABLED", "").lower() != "true":
     # X-Ray subsegments for every DynamoDB/SQS call. Imported only when on: the X-Ray SDK alone

@@ -6,6 +6,8 @@ import json
 from functools import cache
 from typing import Any
 
+import pytest
+
 from twopass.local import template as tpl
 from twopass.observability.metrics import Metric
 
@@ -69,3 +71,11 @@ def test_payload_bucket_refuses_plain_http() -> None:
     statement = resources()["PayloadBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
     assert statement["Effect"] == "Deny"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+@pytest.mark.parametrize(("tracing", "disabled"), [("true", "false"), ("false", "true")])
+def test_conditional_env_resolves_like_cloudformation(tracing: str, disabled: str) -> None:
+    cfn = tpl.transform_file(parameters={"ApiTracing": tracing})
+    params = tpl.parameter_defaults(cfn, {"ApiTracing": tracing})
+    env = tpl.resolve(tpl.function_environment(cfn, "ApiFunction"), lambda *_: "x", params, cfn["Conditions"])
+    assert env["POWERTOOLS_TRACE_DISABLED"] == disabled

@@ -1,4 +1,4 @@
-"""The one place boto3 clients are made: shared session, endpoint override, sane timeouts."""
+"""The one place boto3 clients are made: one shared session, endpoint override, sane timeouts."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ def endpoint_url() -> str | None:
 
 
 @cache
-def _client(service: str, endpoint: str | None, region: str | None) -> Any:
+def _session(region: str) -> Any:
     import boto3  # imported here: the SDK client package must not need boto3
+
+    # One session for every client: each new session reloads botocore's data (~0.1 s of cold start).
+    return boto3.session.Session(region_name=region)
+
+
+@cache
+def _client(service: str, endpoint: str | None, region: str) -> Any:
     from botocore.config import Config
 
     config = Config(
@@ -27,8 +34,8 @@ def _client(service: str, endpoint: str | None, region: str | None) -> Any:
         retries={"max_attempts": 3, "mode": "standard"},
         max_pool_connections=32,
     )
-    with _lock:  # boto3's default session is not thread-safe while it creates clients
-        return boto3.session.Session().client(service, endpoint_url=endpoint, region_name=region, config=config)
+    with _lock:  # creating clients from one session is not thread-safe; using them is
+        return _session(region).client(service, endpoint_url=endpoint, config=config)
 
 
 def client(service: str) -> Any:
@@ -38,5 +45,6 @@ def client(service: str) -> Any:
 
 
 def reset_clients() -> None:
-    """Forget cached clients (tests that switch endpoints or credentials call this)."""
+    """Forget cached clients and sessions (tests that switch endpoints or credentials call this)."""
     _client.cache_clear()
+    _session.cache_clear()

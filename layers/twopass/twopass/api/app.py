@@ -149,7 +149,24 @@ def create_app(
         claim = _idempotency_claim(request, data, service.settings)
         if claim is not None and (earlier := await replay(service, claim.key_hash, claim.body_hash)) is not None:
             return earlier
-        tensor = await run_in(inference_pool, service.decode, data)
+        loop = asyncio.get_running_loop()
+        decoded = asyncio.Event()
+
+        def decode_and_classify() -> tuple[Prediction, float]:
+            tensor = service.decode(data)
+            loop.call_soon_threadsafe(decoded.set)  # a valid image: the enqueue may start now
+            return service.classify(tensor)
+
+        # One trip to the inference pool. The enqueue (table put + queue send) starts as soon as
+        # the image has decoded and overlaps the fast model instead of following it; bad input
+        # fails here, before any job exists.
+        classify = loop.run_in_executor(inference_pool, decode_and_classify)
+        signal: asyncio.Future[Any] = asyncio.ensure_future(decoded.wait())
+        pending: set[asyncio.Future[Any]] = {classify, signal}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if not decoded.is_set():
+            signal.cancel()
+            await classify  # raises why the image was refused
         job_id = service.new_job_id()
         if claim is not None:
             claim = dataclasses.replace(claim, job_id=job_id)
@@ -157,8 +174,6 @@ def create_app(
         context = {"request_id": request_id}
         if submission.callback_url:
             context["callback_url"] = submission.callback_url
-        # The enqueue (table put + queue send) overlaps the fast model instead of following it.
-        classify = asyncio.ensure_future(run_in(inference_pool, service.classify, tensor))
         try:
             enqueue_ms = await run_in(io_pool, _timed, service.enqueue, job_id, data, context, claim)
         except IdempotencyConflictError:

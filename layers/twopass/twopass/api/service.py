@@ -60,6 +60,14 @@ class TwopassService:
             top_k=self.settings.top_k,
         )
 
+    def warm_up(self) -> None:
+        """Load the fast model and create the backends' AWS clients now rather than on first use."""
+        _ = self.classifier
+        from twopass.aws import client
+
+        for service in ("dynamodb", "sqs", "s3") if self.settings.payload_bucket else ("dynamodb", "sqs"):
+            client(service)
+
     @property
     def fast_name(self) -> str:
         return self.classifier.name

@@ -75,6 +75,6 @@ def provision(
         raise KeyError(f"GetAtt {logical_id}.{attribute} is not supported locally")
 
     params = tpl.parameter_defaults(cfn, parameters)
-    variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), lookup, params)
+    variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), lookup, params, cfn.get("Conditions"))
     api_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES}
     return Provisioned(stack_name, resources, outputs, api_env, cfn)

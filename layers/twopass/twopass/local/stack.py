@@ -29,9 +29,9 @@ LOCAL_DEFAULTS = {
     "TWOPASS_CALLBACK_SECRET": "local-callback-secret",
     "TWOPASS_CALLBACK_ALLOW_PRIVATE": "true",
     "TWOPASS_CALLBACK_ALLOW_HTTP": "true",
-    "POWERTOOLS_METRICS_DISABLED": "true",
-    "POWERTOOLS_TRACE_DISABLED": "true",
 }
+#: Switched off locally whatever the template says: there is no X-Ray daemon or EMF collector here.
+LOCAL_FORCED = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_TRACE_DISABLED": "true"}
 #: The local API checks this key like API Gateway checks usage-plan keys in front of the function.
 DEFAULT_API_KEY = "local-dev-key"
 #: Credentials and region the emulator accepts; never real ones.
@@ -211,6 +211,7 @@ class LocalStack:
         env.update(self.service_env)
         for key, value in LOCAL_DEFAULTS.items():
             env.setdefault(key, value)
+        env.update(LOCAL_FORCED)
         if self.api_key:
             env["TWOPASS_API_KEYS"] = self.api_key
         env.update(self.env)

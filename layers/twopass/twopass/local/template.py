@@ -144,8 +144,17 @@ def _pseudo() -> set[str]:
 Resolver = Callable[[str, str | None], str]
 
 
-def resolve(node: Any, lookup: Resolver, parameters: Mapping[str, str]) -> Any:
-    """Evaluate Ref / GetAtt / Sub / Join in ``node``; ``lookup(logical_id, attribute)``."""
+def resolve(
+    node: Any, lookup: Resolver, parameters: Mapping[str, str], conditions: Mapping[str, Any] | None = None
+) -> Any:
+    """Evaluate Ref / GetAtt / Sub / Join / If in ``node``; ``lookup(logical_id, attribute)``.
+
+    ``conditions`` is the template's ``Conditions`` section, for ``Fn::If``.
+    """
+
+    def again(child: Any) -> Any:
+        return resolve(child, lookup, parameters, conditions)
+
     if isinstance(node, dict) and len(node) == 1:
         ((key, value),) = node.items()
         if key == "Ref":
@@ -153,13 +162,16 @@ def resolve(node: Any, lookup: Resolver, parameters: Mapping[str, str]) -> Any:
         if key == "Fn::GetAtt":
             target, attr = value if isinstance(value, list) else str(value).split(".", 1)
             return lookup(target, attr)
+        if key == "Fn::If":
+            name, when_true, when_false = value
+            return again(when_true if condition(name, conditions or {}, parameters) else when_false)
         if key == "Fn::Sub":
             text, extra = (value[0], value[1]) if isinstance(value, list) else (value, {})
 
             def sub(match: re.Match[str]) -> str:
                 name = match.group(1)
                 if name in extra:
-                    return str(resolve(extra[name], lookup, parameters))
+                    return str(again(extra[name]))
                 if name in parameters:
                     return str(parameters[name])
                 target, _, attr = name.partition(".")
@@ -168,12 +180,35 @@ def resolve(node: Any, lookup: Resolver, parameters: Mapping[str, str]) -> Any:
             return re.sub(r"\$\{([^}!]+)\}", sub, text)
         if key == "Fn::Join":
             sep, items = value
-            return sep.join(str(resolve(i, lookup, parameters)) for i in items)
+            return sep.join(str(again(i)) for i in items)
     if isinstance(node, dict):
-        return {k: resolve(v, lookup, parameters) for k, v in node.items()}
+        return {k: again(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [resolve(v, lookup, parameters) for v in node]
+        return [again(v) for v in node]
     return node
+
+
+def condition(name: str, conditions: Mapping[str, Any], parameters: Mapping[str, str]) -> bool:
+    """Evaluate one of the template's conditions against parameter values."""
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Ref":
+                return parameters[arg]
+            if key == "Condition":
+                return condition(arg, conditions, parameters)
+            if key == "Fn::Equals":
+                return str(value(arg[0])) == str(value(arg[1]))
+            if key == "Fn::Not":
+                return not value(arg[0])
+            if key == "Fn::And":
+                return all(value(a) for a in arg)
+            if key == "Fn::Or":
+                return any(value(a) for a in arg)
+        return node
+
+    return bool(value(conditions[name]))
 
 
 def parameter_defaults(cfn: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
