@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from twopass.config import Settings
+from twopass.config import REPO_ROOT, Settings
 from twopass.local import template as tpl
 
 
@@ -359,7 +359,11 @@ def test_worker_container_env_is_exactly_what_settings_reads() -> None:
     assert required <= set(env)
     assert env["TWOPASS_QUEUE_URL"] == {"Ref": "JobsQueue"}
     assert env["TWOPASS_TABLE_NAME"] == {"Ref": "JobsTable"}
-    assert env["TWOPASS_SLOW_MODEL"] == "/opt/models/efficientnet-lite2-fp32.onnx"
+    assert env["TWOPASS_SLOW_MODEL"] == {"Fn::Sub": "/opt/models/efficientnet-lite2-${WorkerModelPrecision}.onnx"}
+    # Every precision the parameter allows is a model the image bakes in (layers/models/slow/).
+    precisions = tpl.load()["Parameters"]["WorkerModelPrecision"]["AllowedValues"]
+    for precision in precisions:
+        assert (REPO_ROOT / "layers/models/slow" / f"efficientnet-lite2-{precision}.onnx").is_file()
     assert env["TWOPASS_PROVIDERS"] == "cuda,cpu"
     assert env["ORT_DISABLE_TELEMETRY"] == "1"
 
