@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,8 @@ FAKE_AWS = {
 }
 os.environ.update(FAKE_AWS)
 os.environ.pop("AWS_PROFILE", None)
+
+from twopass.local.stack import free_port, wait_http  # noqa: E402  (after the environment above)
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -120,28 +119,6 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 # -- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status < 500:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -24,6 +24,7 @@ from bench import http_load
 from bench.common import EVENTS, REPO, cat_jpeg, child_env, free_port, latency_summary, log, median, ratio, server
 from twopass.config import Settings
 from twopass.imaging import load_tensor
+from twopass.local.lambda_context import LambdaContext
 from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 
@@ -41,20 +42,6 @@ class FastConfig:
     bursts: int = 5
     #: TWOPASS_* settings of the HTTP API under test (uvicorn serves many requests at once).
     api_env: dict[str, str] = field(default_factory=lambda: dict(HTTP_API_ENV))
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "twopass-ApiFunction"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:twopass-ApiFunction"
-    memory_limit_in_mb: int = 2048
-    aws_request_id: str = "8f6f3b5c-0000-4000-8000-000000000001"
-    log_group_name: str = "/aws/lambda/twopass-ApiFunction"
-    log_stream_name: str = "2026/11/22/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 15000
 
 
 def predict_event() -> dict[str, Any]:

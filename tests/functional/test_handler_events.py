@@ -6,7 +6,6 @@ import base64
 import importlib.util
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -14,23 +13,10 @@ import pytest
 
 from tests.conftest import CAT_LABELS, EVENTS
 from twopass.config import REPO_ROOT, Settings
+from twopass.local.lambda_context import LambdaContext
 from twopass.queue.base import JobMessage
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "twopass-ApiFunction"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:twopass-ApiFunction"
-    memory_limit_in_mb: int = 2048
-    aws_request_id: str = "8f6f3b5c-0000-4000-8000-000000000001"
-    log_group_name: str = "/aws/lambda/twopass-ApiFunction"
-    log_stream_name: str = "2026/11/22/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 15000
 
 
 def event(name: str, **changes: Any) -> dict[str, Any]:
