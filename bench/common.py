@@ -183,7 +183,9 @@ def moto_server_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A moto server (the local stack's emulator) on a free port; yields its URL and process."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/") as proc:
+    with server(
+        [sys.executable, "-m", "twopass.local.emulator", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/"
+    ) as proc:
         yield url, proc
 
 

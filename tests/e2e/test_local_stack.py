@@ -108,3 +108,41 @@ def test_api_key_is_enforced_like_api_gateway(stack: LocalStack) -> None:
         assert response.status_code == 403
         assert response.json()["error"] == "forbidden"
     assert httpx.get(f"{stack.api_url}/predict/test", headers=auth(stack), timeout=30).status_code == 200
+
+
+def test_emulator_conditional_writes_are_atomic(stack: LocalStack) -> None:
+    """Racing conditional updates of one item: exactly one wins, as on DynamoDB (plain moto lets
+    several through, which would hide or fake double final writes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.exceptions import ClientError
+
+    db = stack.client("dynamodb")
+    table = stack.service_env["TWOPASS_TABLE_NAME"]
+    db.put_item(TableName=table, Item={"job_id": {"S": "race"}, "status": {"S": "running"}})
+
+    def finish(i: int) -> bool:
+        try:
+            db.update_item(
+                TableName=table,
+                Key={"job_id": {"S": "race"}},
+                UpdateExpression="SET #s = :done, winner = :i ADD final_writes :one",
+                ConditionExpression="#s = :running",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":done": {"S": "succeeded"},
+                    ":running": {"S": "running"},
+                    ":i": {"N": str(i)},
+                    ":one": {"N": "1"},
+                },
+            )
+            return True
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+            return False
+
+    with ThreadPoolExecutor(16) as pool:
+        wins = sum(pool.map(finish, range(64)))
+    item = db.get_item(TableName=table, Key={"job_id": {"S": "race"}}, ConsistentRead=True)["Item"]
+    assert wins == 1
+    assert item["final_writes"]["N"] == "1"

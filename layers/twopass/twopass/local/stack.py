@@ -175,7 +175,7 @@ class LocalStack:
     def _start_emulator(self) -> None:
         proc = self._spawn(
             "emulator",
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.emulator_port)],
+            [sys.executable, "-m", "twopass.local.emulator", "-H", self.host, "-p", str(self.emulator_port)],
             self.base_env(),
             # One access-log line per long poll would drown the API's and the worker's logs.
             quiet=True,

@@ -1,0 +1,58 @@
+"""``python -m twopass.local.emulator``: moto server, with DynamoDB requests made atomic.
+
+moto checks a ``ConditionExpression`` and then writes without a lock, so under its threaded server
+two concurrent conditional updates of one item can both pass: something real DynamoDB never lets
+happen, and exactly what twopass's "written final once" guarantee rests on. This server runs moto's
+own WSGI app with DynamoDB calls taken one at a time; SQS and the rest stay concurrent, so long
+polls never wait on each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
+from typing import Any
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class AtomicDynamoDB:
+    """WSGI middleware: one DynamoDB request at a time, everything else straight through."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            with self.lock:
+                # Drain the body inside the lock: a WSGI app may do its work lazily.
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    parser = argparse.ArgumentParser(prog="python -m twopass.local.emulator", description=__doc__.splitlines()[0])
+    parser.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, default=4566, help="port (default 4566)")
+    args = parser.parse_args(argv)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    app = AtomicDynamoDB(DomainDispatcherApplication(create_backend_app))
+    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
