@@ -214,11 +214,10 @@ def provision_moto(endpoint: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def pointed_at(endpoint: str, env: Mapping[str, str]) -> Iterator[None]:
-    """Set ``AWS_ENDPOINT_URL`` and the template env in this process for the duration."""
+def patched_env(changes: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables in this process for the duration; boto3 clients follow them."""
     from twopass.aws import reset_clients
 
-    changes = {"AWS_ENDPOINT_URL": endpoint, **env}
     saved = {k: os.environ.get(k) for k in changes}
     os.environ.update(changes)
     reset_clients()
@@ -231,6 +230,11 @@ def pointed_at(endpoint: str, env: Mapping[str, str]) -> Iterator[None]:
             else:
                 os.environ[key] = value
         reset_clients()
+
+
+def pointed_at(endpoint: str, env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+    """Set ``AWS_ENDPOINT_URL`` and the template env in this process for the duration."""
+    return patched_env({"AWS_ENDPOINT_URL": endpoint, **env})
 
 
 def versions() -> dict[str, str]:

@@ -21,7 +21,19 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import http_load
-from bench.common import EVENTS, REPO, cat_jpeg, child_env, free_port, latency_summary, log, median, ratio, server
+from bench.common import (
+    EVENTS,
+    REPO,
+    cat_jpeg,
+    child_env,
+    free_port,
+    latency_summary,
+    log,
+    median,
+    patched_env,
+    ratio,
+    server,
+)
 from twopass.config import Settings
 from twopass.imaging import load_tensor
 from twopass.local.lambda_context import LambdaContext
@@ -114,22 +126,13 @@ def moto_handler() -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
     reset_clients()
     with mock_aws():
         env = dict(provision(lambda service: boto3.client(service, region_name="us-east-1")).api_env)
-        env["POWERTOOLS_TRACE_DISABLED"] = "true"  # the template's default; local provisioning leaves an Fn::If
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        env["POWERTOOLS_TRACE_DISABLED"] = "true"  # no X-Ray daemon here
+        with patched_env(env):
             spec = importlib.util.spec_from_file_location("bench_api_handler", REPO / "functions/api/app.py")
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             yield lambda event: module.handler(event, LambdaContext())
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            reset_clients()
 
 
 def memory_handler(settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]]:
