@@ -39,7 +39,7 @@ $(CHECKOV): | $(STAMP)
 
 venv: $(STAMP) ## Create .venv with everything the service and tests need
 
-run: $(STAMP) ## Start the local stack: emulator, API on http://127.0.0.1:$(PORT), worker
+run: $(STAMP) ## Start the local stack: emulator, API on http://127.0.0.1:3000 (PORT=...), worker
 	$(PY) -m twopass.local --api-port $(PORT)
 
 lint: $(STAMP) ## ruff (lint + format check)
