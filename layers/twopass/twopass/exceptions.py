@@ -27,6 +27,23 @@ class DependencyError(TwopassError):
     """A backing service (queue, table, bucket) failed or could not be reached."""
 
 
+class DependencyTimeoutError(DependencyError):
+    """A backing service did not answer in time: the call's outcome is unknown."""
+
+
+class ConditionFailedError(TwopassError):
+    """A conditional write was refused because the item's state did not allow it."""
+
+    def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        #: Per-item cancellation codes of a refused transaction (``"ConditionalCheckFailed"``, ``"None"``…).
+        self.reasons = reasons
+
+
+class MissingObjectError(TwopassError):
+    """An object a job refers to (e.g. its claim-checked image) no longer exists."""
+
+
 class EnqueueError(DependencyError):
     """The job was recorded but could not be published to the queue."""
 
