@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -41,6 +42,30 @@ class Prediction:
             {"label": lab, "probability": round(p, 6), "class_id": cid}
             for lab, p, cid in zip(self.labels, self.probabilities, self.class_ids, strict=True)
         ]
+
+    def result(
+        self,
+        model: str,
+        inference_ms: float,
+        *,
+        batch_size: int | None = None,
+        queue_wait_ms: float | None = None,
+    ) -> dict[str, Any]:
+        """The result shape both the API (fast) and the worker (slow) store and return.
+
+        ``{"model", "label", "top_k", "inference_ms"}`` plus the batch figures when the worker has them.
+        """
+        out: dict[str, Any] = {
+            "model": model,
+            "label": self.label,
+            "top_k": self.top_k(),
+            "inference_ms": round(inference_ms, 3),
+        }
+        if batch_size is not None:
+            out["batch_size"] = batch_size
+        if queue_wait_ms is not None:
+            out["queue_wait_ms"] = round(queue_wait_ms, 1)
+        return out
 
 
 def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
