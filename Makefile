@@ -68,6 +68,8 @@ models-check: ## Rebuild the models in a temp dir and compare with the committed
 
 bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start, peers
 	$(PY) -m pip install -q -r bench/requirements.txt
+	@# The plots are optional: without matplotlib the run still writes its JSON and Markdown.
+	$(PY) -m pip install -q -r bench/requirements-plot.txt || echo "matplotlib not installed: no latest.png"
 	$(PY) bench/run.py
 
 sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); prints sizes

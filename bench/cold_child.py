@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Context:
+    """What Lambda passes a handler, as far as Mangum, powertools and the app read it."""
+
     function_name = "twopass-ApiFunction"
     function_version = "$LATEST"
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:twopass-ApiFunction"

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import http_load
+from bench.cold_child import Context as LambdaContext
 from bench.common import (
     EVENTS,
     REPO,
@@ -36,7 +37,6 @@ from bench.common import (
 )
 from twopass.config import Settings
 from twopass.imaging import load_tensor
-from twopass.local.lambda_context import LambdaContext
 from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 

@@ -1,4 +1,4 @@
-"""Markdown table and PNG figure from a results dict (``bench/results/latest.json``)."""
+"""Markdown tables and a PNG figure from a results dict (what ``bench/run.py`` writes as ``latest.json``)."""
 
 from __future__ import annotations
 
@@ -217,8 +217,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def figure(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def figure(results: dict[str, Any], path: Path) -> bool:
+    """Draw the plots to ``path``; ``False`` (and no file) when matplotlib is not installed.
+
+    The figure is optional: a run without it keeps its JSON and Markdown, which hold every number.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -295,3 +302,4 @@ def figure(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return True

@@ -1,8 +1,12 @@
 """twopass benchmarks: the slow path against raw onnxruntime, the fast path, cold start, peers.
 
-    python bench/run.py            # full run (~10 min on 2 cores), writes bench/results/latest.*
+    python bench/run.py            # full run (~7-10 min on 2 cores)
     python bench/run.py --quick    # smoke run (~2-3 min), same sections, fewer repeats
     python bench/run.py --only slow,cold
+
+Every run writes ``latest.json``, ``latest.md`` and (with matplotlib) ``latest.png`` to ``--out``;
+they change at every run and are not committed. A full run (every section, not ``--quick``) also
+writes ``<UTC date>.md``: the dated summary to commit and cite (docs/performance.md does).
 
 Everything runs the real models on the real photos in tests/data (and the bundled cat); nothing is
 mocked but the AWS services (moto). Each figure is the median over repeated runs, and each ratio
@@ -37,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Benchmark twopass on this machine: slow-path worker vs raw onnxruntime and a one-at-a-time "
             "loop (in memory and through a moto server), lone-job latency, fast path (raw vs Lambda handler "
-            "vs HTTP), cold start, peers (BentoML, gibbs), and fp16/CUDA checks. Writes JSON, Markdown and "
-            "a PNG to --out."
+            "vs HTTP), cold start, peers (BentoML, gibbs), and fp16/CUDA checks. Writes latest.json, latest.md and, "
+            "when matplotlib is installed, latest.png to --out; a full run also writes <UTC date>.md there."
         ),
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer jobs and repeats (~2-3 minutes)")
@@ -82,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=REPO / "bench" / "results",
-        help="directory for latest.json, latest.md and latest.png (default bench/results)",
+        help="directory for latest.json, latest.md, latest.png and a full run's <date>.md (default bench/results)",
     )
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -182,7 +186,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bench import common, report
+    from bench import common
 
     common.quiet_twopass_logs()
     started = time.time()
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
         section("cold_start", lambda: cold_start.run(cold_start.ColdConfig(repeats=3 if quick else 7)))
     if "peers" in args.sections:
-        from bench import peers
+        from bench.peers import compare as peers
 
         pcfg = peers.PeersConfig(
             requests=60 if quick else 240,
@@ -273,13 +277,30 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
-    text = report.markdown(results)
-    (args.out / "latest.md").write_text(text + "\n")
-    report.figure(results, args.out / "latest.png")
-    print(text)
-    common.log(f"\nwrote {args.out}/latest.json, latest.md, latest.png in {results['meta']['duration_s']} s")
+    print(write_outputs(results, args.out, full=not quick and set(args.sections) == set(SECTIONS)))
     return 0
+
+
+def write_outputs(results: dict[str, Any], out: Path, *, full: bool) -> str:
+    """``latest.json``, ``latest.md``, ``latest.png`` (when matplotlib is there) and, for a full run,
+    ``<UTC date>.md``; returns the Markdown. A missing plotting package costs the PNG, not the run."""
+    from bench import common, report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    text = report.markdown(results)
+    written = ["latest.json", "latest.md"]
+    (out / "latest.md").write_text(text + "\n")
+    if report.figure(results, out / "latest.png"):
+        written.append("latest.png")
+    else:
+        common.log("matplotlib is not installed: no latest.png (pip install -r bench/requirements-plot.txt)")
+    if full:
+        dated = f"{str(results['meta']['started'])[:10]}.md"
+        (out / dated).write_text(text + "\n")
+        written.append(dated)
+    common.log(f"\nwrote {', '.join(written)} to {out} in {results['meta'].get('duration_s', '?')} s")
+    return text
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
 from twopass.queue.base import JobMessage, JobPublisher, MessageSource
 from twopass.queue.memory import MemoryQueue
-from twopass.worker.runner import Worker
+from twopass.worker import Worker
 
 MAX_PIXELS = 40_000_000
 
@@ -84,22 +84,46 @@ class SlowConfig:
     setup: Setup = Setup(8, 1, 1, 2)
 
 
-class CountingStore(MemoryJobStore):
-    """A memory store that signals when ``target`` results were recorded, and when each was."""
+class Finished:
+    """Results as a store sees them: when each job's was recorded, and the batch it ran in.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Read from the result the worker records (its ``batch_size`` is part of ``GET /job``), so the
+    benchmark needs no counters inside the worker.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
         self.done_at: dict[str, float] = {}
-        self.target = 0
+        self.batch_sizes: list[int] = []
         self.reached = threading.Event()
-        self._count_lock = threading.Lock()
+        self._lock = threading.Lock()
+
+    def record(self, job_id: str, result: dict[str, Any], wrote: bool) -> None:
+        with self._lock:
+            self.done_at[job_id] = time.perf_counter()
+            if wrote:
+                self.batch_sizes.append(int(result.get("batch_size", 1)))
+            if len(self.done_at) >= self.target:
+                self.reached.set()
+
+    def batch_stats(self) -> dict[str, Any]:
+        """Mean batch size and batch count: a batch of ``n`` jobs shows up ``n`` times, as ``1/n`` each."""
+        with self._lock:
+            batches = sum(1 / size for size in self.batch_sizes)
+            jobs = len(self.batch_sizes)
+        return {"mean_batch_size": round(jobs / batches, 2) if batches else 0.0, "batches": round(batches)}
+
+
+class CountingStore(MemoryJobStore):
+    """A memory store that tells :class:`Finished` about every result."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__()
+        self.finished = Finished(target)
 
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
         wrote = super().succeed(job_id, result)
-        with self._count_lock:
-            self.done_at[job_id] = time.perf_counter()
-            if len(self.done_at) >= self.target:
-                self.reached.set()
+        self.finished.record(job_id, result, wrote)
         return wrote
 
 
@@ -217,37 +241,34 @@ def run_workers(
     classifiers: Sequence[Classifier],
     source: MessageSource,
     store: JobStore,
-    reached: threading.Event,
+    finished: Finished,
     settings: Settings,
     timeout: float = 600,
 ) -> tuple[float, dict[str, Any]]:
-    """One worker per session on a preloaded source; seconds until ``reached``, and merged stats."""
-    workers = [Worker(c, source, store, settings, worker_id=f"bench-{i}") for i, c in enumerate(classifiers)]
+    """One worker per session on a preloaded source; seconds until every result is in, and batch stats."""
+    workers = [Worker(c, source, store, settings) for c in classifiers]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
-    finished = reached.wait(timeout)
+    done = finished.reached.wait(timeout)
     elapsed = time.perf_counter() - t0
     for w in workers:
         w.stop()
     for t in threads:
         t.join(timeout=30)
-    if not finished:
+    if not done:
         raise TimeoutError("the worker did not finish the preloaded jobs")
-    sizes = [s for w in workers for s in w.stats.batch_sizes]
-    stats = {"mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else 0.0, "batches": len(sizes)}
-    return elapsed, stats
+    return elapsed, finished.batch_stats()
 
 
 def worker_memory(
     classifiers: Sequence[Classifier], data: Sequence[bytes], settings: Settings
 ) -> tuple[float, dict[str, Any]]:
     """Images/s of the worker(s) on MemoryQueue + MemoryJobStore with ``data`` preloaded."""
-    queue, store = MemoryQueue(visibility=600), CountingStore()
+    queue, store = MemoryQueue(visibility=600), CountingStore(len(data))
     preload(store, queue, data)
-    store.target = len(data)
-    elapsed, stats = run_workers(classifiers, queue, store, store.reached, settings)
+    elapsed, stats = run_workers(classifiers, queue, store, store.finished, settings)
     return len(data) / elapsed, stats
 
 
@@ -273,9 +294,8 @@ def one_at_a_time_memory(classifier: Classifier, data: Sequence[bytes]) -> float
 
 def lone_job_latency(classifiers: Sequence[Classifier], data: Sequence[bytes], settings: Settings) -> list[float]:
     """Publish → result recorded, one job at a time into idle worker(s) on a MemoryQueue."""
-    queue, store = MemoryQueue(visibility=600), CountingStore()
-    store.target = 10**9
-    workers = [Worker(c, queue, store, settings, worker_id=f"bench-lone-{i}") for i, c in enumerate(classifiers)]
+    queue, store = MemoryQueue(visibility=600), CountingStore(10**9)
+    workers = [Worker(c, queue, store, settings) for c in classifiers]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
     for t in threads:
         t.start()
@@ -288,11 +308,11 @@ def lone_job_latency(classifiers: Sequence[Classifier], data: Sequence[bytes], s
             t0 = time.perf_counter()
             queue.publish(JobMessage(job_id=job_id, image=d))
             deadline = time.monotonic() + 30
-            while job_id not in store.done_at:
+            while job_id not in store.finished.done_at:
                 if time.monotonic() > deadline:
                     raise TimeoutError("lone job not recorded within 30 s")
                 time.sleep(0.0005)
-            out.append(store.done_at[job_id] - t0)
+            out.append(store.finished.done_at[job_id] - t0)
             time.sleep(0.05)  # idle again before the next one
     finally:
         for w in workers:
@@ -316,15 +336,11 @@ def moto_measurements(
     class CountingDynamo(DynamoJobStore):
         def __init__(self, table: str, target: int) -> None:
             super().__init__(table)
-            self.count, self.target, self.reached = 0, target, threading.Event()
-            self._lock = threading.Lock()
+            self.finished = Finished(target)
 
         def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
             wrote = super().succeed(job_id, result)
-            with self._lock:
-                self.count += 1
-                if self.count >= self.target:
-                    self.reached.set()
+            self.finished.record(job_id, result, wrote)
             return wrote
 
     out: dict[str, Any] = {}
@@ -349,7 +365,7 @@ def moto_measurements(
                 store = CountingDynamo(table, n)
                 preload(store, publisher, corpus(n), threads=4)
                 moto0 = process_cpu_seconds(proc.pid)
-                elapsed, stats = run_workers(classifiers, source, store, store.reached, settings)
+                elapsed, stats = run_workers(classifiers, source, store, store.finished, settings)
                 worker_runs.append(
                     {
                         "images_per_s": n / elapsed,

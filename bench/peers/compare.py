@@ -70,7 +70,7 @@ def ensure_gibbs(install: bool) -> str | None:
 def bento_http(exe: Path, parallelism: int, intra_op: str) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [str(exe), "serve", "bench.bento_service:FastModel", "--host", "127.0.0.1", "--port", str(port)]
+    args = [str(exe), "serve", "bench.peers.bento_service:FastModel", "--host", "127.0.0.1", "--port", str(port)]
     env = child_env(
         {"BENCH_PEER_THREADS": str(parallelism), "BENCH_PEER_INTRA_OP": intra_op, "BENTOML_DO_NOT_TRACK": "True"}
     )
@@ -83,7 +83,7 @@ def gibbs_http(parallelism: int, intra_op: str) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [
-        sys.executable, "-m", "uvicorn", "--factory", "bench.gibbs_server:create_app",
+        sys.executable, "-m", "uvicorn", "--factory", "bench.peers.gibbs_server:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     env = child_env(

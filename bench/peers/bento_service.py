@@ -1,6 +1,6 @@
 """BentoML peer: the same fast ONNX model and the same preprocessing behind a sync endpoint.
 
-Served by ``bentoml serve bench.bento_service:FastModel`` from the separate ``.venv-bench-bento``
+Served by ``bentoml serve bench.peers.bento_service:FastModel`` from the separate ``.venv-bench-bento``
 (BentoML's dependencies, OpenTelemetry's SDK among them, must not leak into the venv the twopass
 measurements run in). One worker, two threads: the same parallelism as twopass's inference pool.
 """

@@ -1,4 +1,4 @@
-"""gibbs peer (``uvicorn --factory bench.gibbs_server:create_app``): a gibbs Hub in a FastAPI app,
+"""gibbs peer (``uvicorn --factory bench.peers.gibbs_server:create_app``): a gibbs Hub in a FastAPI app,
 gibbs Workers (processes) each holding the fast model, as in gibbs' FastAPI example.
 
 gibbs 0.2.0 pins ``pyzmq<24``, which has no Python 3.12 wheel and whose sdist no longer compiles
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 PORT = int(os.environ.get("BENCH_GIBBS_PORT", "5019"))
 WORKERS = int(os.environ.get("BENCH_PEER_THREADS", "2"))
-SAMPLE = Path(__file__).resolve().parents[1] / "layers/twopass/twopass/data/cat.jpg"
+SAMPLE = Path(__file__).resolve().parents[2] / "layers/twopass/twopass/data/cat.jpg"
 
 
 class FastModel:
