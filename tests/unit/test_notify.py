@@ -1,13 +1,32 @@
-"""Callback signatures and the SSRF guard."""
+"""Callback signatures, the SSRF guard, pinned connections and the sender's retries and shutdown."""
 
 from __future__ import annotations
 
+import datetime
+import json
+import socket
+import ssl
+import threading
 import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import httpcore
+import httpx
 import pytest
 
-from twopass.notify.guard import CallbackURLError, check_url
-from twopass.notify.signing import sign, verify
+from twopass.notify.guard import (
+    CallbackResolutionError,
+    CallbackURLError,
+    check_url,
+    embedded_ipv4,
+    is_public,
+    resolve_public,
+)
+from twopass.notify.sender import CallbackSender
+from twopass.notify.signing import SIGNATURE_HEADER, sign, verify
+from twopass.notify.transport import PinnedTransport
 
 SECRET = "s3cr3t"
 BODY = b'{"job_id":"abc","status":"succeeded"}'
@@ -78,3 +97,408 @@ def test_malformed_or_insecure_urls_are_refused(url: str, message: str) -> None:
 def test_public_https_is_allowed_and_settings_open_the_local_escape_hatch() -> None:
     assert check_url("https://93.184.216.34/hook") == "https://93.184.216.34/hook"
     assert check_url("http://127.0.0.1:9/hook", allow_private=True, allow_http=True)
+
+
+# -- the guard: IPv4 hidden in IPv6, scripted resolvers ------------------------------------------
+
+PUBLIC_V4 = "93.184.216.34"
+
+
+class ScriptedResolver:
+    """Answers each lookup of a name with the next answer in its script (the last one repeats)."""
+
+    def __init__(self, *answers: list[str] | Exception) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append((host, port))
+        answer = self.answers[min(len(self.calls), len(self.answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+NON_PUBLIC = [
+    "127.0.0.1",
+    "10.1.2.3",
+    "100.64.0.1",  # shared address space (carrier-grade NAT)
+    "169.254.169.254",
+    "0.0.0.0",
+    "224.0.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "ff02::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:169.254.169.254",
+    "::127.0.0.1",  # IPv4-compatible (deprecated, still routed by some stacks)
+    "::10.0.0.1",
+    "::ffff:0:7f00:1",  # SIIT IPv4-translated
+    "64:ff9b::7f00:1",  # NAT64 well-known prefix → 127.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 → the metadata service
+    "64:ff9b:1::808:808",  # local-use NAT64: never global
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+]
+PUBLIC = [PUBLIC_V4, "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+
+
+@pytest.mark.parametrize("address", NON_PUBLIC)
+def test_non_public_addresses_are_refused_literal_or_resolved(address: str) -> None:
+    assert not is_public(address)
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(CallbackURLError, match="non-public"):
+        check_url(f"https://{host}/hook")
+    resolver = ScriptedResolver([address])
+    with pytest.raises(CallbackURLError, match="non-public"):
+        check_url("https://hooks.example/hook", resolver=resolver)
+    assert resolver.calls == [("hooks.example", 443)]
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses_pass_including_translated_forms_of_public_ipv4(address: str) -> None:
+    assert is_public(address)
+    assert check_url("https://hooks.example:8443/x", resolver=ScriptedResolver([address]))
+
+
+def test_embedded_ipv4_unwraps_every_form() -> None:
+    import ipaddress
+
+    expect = {
+        "::ffff:127.0.0.1": ["127.0.0.1"],
+        "::127.0.0.1": ["127.0.0.1"],
+        "::ffff:0:7f00:1": ["127.0.0.1"],
+        "64:ff9b::7f00:1": ["127.0.0.1"],
+        "2002:7f00:1::1": ["127.0.0.1"],
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2": ["65.54.227.120", "192.0.2.45"],
+        "2606:4700:4700::1111": [],
+    }
+    for v6, v4s in expect.items():
+        assert [str(a) for a in embedded_ipv4(ipaddress.IPv6Address(v6))] == v4s, v6
+
+
+def test_one_bad_answer_among_good_ones_refuses_the_host() -> None:
+    with pytest.raises(CallbackURLError, match=r"non-public address\(es\) \['127.0.0.1'\]"):
+        check_url("https://hooks.example/", resolver=ScriptedResolver([PUBLIC_V4, "127.0.0.1"]))
+
+
+def test_a_name_that_does_not_resolve_is_a_resolution_error() -> None:
+    with pytest.raises(CallbackResolutionError, match="does not resolve"):
+        check_url(
+            "https://nowhere.example/", resolver=ScriptedResolver(socket.gaierror(-2, "Name or service not known"))
+        )
+    with pytest.raises(CallbackResolutionError):
+        resolve_public("nowhere.example", 443, resolver=ScriptedResolver([]))
+
+
+def test_literals_never_reach_the_resolver_and_private_mode_skips_the_check() -> None:
+    resolver = ScriptedResolver(AssertionError("no lookup for a literal"))
+    assert resolve_public("8.8.8.8", 443, resolver=resolver) == ["8.8.8.8"]
+    assert resolve_public("127.0.0.1", 80, allow_private=True, resolver=resolver) == ["127.0.0.1"]
+    assert resolve_public("hooks.test", 80, allow_private=True, resolver=ScriptedResolver(["10.0.0.7"])) == ["10.0.0.7"]
+
+
+# -- pinned connections: the address checked is the address connected to ------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    local_address: str
+
+
+@dataclass
+class Receiver:
+    """A callback receiver on loopback that answers from a script and records what it got."""
+
+    host: str = "127.0.0.1"
+    statuses: list[int] = field(default_factory=lambda: [200])
+    delay: float = 0.0
+    tls: ssl.SSLContext | None = None
+    received: list[Received] = field(default_factory=list)
+    server_names: list[str | None] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def __enter__(self) -> Receiver:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.received.append(
+                    Received(self.path, dict(self.headers.items()), body, self.connection.getsockname()[0])
+                )
+                time.sleep(outer.delay)
+                status = outer.statuses[min(len(outer.received), len(outer.statuses)) - 1]
+                self.send_response(status)
+                if status in (301, 302, 307):
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((self.host, 0), Handler)
+        self.server.daemon_threads = True
+        if self.tls is not None:
+
+            def record_sni(_sock: object, name: str | None, _ctx: ssl.SSLContext) -> None:
+                self.server_names.append(name)
+
+            self.tls.sni_callback = record_sni
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LoopbackInternet(httpcore.NetworkBackend):
+    """Stands in for the internet (this machine has none): a public address maps to a loopback port.
+
+    Every connection it is asked for is recorded; addresses it does not know are unreachable.
+    """
+
+    def __init__(self, routes: dict[tuple[str, int], int]) -> None:
+        self.routes = routes
+        self.connects: list[tuple[str, int]] = []
+        self._real = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Any = None) -> httpcore.NetworkStream:  # fmt: skip
+        self.connects.append((host, port))
+        if (host, port) not in self.routes:
+            raise httpcore.ConnectError(f"{host}:{port} unreachable")
+        return self._real.connect_tcp("127.0.0.1", self.routes[(host, port)], timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context with a certificate for hooks.example, client context trusting its test CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:  # fmt: skip
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("twopass test CA", ca_key, "twopass test CA", ca_key, True)
+    leaf = cert("hooks.example", leaf_key, "twopass test CA", ca_key, False)
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "leaf.pem").write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM)
+        + leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(folder / "leaf.pem")
+    client = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client
+
+
+def test_rebinding_dns_cannot_move_the_connection_to_loopback(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """Public to the check, 127.0.0.1 to a second lookup: the one lookup is the one connected to."""
+    server_tls, client_tls = tls_pair
+    rebinding = ScriptedResolver([PUBLIC_V4], ["127.0.0.1"])
+    with Receiver(tls=server_tls) as receiver:
+        internet = LoopbackInternet({(PUBLIC_V4, 443): receiver.port})
+        transport = PinnedTransport(resolver=rebinding, verify=client_tls, network_backend=internet)
+        with httpx.Client(transport=transport) as client:
+            response = client.post("https://hooks.example/done", content=b"{}")
+        assert response.status_code == 200
+        assert internet.connects == [(PUBLIC_V4, 443)]  # the checked address, not a second answer
+        assert rebinding.calls == [("hooks.example", 443)]
+        [got] = receiver.received
+        assert got.headers["Host"] == "hooks.example" and got.path == "/done"
+        assert receiver.server_names == ["hooks.example"]  # SNI is the name; the certificate was verified for it
+
+        # A new connection resolves again, gets the rebound answer, and never connects.
+        transport = PinnedTransport(resolver=rebinding, verify=client_tls, network_backend=internet)
+        with httpx.Client(transport=transport) as client, pytest.raises(CallbackURLError, match="non-public"):
+            client.post("https://hooks.example/done", content=b"{}")
+        assert internet.connects == [(PUBLIC_V4, 443)]
+
+
+def test_tls_is_verified_against_the_name_not_the_pinned_address(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:  # fmt: skip
+    server_tls, client_tls = tls_pair
+    with Receiver(tls=server_tls) as receiver:
+        internet = LoopbackInternet({(PUBLIC_V4, 443): receiver.port})
+        transport = PinnedTransport(resolver=ScriptedResolver([PUBLIC_V4]), verify=client_tls, network_backend=internet)
+        with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectError, match="certificate"):
+            client.post("https://other.example/", content=b"{}")  # the certificate is for hooks.example
+        assert receiver.received == []
+
+
+def test_every_checked_address_is_tried_in_order(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_tls, client_tls = tls_pair
+    with Receiver(tls=server_tls) as receiver:
+        internet = LoopbackInternet({("8.8.8.8", 443): receiver.port})
+        resolver = ScriptedResolver(["2606:4700:4700::1111", "8.8.8.8"])
+        transport = PinnedTransport(resolver=resolver, verify=client_tls, network_backend=internet)
+        with httpx.Client(transport=transport) as client:
+            assert client.post("https://hooks.example/", content=b"{}").status_code == 200
+        assert internet.connects == [("2606:4700:4700::1111", 443), ("8.8.8.8", 443)]
+
+
+def test_sender_connects_to_the_pinned_loopback_address_with_the_name_as_host() -> None:
+    """Local mode (private allowed), real sockets: the name resolves to 127.0.0.1, then to 127.0.0.2."""
+    rebinding = ScriptedResolver(["127.0.0.1"], ["127.0.0.2"])
+    results: list[bool] = []
+    with Receiver(host="127.0.0.1") as receiver:
+        sender = CallbackSender(
+            SECRET, allow_private=True, allow_http=True, resolver=rebinding, on_result=results.append
+        )
+        sender.submit(f"http://hooks.test:{receiver.port}/cb", {"job_id": "j1", "status": "succeeded"})
+        sender.close(timeout=5)
+    assert results == [True]
+    [got] = receiver.received
+    assert got.local_address == "127.0.0.1"
+    assert got.headers["Host"] == f"hooks.test:{receiver.port}"
+    assert verify(SECRET, got.body, got.headers[SIGNATURE_HEADER])
+    assert json.loads(got.body) == {"job_id": "j1", "status": "succeeded"}
+    assert rebinding.calls == [("hooks.test", receiver.port)]
+
+
+def test_sender_refuses_a_production_target_that_resolves_private() -> None:
+    results: list[bool] = []
+    with Receiver() as receiver:
+        sender = CallbackSender(
+            SECRET, allow_http=True, resolver=ScriptedResolver(["127.0.0.1"]), on_result=results.append
+        )
+        sender.submit(f"http://hooks.example:{receiver.port}/cb", {"job_id": "j2"})
+        sender.close(timeout=5)
+    assert results == [False] and receiver.received == []
+
+
+# -- delivery: retries on the shared backoff, no redirects, a prompt close ---------------------------
+
+
+def settle(sender: CallbackSender, timeout: float = 5.0) -> None:
+    """Wait until every submitted callback is delivered or given up (before close() cuts retries short)."""
+    deadline = time.monotonic() + timeout
+    while sender.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sender.pending == 0
+
+
+def local_sender(results: list[bool], **kwargs: Any) -> CallbackSender:
+    kwargs.setdefault("base_delay", 0.01)
+    return CallbackSender(SECRET, allow_private=True, allow_http=True, on_result=results.append, **kwargs)
+
+
+def test_retryable_answers_are_retried_until_delivered() -> None:
+    results: list[bool] = []
+    with Receiver(statuses=[503, 429, 200]) as receiver:
+        sender = local_sender(results)
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "j3"})
+        settle(sender)
+        sender.close()
+    assert results == [True] and len(receiver.received) == 3
+
+
+@pytest.mark.parametrize("status", [302, 400, 410])
+def test_redirects_and_client_errors_are_not_retried_or_followed(status: int) -> None:
+    results: list[bool] = []
+    with Receiver(statuses=[status]) as receiver:
+        sender = local_sender(results)
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "j4"})
+        sender.close(timeout=5)
+    assert results == [False] and len(receiver.received) == 1
+
+
+def test_attempts_are_bounded() -> None:
+    results: list[bool] = []
+    with Receiver(statuses=[500]) as receiver:
+        sender = local_sender(results, attempts=3)
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "j5"})
+        settle(sender)
+        sender.close()
+    assert results == [False] and len(receiver.received) == 3
+
+
+def timed_close(sender: CallbackSender, timeout: float = 2.0) -> float:
+    started = time.monotonic()
+    sender.close(timeout=timeout)
+    return time.monotonic() - started
+
+
+def test_an_idle_sender_closes_at_once() -> None:
+    assert timed_close(local_sender([])) < 0.05
+    sender = local_sender([])
+    with Receiver() as receiver:
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "j6"})
+        settle(sender)
+        assert timed_close(sender) < 0.05  # used, then idle again
+
+
+def test_close_waits_for_the_delivery_in_flight_and_no_longer() -> None:
+    results: list[bool] = []
+    with Receiver(delay=0.5) as receiver:
+        sender = local_sender(results)
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "j7"})
+        time.sleep(0.1)
+        waited = timed_close(sender, timeout=10)
+    assert results == [True]
+    assert 0.3 < waited < 1.5
+
+
+def test_close_does_not_sit_out_a_backoff() -> None:
+    results: list[bool] = []
+    with Receiver(statuses=[503]) as receiver:
+        sender = local_sender(results, base_delay=20, max_delay=20)
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "j8"})
+        deadline = time.monotonic() + 5
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the first try failed; the delivery is now waiting out its backoff
+        waited = timed_close(sender, timeout=10)
+    assert waited < 0.5
+    assert results == [False] and len(receiver.received) == 1
+
+
+def test_close_is_bounded_by_its_timeout_when_a_receiver_hangs() -> None:
+    results: list[bool] = []
+    with Receiver(delay=3) as receiver:
+        sender = local_sender(results, timeout=10)
+        for i in range(3):
+            sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": f"j9-{i}"})
+        time.sleep(0.1)
+        waited = timed_close(sender, timeout=0.5)
+        assert 0.45 < waited < 1.0
+        # After close nothing new is accepted, and the caller hears so at once.
+        sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "late"})
+        assert results[-1:] == [False]
