@@ -13,7 +13,7 @@ _asgi = Mangum(app, lifespan="off")
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     # Init runs at full CPU before the first request is billed, and SnapStart snapshots its
     # result: load the fast model and create the AWS clients here, not on the first request.
-    app.state.service().warm_up()
+    app.state.twopass.service.warm_up()
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and os.environ.get("POWERTOOLS_TRACE_DISABLED", "").lower() != "true":
     # X-Ray subsegments for every DynamoDB/SQS call. Imported only when on: the X-Ray SDK alone

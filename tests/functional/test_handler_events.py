@@ -25,6 +25,15 @@ def event(name: str, **changes: Any) -> dict[str, Any]:
     return data
 
 
+def job_event(predict_event: str, job_id: str) -> dict[str, Any]:
+    """``GET /job/{id}`` from the same kind of API (and so the same caller) as ``predict_event``."""
+    if predict_event.startswith("http_"):
+        read = event("http_job.json", rawPath=f"/job/{job_id}", pathParameters={"job_id": job_id})
+        read["requestContext"]["http"]["path"] = f"/job/{job_id}"
+        return read
+    return event("rest_job.json", path=f"/job/{job_id}", pathParameters={"job_id": job_id})
+
+
 @pytest.fixture
 def handler(aws: Settings) -> Handler:
     """A fresh import of the deployed handler module, reading the template's env from the fixture."""
@@ -65,11 +74,8 @@ def test_predict_events_answer_fast_and_enqueue(handler: Handler, aws: Settings,
     (message,) = queued_messages(aws)
     assert message.job_id == data["job_id"]
     assert message.image == cat_jpeg  # the worker gets the client's bytes, untouched
-    # The record exists (written before the message was published).
-    job = handler(
-        event("rest_job.json", path=f"/job/{data['job_id']}", pathParameters={"job_id": data["job_id"]}),
-        LambdaContext(),
-    )
+    # The record exists (written before the message was published), readable by the same caller.
+    job = handler(job_event(name, data["job_id"]), LambdaContext())
     assert job["statusCode"] == 200
     assert body(job)[data["job_id"]] == {"prediction": None}
     assert body(job)["status"] == "queued"
@@ -112,3 +118,15 @@ def test_metadata_event_has_both_cards(handler: Handler) -> None:
     assert data["models"]["fast"]["preprocessing"]["input_size"] == 224
     assert data["models"]["slow"]["name"] == "efficientnet-lite2"
     assert data["data_type"] == "str"  # the seed's metadata fields stay
+
+
+def test_another_api_key_cannot_read_the_job(handler: Handler) -> None:
+    """API Gateway's key id is the owner: a job is 404 to every other key."""
+    data = body(handler(event("rest_predict_test.json"), LambdaContext()))
+    mine = job_event("rest_predict_test.json", data["job_id"])
+    assert handler(mine, LambdaContext())["statusCode"] == 200
+    theirs = job_event("rest_predict_test.json", data["job_id"])
+    theirs["requestContext"]["identity"]["apiKeyId"] = "someone-else"
+    answer = handler(theirs, LambdaContext())
+    assert answer["statusCode"] == 404
+    assert body(answer)["error"] == "not_found"

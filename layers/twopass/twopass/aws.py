@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -27,25 +28,43 @@ def _session(region: str) -> Any:
     return boto3.session.Session(region_name=region)
 
 
+@dataclass(frozen=True)
+class CallBudget:
+    """How long one AWS call may take: per-try timeouts and how many tries (botocore's standard retries)."""
+
+    connect_timeout: float = 2.0
+    #: Above SQS's 20 s long poll, so a worker's receive is never cut short.
+    read_timeout: float = 30.0
+    max_attempts: int = 3
+
+
+#: Background work (the worker, tools): patient, since nobody is waiting on an HTTP answer.
+DEFAULT_BUDGET = CallBudget()
+
+
+def request_budget(call_timeout: float) -> CallBudget:
+    """The request path's budget: two short tries, so a stalled backend becomes a 503 in seconds."""
+    return CallBudget(connect_timeout=min(1.0, call_timeout), read_timeout=call_timeout, max_attempts=2)
+
+
 @cache
-def _client(service: str, endpoint: str | None, region: str) -> Any:
+def _client(service: str, endpoint: str | None, region: str, budget: CallBudget) -> Any:
     from botocore.config import Config
 
     config = Config(
-        # Short connect timeout: a dead dependency should become a 503 quickly, not a hung request.
-        connect_timeout=2,
-        read_timeout=30,
-        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=budget.connect_timeout,
+        read_timeout=budget.read_timeout,
+        retries={"max_attempts": budget.max_attempts, "mode": "standard"},
         max_pool_connections=32,
     )
     with _lock:  # creating clients from one session is not thread-safe; using them is
         return _session(region).client(service, endpoint_url=endpoint, config=config)
 
 
-def client(service: str) -> Any:
+def client(service: str, budget: CallBudget = DEFAULT_BUDGET) -> Any:
     """A cached boto3 client for ``service`` honouring ``AWS_ENDPOINT_URL`` and ``AWS_REGION``."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return _client(service, endpoint_url(), region)
+    return _client(service, endpoint_url(), region, budget)
 
 
 def reset_clients() -> None:

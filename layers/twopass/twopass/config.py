@@ -73,6 +73,16 @@ class Settings:
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "TWOPASS_MAX_IMAGE_PIXELS"})
     #: Days a job record lives before DynamoDB's TTL removes it (reads treat it as gone after).
     job_ttl_days: float = field(default=7.0, metadata={"env": "TWOPASS_JOB_TTL_DAYS"})
+    #: API: the most one request may spend waiting on the job table and the queue before it answers
+    #: 503 with Retry-After (well inside API Gateway's 29 s integration timeout).
+    api_deadline_seconds: float = field(default=6.0, metadata={"env": "TWOPASS_API_DEADLINE_SECONDS"})
+    #: API: read timeout of one AWS call on the request path (each call is tried at most twice).
+    api_call_timeout_seconds: float = field(default=2.0, metadata={"env": "TWOPASS_API_CALL_TIMEOUT_SECONDS"})
+    #: Worker: a job still ``queued`` and never started this long after it was created is checked for a
+    #: lost queue message (an outage between the record write and the publish) and republished or failed.
+    reconcile_after_seconds: float = field(default=900.0, metadata={"env": "TWOPASS_RECONCILE_AFTER_SECONDS"})
+    #: Worker: how often it looks for such jobs (0 = never).
+    reconcile_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_RECONCILE_SECONDS"})
     #: Worker: largest batch given to one ``session.run``.
     max_batch_size: int = field(default=16, metadata={"env": "TWOPASS_MAX_BATCH_SIZE"})
     #: Worker: longest a partial batch waits for more work after its first job arrived.
@@ -117,6 +127,11 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, f.metadata["env"], str(f.type), raw)
         return cls(**values)
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """The keys in :attr:`api_keys`, each a tenant of its own."""
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
     def job_ttl_seconds(self) -> int:

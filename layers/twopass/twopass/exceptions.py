@@ -48,6 +48,10 @@ class EnqueueError(DependencyError):
     """The job was recorded but could not be published to the queue."""
 
 
+class MessageFormatError(TwopassError):
+    """A queue message is not a twopass job message."""
+
+
 class JobNotFoundError(TwopassError):
     """No job has that id (or its record has expired)."""
 
@@ -56,5 +60,17 @@ class IdempotencyConflictError(TwopassError):
     """The idempotency key already belongs to a job."""
 
 
-class TransitionError(TwopassError):
-    """A job status change was refused because the job is not in a state that allows it."""
+class InvalidRequestError(TwopassError):
+    """The request is malformed in a way the client can fix (HTTP 400); ``code`` names the problem."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class IdempotencyKeyReusedError(TwopassError):
+    """The Idempotency-Key was used before with a different image."""
+
+
+class RequestInProgressError(TwopassError):
+    """A request with the same Idempotency-Key has not finished yet."""

@@ -1,4 +1,8 @@
-"""Maps every failure the API can meet to a status code and an ``ErrorResponse`` body."""
+"""Maps every failure the API can meet to a status code and an ``ErrorResponse`` body.
+
+Bodies carry a stable code and a sentence for people; never a stack trace, and never a backend's
+own error text (botocore's names internal endpoints) — the library's messages are written for this.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twopass.exceptions import (
+    ConditionFailedError,
     DependencyError,
     EnqueueError,
+    IdempotencyKeyReusedError,
     ImageTooLargeError,
     InvalidImageError,
+    InvalidRequestError,
     JobNotFoundError,
     ModelLoadError,
+    RequestInProgressError,
     TwopassError,
 )
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a client should wait before retrying a 503 or a 409 for a request in progress.
+RETRY_AFTER = "1"
 
-class ApiError(TwopassError):
-    """An error with its HTTP status and code decided where it is raised."""
+
+class HTTPProblemError(TwopassError):
+    """An error whose HTTP status and code are decided where it is raised (the HTTP layer's own)."""
 
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -38,6 +49,9 @@ _MAPPING: list[tuple[type[TwopassError], int, str]] = [
     (ImageTooLargeError, 413, "payload_too_large"),
     (InvalidImageError, 400, "invalid_image"),
     (JobNotFoundError, 404, "not_found"),
+    (IdempotencyKeyReusedError, 422, "idempotency_key_reused"),
+    (RequestInProgressError, 409, "request_in_progress"),
+    (ConditionFailedError, 409, "conflict"),
     (EnqueueError, 503, "enqueue_failed"),
     (DependencyError, 503, "dependency_unavailable"),
     (ModelLoadError, 503, "model_unavailable"),
@@ -46,20 +60,30 @@ _MAPPING: list[tuple[type[TwopassError], int, str]] = [
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+def problem_for(exc: TwopassError) -> tuple[int, str, str]:
+    """``(status, code, detail)`` for a library error; 500 only for one nobody mapped (a bug)."""
+    if isinstance(exc, HTTPProblemError):
+        return exc.status, exc.code, exc.detail
+    if isinstance(exc, InvalidRequestError):
+        return 400, exc.code, str(exc)
+    for kind, status, code in _MAPPING:
+        if isinstance(exc, kind):
+            return status, code, str(exc)
+    return 500, "internal_error", "internal error"
 
+
+def install(app: FastAPI) -> None:
     @app.exception_handler(TwopassError)
     async def _twopass_error(_: Request, exc: TwopassError) -> JSONResponse:
-        for kind, status, code in _MAPPING:
-            if isinstance(exc, kind):
-                if status >= 500:
-                    logger.error("%s: %s", code, exc)
-                return error_response(status, code, str(exc), {"Retry-After": "1"} if status == 503 else None)
-        logger.exception("unexpected twopass error", exc_info=exc)
-        return error_response(500, "internal_error", "internal error")
+        status, code, detail = problem_for(exc)
+        headers = exc.headers if isinstance(exc, HTTPProblemError) else None
+        if status in (409, 503) and headers is None:
+            headers = {"Retry-After": RETRY_AFTER}
+        if status == 500:
+            logger.error("unexpected twopass error", exc_info=exc)
+        elif status >= 500:
+            logger.error("%s: %s", code, exc)
+        return error_response(status, code, detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -77,5 +101,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Never a stack trace to the client; the log has it.
-        logger.exception("unhandled error", exc_info=exc)
+        logger.error("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")

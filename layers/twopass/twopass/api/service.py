@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from twopass.api.idempotency import Idempotency
 from twopass.config import DATA_DIR, Settings
-from twopass.exceptions import DependencyError, EnqueueError, ImageTooLargeError, ModelLoadError
-from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStore, WorkerBeat, new_job_id
+from twopass.exceptions import DependencyError, ImageTooLargeError, JobNotFoundError, ModelLoadError
+from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStore, WorkerBeat
 from twopass.models.card import ModelCard, card_path
 from twopass.models.runtime import Classifier, Prediction
+from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, JobPublisher
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ SQS_INLINE_LIMIT = 700 * 1024
 
 
 class TwopassService:
-    """The fast path and job bookkeeping; the FastAPI app is a thin layer over this."""
+    """The fast path and job bookkeeping; the FastAPI routes are a thin layer over this."""
 
     def __init__(
         self,
@@ -33,22 +35,31 @@ class TwopassService:
         store: JobStore,
         publisher: JobPublisher,
         classifier: Classifier | None = None,
+        *,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.publisher = publisher
+        self.payloads = payloads or PayloadStore()
+        self.idempotency = Idempotency(store, min(settings.idempotency_ttl_hours * 3600, settings.job_ttl_seconds))
         if classifier is not None:
             self.__dict__["classifier"] = classifier
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TwopassService:
-        """DynamoDB and SQS backends named by ``settings``."""
+        """DynamoDB, SQS and S3 backends named by ``settings``, with the request path's time budget."""
+        from twopass import aws
         from twopass.jobs.dynamodb import DynamoJobStore
         from twopass.queue.sqs import SqsPublisher
 
         settings.require("queue_url", "table_name")
+        budget = aws.request_budget(settings.api_call_timeout_seconds)
         return cls(
-            settings, DynamoJobStore(settings.table_name, settings.job_ttl_seconds), SqsPublisher(settings.queue_url)
+            settings,
+            DynamoJobStore(settings.table_name, settings.job_ttl_seconds, client=aws.client("dynamodb", budget)),
+            SqsPublisher(settings.queue_url, client=aws.client("sqs", budget)),
+            payloads=PayloadStore(aws.client("s3", budget) if settings.payload_bucket else None),
         )
 
     @cached_property
@@ -61,12 +72,8 @@ class TwopassService:
         )
 
     def warm_up(self) -> None:
-        """Load the fast model and create the backends' AWS clients now rather than on first use."""
+        """Load the fast model now rather than on first use (Lambda init runs at full CPU, and SnapStart keeps it)."""
         _ = self.classifier
-        from twopass.aws import client
-
-        for service in ("dynamodb", "sqs", "s3") if self.settings.payload_bucket else ("dynamodb", "sqs"):
-            client(service)
 
     @property
     def fast_name(self) -> str:
@@ -74,13 +81,12 @@ class TwopassService:
 
     # -- fast path ---------------------------------------------------------------------------
 
-    def check_size(self, size: int) -> None:
-        if size > self.settings.max_image_bytes:
-            raise ImageTooLargeError(f"the image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes")
-
     def decode(self, data: bytes) -> np.ndarray:
         """Validate and preprocess; raises ``InvalidImageError`` / ``ImageTooLargeError``."""
-        self.check_size(len(data))
+        if len(data) > self.settings.max_image_bytes:
+            raise ImageTooLargeError(
+                f"the image is {len(data)} bytes; the limit is {self.settings.max_image_bytes} bytes"
+            )
         return self.classifier.tensor(data, max_pixels=self.settings.max_image_pixels)
 
     def classify(self, tensor: np.ndarray) -> tuple[Prediction, float]:
@@ -94,9 +100,7 @@ class TwopassService:
         if len(data) <= self.settings.inline_image_bytes:
             return JobMessage(job_id=job_id, image=data, context=context)
         if self.settings.payload_bucket:
-            from twopass import payloads
-
-            ref = payloads.put(self.settings.payload_bucket, job_id, data)
+            ref = self.payloads.put(self.settings.payload_bucket, job_id, data)
             return JobMessage(job_id=job_id, image_ref=ref, context=context)
         if len(data) <= SQS_INLINE_LIMIT:
             return JobMessage(job_id=job_id, image=data, context=context)
@@ -106,39 +110,48 @@ class TwopassService:
 
     def enqueue(
         self,
-        job_id: str,
+        record: JobRecord,
         data: bytes,
         context: dict[str, str] | None = None,
         idempotency: IdempotencyRecord | None = None,
-    ) -> JobRecord:
+    ) -> None:
         """Write the job record, then publish its message.
 
-        The record comes first so a worker can never see a job that has no record. If publishing
-        fails the record is marked failed (the client is told 503), so nothing waits for a message
-        that was never sent, and the idempotency key is released so the client can retry with it.
+        The record comes first so a worker never sees a job that has no record. When the write's or
+        the publish's outcome is unknown (a timeout) or the publish failed, the job is marked failed
+        (only while still queued, so a published job that a worker already took is left alone) and
+        the idempotency key released, so the client's retry starts afresh. If even that cannot be
+        written, the worker's reconciler finds the never-started record later.
         """
-        message = self.message(job_id, data, context)
-        record = JobRecord(job_id=job_id)
-        self.store.create(record, idempotency)
+        message = self.message(record.job_id, data, context)
+        record.image_ref = message.image_ref
+        try:
+            self.store.create(record, idempotency)
+        except DependencyError as exc:
+            self._abandon(record.job_id, idempotency, f"the job could not be recorded: {exc}")
+            raise
         try:
             self.publisher.publish(message)
-        except EnqueueError as exc:
-            try:
-                self.store.fail(job_id, f"could not enqueue: {exc}", only_if_queued=True)
-                if idempotency is not None:
-                    self.store.forget_idempotency(idempotency.key_hash)
-            except DependencyError:
-                logger.exception("job %s: enqueue failed and the record could not be marked failed", job_id)
+        except DependencyError as exc:
+            self._abandon(record.job_id, idempotency, f"could not enqueue: {exc}")
             raise
-        return record
 
-    def new_job_id(self) -> str:
-        return new_job_id()
+    def _abandon(self, job_id: str, idempotency: IdempotencyRecord | None, reason: str) -> None:
+        try:
+            self.store.fail(job_id, reason, only_if_queued=True)
+            if idempotency is not None:
+                self.idempotency.forget(idempotency)
+        except DependencyError:
+            logger.warning("job %s: %s; not marked failed either (the reconciler will)", job_id, reason)
 
     # -- reads -------------------------------------------------------------------------------
 
-    def job(self, job_id: str) -> JobRecord | None:
-        return self.store.get(job_id)
+    def job(self, job_id: str, owner: str) -> JobRecord:
+        """The caller's own job; another owner's job is as unknown as a missing one."""
+        record = self.store.get(job_id)
+        if record is None or record.owner != owner:
+            raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
+        return record
 
     def sample_image(self) -> bytes:
         return SAMPLE_IMAGE.read_bytes()

@@ -25,6 +25,11 @@ class JobStatus(StrEnum):
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 OPEN_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
+#: The owner of jobs created while the API checks no keys.
+ANONYMOUS = "anonymous"
+#: Shards of the sparse "created, never started" index, so a burst of creates spreads over partitions.
+PENDING_SHARDS = 8
+
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -53,6 +58,10 @@ class JobRecord:
     error: str | None = None
     expires_at: int | None = None
     worker: str | None = None
+    #: Who created the job (an API key's id, hashed locally); only they can read it.
+    owner: str = ANONYMOUS
+    #: ``s3://…`` of the claim-checked image while it is retained (lets a lost message be republished).
+    image_ref: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,6 +104,7 @@ class JobStore(ABC):
     def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
         """Insert a new record (and its idempotency key, atomically).
 
+        Idempotent against its own retries: a retried write that had in fact succeeded is success.
         Raises :class:`~twopass.exceptions.IdempotencyConflictError` when the key is already taken.
         """
 
@@ -131,6 +141,10 @@ class JobStore(ABC):
         """failed → queued, for a redrive after a fix; succeeded jobs are never reopened."""
 
     @abstractmethod
+    def never_started(self, created_before: float, limit: int = 100) -> list[JobRecord]:
+        """Jobs still ``queued`` that no worker ever started, created before ``created_before``, oldest first."""
+
+    @abstractmethod
     def beat(self, worker_id: str, info: dict[str, Any]) -> None:
         """Record that ``worker_id`` is alive now."""
 
@@ -145,6 +159,11 @@ class JobStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise :class:`~twopass.exceptions.DependencyError` if the store is unreachable."""
+
+
+def pending_shard(job_id: str) -> str:
+    """The shard of ``job_id`` in the "created, never started" index."""
+    return str(int(job_id[:2], 16) % PENDING_SHARDS)
 
 
 def idempotency_key_id(key_hash: str) -> str:

@@ -2,28 +2,46 @@
 
 Worker heartbeats share the table under the reserved key ``#workers`` (never a valid job id), one
 top-level attribute per worker, so concurrent workers update it without read-modify-write.
+
+Two attributes exist for operators rather than for the code paths:
+
+* ``final_writes`` counts writes of a final state; the conditional transitions keep it at 1, so an
+  item with ``final_writes > 1`` would show a broken invariant (the chaos test checks it).
+* ``pending`` (a shard number) marks a job created and never started; it feeds the sparse
+  ``pending-created`` index the reconciler reads, and is removed by the first start or final write.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import BotoCoreError, ClientError
 
-from twopass.aws import client
-from twopass.exceptions import DependencyError, IdempotencyConflictError
-from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus, JobStore, WorkerBeat, idempotency_key_id
+from twopass.aws import client as aws_client
+from twopass.aws import translate_errors
+from twopass.exceptions import ConditionFailedError, IdempotencyConflictError
+from twopass.jobs.base import (
+    PENDING_SHARDS,
+    IdempotencyRecord,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    WorkerBeat,
+    idempotency_key_id,
+    pending_shard,
+)
 
 WORKERS_KEY = "#workers"
-_IS_NEW = "attribute_not_exists(job_id)"
+PENDING_INDEX = "pending-created"
 _WORKER_PREFIX = "w_"
 _RECORD_FIELDS = (
     "status", "created_at", "updated_at", "started_at", "finished_at", "attempts",
-    "fast", "result", "error", "expires_at", "worker",
+    "fast", "result", "error", "expires_at", "worker", "owner", "image_ref",
 )  # fmt: skip
+_OPEN = "attribute_exists(job_id) AND #s IN (:queued, :running)"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -54,31 +72,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_conditional_failure(exc: ClientError) -> bool:
-    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
-
-
 class DynamoJobStore(JobStore):
-    def __init__(self, table_name: str, ttl_seconds: int = 7 * 24 * 3600) -> None:
+    """Job records in the template's ``JobsTable``; ``client`` defaults to the shared boto3 client."""
+
+    def __init__(self, table_name: str, ttl_seconds: int = 7 * 24 * 3600, *, client: Any | None = None) -> None:
         self.table_name = table_name
         self.ttl_seconds = ttl_seconds
+        self._client = client
 
     @property
     def _db(self) -> Any:
-        return client("dynamodb")
+        return self._client if self._client is not None else aws_client("dynamodb")
 
     def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
-        try:
+        with translate_errors(f"job table {op}"):
             result: dict[str, Any] = getattr(self._db, op)(TableName=self.table_name, **kwargs)
-            return result
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                raise
-            raise DependencyError(
-                f"job table {op} failed: {exc.response.get('Error', {}).get('Message', exc)}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise DependencyError(f"job table unreachable: {exc}") from exc
+        return result
 
     def _update(
         self,
@@ -99,12 +108,12 @@ class DynamoJobStore(JobStore):
                 ExpressionAttributeValues={k: _to_dynamo(v) for k, v in values.items()},
                 ReturnValues="ALL_NEW",
             )
-        except ClientError:  # _call lets only conditional failures through as ClientError
+        except ConditionFailedError:
             return None
         attributes: dict[str, Any] = out.get("Attributes", {})
         return attributes
 
-    def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
+    def _item(self, record: JobRecord) -> dict[str, Any]:
         now = time.time()
         record.updated_at = record.updated_at or now
         if record.expires_at is None:
@@ -116,32 +125,48 @@ class DynamoJobStore(JobStore):
                 item[name] = _to_dynamo(value.value if isinstance(value, JobStatus) else value)
         for name, value in record.extra.items():
             item[name] = _to_dynamo(value)
+        if record.status is JobStatus.QUEUED and record.attempts == 0:
+            item["pending"] = _to_dynamo(pending_shard(record.job_id))
+        return item
+
+    def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
+        item = self._item(record)
+        expiry = int(record.expires_at or 0)
+        # A token unique to this create: botocore retries a write whose answer was lost, and the
+        # retry must recognise its own earlier success instead of failing its own condition.
+        token = uuid.uuid4().hex
+        item["create_token"] = _to_dynamo(token)
+        is_mine = "attribute_not_exists(job_id) OR create_token = :token"
         if idempotency is None:
-            self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(job_id)")
+            self._call(
+                "put_item",
+                Item=item,
+                ConditionExpression=is_mine,
+                ExpressionAttributeValues={":token": {"S": token}},
+            )
             return
         claim = {
             "job_id": _to_dynamo(idempotency_key_id(idempotency.key_hash)),
             "target": _to_dynamo(record.job_id),
             "body_hash": _to_dynamo(idempotency.body_hash),
-            "expires_at": _to_dynamo(min(idempotency.expires_at or record.expires_at, record.expires_at)),
+            "expires_at": _to_dynamo(min(idempotency.expires_at or expiry, expiry)),
         }
+        claim_is_mine = "attribute_not_exists(job_id) OR target = :job"
         # One transaction: a key never points at a job that was not written, nor the reverse.
         try:
-            self._db.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self.table_name, "Item": i, "ConditionExpression": _IS_NEW}}
-                    for i in (item, claim)
-                ]
-            )
-        except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-                raise IdempotencyConflictError(
-                    f"idempotency key already used for another job ({record.job_id})"
-                ) from exc
-            raise DependencyError(f"job table transaction failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise DependencyError(f"job table unreachable: {exc}") from exc
+            with translate_errors("job table transaction"):
+                self._db.transact_write_items(
+                    TransactItems=[
+                        {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": is_mine,
+                                 "ExpressionAttributeValues": {":token": {"S": token}}}},
+                        {"Put": {"TableName": self.table_name, "Item": claim, "ConditionExpression": claim_is_mine,
+                                 "ExpressionAttributeValues": {":job": {"S": record.job_id}}}},
+                    ]
+                )  # fmt: skip
+        except ConditionFailedError as exc:
+            if len(exc.reasons) > 1 and exc.reasons[1] == "ConditionalCheckFailed":
+                raise IdempotencyConflictError("idempotency key already used for another job") from exc
+            raise
 
     def idempotency(self, key_hash: str) -> IdempotencyRecord | None:
         out = self._call("get_item", Key={"job_id": {"S": idempotency_key_id(key_hash)}}, ConsistentRead=True)
@@ -177,6 +202,8 @@ class DynamoJobStore(JobStore):
     @staticmethod
     def _record(item: dict[str, Any]) -> JobRecord:
         data = {k: _from_dynamo(v) for k, v in item.items()}
+        for internal in ("create_token", "pending"):
+            data.pop(internal, None)
         known = {k: data.pop(k) for k in list(data) if k in _RECORD_FIELDS or k == "job_id"}
         known["status"] = JobStatus(known.get("status", JobStatus.QUEUED))
         return JobRecord(**known, extra=data)
@@ -185,44 +212,35 @@ class DynamoJobStore(JobStore):
         now = time.time()
         attrs = self._update(
             job_id,
-            "SET #s = :running, started_at = :now, updated_at = :now, worker = :w ADD attempts :one",
-            "attribute_exists(job_id) AND #s IN (:queued, :running)",
+            "SET #s = :running, started_at = :now, updated_at = :now, worker = :w ADD attempts :one REMOVE pending",
+            _OPEN,
             {":running": "running", ":queued": "queued", ":now": now, ":w": worker_id, ":one": 1},
         )
         return None if attrs is None else self._record(attrs)
 
+    def _finish(self, job_id: str, sets: str, condition: str, values: dict[str, Any], names: dict[str, str]) -> bool:
+        """A conditional write of a final state: ``sets`` plus the timestamps, out of the pending index."""
+        values = {**values, ":now": time.time(), ":one": 1}
+        remove = "pending, #e" if "#e = " not in sets else "pending"
+        expression = f"SET {sets}, finished_at = :now, updated_at = :now REMOVE {remove} ADD final_writes :one"
+        return self._update(job_id, expression, condition, values, {"#e": "error", **names}) is not None
+
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        now = time.time()
-        return (
-            self._update(
-                job_id,
-                # final_writes proves in tests that a final state is never written twice.
-                "SET #s = :done, #r = :result, finished_at = :now, updated_at = :now REMOVE #e ADD final_writes :one",
-                "attribute_exists(job_id) AND #s IN (:queued, :running)",
-                {":done": "succeeded", ":queued": "queued", ":running": "running"}
-                | {":result": result, ":now": now, ":one": 1},
-                names={"#r": "result", "#e": "error"},
-            )
-            is not None
+        return self._finish(
+            job_id,
+            "#s = :done, #r = :result",
+            _OPEN,
+            {":done": "succeeded", ":queued": "queued", ":running": "running", ":result": result},
+            {"#r": "result"},
         )
 
     def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
-        now = time.time()
-        allowed = "#s = :queued" if only_if_queued else "#s IN (:queued, :running)"
         values: dict[str, Any] = {":failed": "failed", ":queued": "queued", ":error": error[:2000]}
-        values |= {":now": now, ":one": 1}
+        condition = "attribute_exists(job_id) AND #s = :queued"
         if not only_if_queued:
             values[":running"] = "running"
-        return (
-            self._update(
-                job_id,
-                "SET #s = :failed, #e = :error, finished_at = :now, updated_at = :now ADD final_writes :one",
-                f"attribute_exists(job_id) AND {allowed}",
-                values,
-                names={"#e": "error"},
-            )
-            is not None
-        )
+            condition = _OPEN
+        return self._finish(job_id, "#s = :failed, #e = :error", condition, values, {})
 
     def reopen(self, job_id: str) -> bool:
         return (
@@ -235,6 +253,20 @@ class DynamoJobStore(JobStore):
             )
             is not None
         )
+
+    def never_started(self, created_before: float, limit: int = 100) -> list[JobRecord]:
+        records: list[JobRecord] = []
+        for shard in range(PENDING_SHARDS):
+            out = self._call(
+                "query",
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression="pending = :p AND created_at < :t",
+                ExpressionAttributeValues={":p": {"S": str(shard)}, ":t": _to_dynamo(float(created_before))},
+                Limit=limit,
+            )
+            records.extend(self._record(item) for item in out.get("Items", []))
+        queued = [r for r in records if r.status is JobStatus.QUEUED and not r.expired()]
+        return sorted(queued, key=lambda r: r.created_at)[:limit]
 
     def beat(self, worker_id: str, info: dict[str, Any]) -> None:
         now = time.time()

@@ -1,4 +1,8 @@
-"""In-process job store with the same conditional semantics as DynamoDB (benchmarks, unit tests)."""
+"""In-process job store with the same conditional semantics as DynamoDB (benchmarks, unit tests).
+
+``final_writes`` mirrors the DynamoDB item attribute of the same name: how often each job was
+written final, which a correct store never lets exceed one.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ class MemoryJobStore(JobStore):
         self._beats: dict[str, WorkerBeat] = {}
         self._keys: dict[str, IdempotencyRecord] = {}
         self._lock = threading.Lock()
-        #: How many times each job was written final (a correct store never exceeds one).
         self.final_writes: dict[str, int] = {}
 
     def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
@@ -93,6 +96,15 @@ class MemoryJobStore(JobStore):
             record.updated_at = time.time()
             self.final_writes[job_id] = 0
             return True
+
+    def never_started(self, created_before: float, limit: int = 100) -> list[JobRecord]:
+        with self._lock:
+            found = [
+                copy.deepcopy(r)
+                for r in self._jobs.values()
+                if r.status is JobStatus.QUEUED and not r.attempts and r.created_at < created_before and not r.expired()
+            ]
+        return sorted(found, key=lambda r: r.created_at)[:limit]
 
     def beat(self, worker_id: str, info: dict[str, Any]) -> None:
         with self._lock:

@@ -1,0 +1,62 @@
+"""``/health``, ``/health/all`` and ``/metadata``: is it up, is everything behind it up, what it takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from twopass.api.auth import caller
+from twopass.api.context import Context
+from twopass.api.schemas import HealthAllResponse, HealthResponse, MetadataResponse
+
+#: Open: load balancers and uptime checks call it without a key.
+open_router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Depends(caller)])
+
+
+@open_router.get("/health", summary="Liveness", response_model=HealthResponse)
+async def health() -> HealthResponse:
+    return HealthResponse(health="ok")
+
+
+@router.get("/health/all", summary="Every backend's health", response_model=HealthAllResponse)
+async def health_all(context: Context) -> HealthAllResponse:
+    service = context.service
+    checks = await context.io(service.health)
+    slow_card = await context.io(service.slow_card)
+    body: dict[str, Any] = {}
+    if checks["fast_model"]["status"] == "ok":
+        body[checks["fast_model"]["model"]] = "ok"
+    if slow_card:
+        worker = checks["worker"]["status"]
+        body[slow_card["name"]] = "ok" if worker == "ok" else worker
+    degraded = any(c["status"] == "error" for c in checks.values())
+    return HealthAllResponse.model_validate({**body, "status": "degraded" if degraded else "ok", "backends": checks})
+
+
+@router.get("/metadata", summary="Input and output contract, both model cards", response_model=MetadataResponse)
+async def metadata(context: Context) -> MetadataResponse:
+    service = context.service
+    fast_card = service.classifier.card
+    size = fast_card.input_size
+    settings = context.settings
+    return MetadataResponse.model_validate(
+        {
+            "data_type": "str",
+            "data_structure": "(1,1)",
+            "data_sample": "base64 encoded image file",
+            "prediction_type": "float32",
+            "prediction_structure": "(1,1000)",
+            "prediction_sample": "[0.00012, 0.00003, 0.00021, ...]",
+            "input": {
+                "json": {"image_data": "<base64 of a JPEG/PNG/WebP/GIF/BMP/TIFF file>"},
+                "raw": "a body with Content-Type image/*",
+                "max_bytes": settings.max_image_bytes,
+                "max_pixels": settings.max_image_pixels,
+                "fast_model_input": f"(N,3,{size},{size}) float32 RGB",
+            },
+            "output": {"fast": f"top-{settings.top_k} labels with probabilities", "labels": "ImageNet-1k"},
+            "models": {"fast": fast_card.to_dict(), "slow": await context.io(service.slow_card)},
+        }
+    )
