@@ -24,6 +24,7 @@ from twopass.imaging import load_tensor
 from twopass.jobs.base import JobRecord, JobStore, new_job_id
 from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
+from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, JobPublisher, MessageSource
 from twopass.queue.memory import MemoryQueue
 from twopass.worker import Worker
@@ -275,11 +276,11 @@ def worker_memory(
 def one_at_a_time(classifier: Classifier, source: MessageSource, store: JobStore, n: int) -> float:
     """The seed backend's loop: receive 1, decode, infer batch 1, write, ack. Images/s."""
     done = 0
+    payloads = PayloadStore()
     t0 = time.perf_counter()
     while done < n:
         for d in source.receive(1, 1):
-            assert d.message is not None
-            prediction = classifier.predict(classifier.tensor(d.message.image_bytes(), max_pixels=MAX_PIXELS))
+            prediction = classifier.predict(classifier.tensor(payloads.image(d.message), max_pixels=MAX_PIXELS))
             store.succeed(d.message.job_id, {"model": classifier.name, "label": prediction.label})
             source.ack([d])
             done += 1

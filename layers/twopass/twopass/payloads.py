@@ -1,29 +1,23 @@
 """Claim checks: images too big for a queue message travel through an S3 bucket instead.
 
 The message then carries ``s3://bucket/key``; the worker fetches the bytes and, once the job has
-succeeded, deletes them (the bucket's lifecycle rule removes anything left behind).
+succeeded, deletes them (the bucket's lifecycle rule removes anything left behind). This module is
+the only code that puts, fetches or deletes them: :class:`~twopass.queue.base.JobMessage` is plain data.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from botocore.exceptions import BotoCoreError, ClientError
+from twopass import aws
+from twopass.aws import translate_errors
+from twopass.exceptions import InvalidImageError
 
-from twopass.aws import client
-from twopass.exceptions import DependencyError, InvalidImageError
+if TYPE_CHECKING:
+    from twopass.queue.base import JobMessage
 
 PREFIX = "payloads/"
-
-
-def put(bucket: str, job_id: str, data: bytes) -> str:
-    """Store ``data`` for ``job_id``; returns the ``s3://`` reference the message carries."""
-    key = f"{PREFIX}{job_id}"
-    try:
-        client("s3").put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/octet-stream")
-    except (ClientError, BotoCoreError) as exc:
-        raise DependencyError(f"payload bucket unavailable: {exc}") from exc
-    return f"s3://{bucket}/{key}"
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -33,23 +27,50 @@ def _split(ref: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def fetch(ref: str) -> bytes:
-    """The bytes behind a reference. A missing object is a bad job, not an outage."""
-    bucket, key = _split(ref)
-    try:
-        body: bytes = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise InvalidImageError(f"the image payload {ref} no longer exists") from exc
-        raise DependencyError(f"payload bucket unavailable: {exc}") from exc
-    except BotoCoreError as exc:
-        raise DependencyError(f"payload bucket unavailable: {exc}") from exc
-    return body
+class PayloadStore:
+    """Puts, fetches and deletes claim-checked images.
+
+    Raises :class:`~twopass.exceptions.MissingObjectError` for a payload that no longer exists (a bad
+    job, not an outage) and :class:`~twopass.exceptions.DependencyError` when the bucket is unavailable.
+    """
+
+    def __init__(self, client: Any | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        # Made on first use: most images travel inline, and a worker that never sees a claim
+        # check never needs an S3 client.
+        if self._client is None:
+            self._client = aws.client("s3")
+        return self._client
+
+    def put(self, bucket: str, job_id: str, data: bytes) -> str:
+        """Store ``data`` for ``job_id``; returns the ``s3://`` reference the message carries."""
+        key = f"{PREFIX}{job_id}"
+        with translate_errors("store image payload"):
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/octet-stream")
+        return f"s3://{bucket}/{key}"
+
+    def fetch(self, ref: str) -> bytes:
+        """The bytes behind a reference."""
+        bucket, key = _split(ref)
+        with translate_errors(f"image payload {ref}"):
+            body: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
+    def image(self, message: JobMessage) -> bytes:
+        """A job's image: inline in the message, or fetched from the bucket for a claim check."""
+        if message.image is not None:
+            return message.image
+        return self.fetch(message.image_ref or "")
+
+    def delete(self, ref: str) -> None:
+        bucket, key = _split(ref)
+        with translate_errors(f"delete image payload {ref}"):
+            self.client.delete_object(Bucket=bucket, Key=key)
 
 
-def delete(ref: str) -> None:
-    bucket, key = _split(ref)
-    try:
-        client("s3").delete_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as exc:
-        raise DependencyError(f"could not delete payload {ref}: {exc}") from exc
+def put(bucket: str, job_id: str, data: bytes) -> str:
+    """:meth:`PayloadStore.put` with the default S3 client (the API's call)."""
+    return PayloadStore().put(bucket, job_id, data)

@@ -15,16 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twopass.exceptions import MessageFormatError
+
+__all__ = ["MESSAGE_VERSION", "Delivery", "JobMessage", "JobPublisher", "MessageFormatError", "MessageSource"]
+
 MESSAGE_VERSION = 1
-
-
-class MessageFormatError(ValueError):
-    """A queue message is not a twopass job message."""
 
 
 @dataclass(frozen=True)
 class JobMessage:
-    """What travels through the queue: the job id and the image, inline or as a claim check."""
+    """What travels through the queue: the job id and the image, inline or as a claim check.
+
+    Plain data: fetching a claim-checked image is :mod:`twopass.payloads`' job.
+    """
 
     job_id: str
     #: The image bytes, when small enough to travel inline.
@@ -48,15 +51,6 @@ class JobMessage:
         body.update(submitted_at=self.submitted_at, context=self.context)
         return json.dumps(body, separators=(",", ":"))
 
-    def image_bytes(self) -> bytes:
-        """The image, fetched from the payload bucket when it travelled as a claim check."""
-        if self.image is not None:
-            return self.image
-        from twopass import payloads
-
-        assert self.image_ref is not None
-        return payloads.fetch(self.image_ref)
-
     @classmethod
     def decode(cls, body: str) -> JobMessage:
         try:
@@ -79,15 +73,16 @@ class JobMessage:
 
 @dataclass
 class Delivery:
-    """One received message: the decoded job (or why it could not be decoded) and its receipt."""
+    """One received job message and its receipt. Sources drop what does not decode, so a delivery
+    always carries a :class:`JobMessage`.
+    """
 
     message_id: str
     receipt: str
     receive_count: int
-    message: JobMessage | None
-    error: str | None = None
-    received_at: float = field(default_factory=time.monotonic)
-    raw: Any = None
+    message: JobMessage
+    #: When the message's current lease began (``time.monotonic()``): at receipt, then at each extension.
+    leased_at: float = field(default_factory=time.monotonic)
 
 
 class JobPublisher(ABC):
@@ -108,7 +103,12 @@ class MessageSource(ABC):
 
     @abstractmethod
     def receive(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
-        """Up to ``max_messages`` deliveries, waiting up to ``wait_seconds`` for the first."""
+        """Up to ``max_messages`` deliveries, waiting up to ``wait_seconds`` for the first.
+
+        A message that is not a job message is left where it is (it is redelivered after its
+        visibility timeout and dead-lettered after ``max_receive_count`` receives, for a person to
+        look at) and not returned.
+        """
 
     @abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:

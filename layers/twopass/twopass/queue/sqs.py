@@ -7,15 +7,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from twopass.aws import client
+from twopass import aws
+from twopass.aws import translate_errors
 from twopass.exceptions import DependencyError, EnqueueError
 from twopass.queue.base import Delivery, JobMessage, JobPublisher, MessageFormatError, MessageSource
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 10  # SQS's limit for every *Batch call and for one ReceiveMessage
+_LONGEST_POLL = 20  # SQS's limit for WaitTimeSeconds
 
 
 def _chunks(items: Sequence[Delivery], size: int = _BATCH) -> list[Sequence[Delivery]]:
@@ -23,28 +23,29 @@ def _chunks(items: Sequence[Delivery], size: int = _BATCH) -> list[Sequence[Deli
 
 
 class SqsPublisher(JobPublisher):
-    def __init__(self, queue_url: str) -> None:
+    def __init__(self, queue_url: str, client: Any | None = None) -> None:
         self.queue_url = queue_url
+        self.client = client if client is not None else aws.client("sqs")
 
     def publish(self, message: JobMessage) -> str:
         try:
-            out = client("sqs").send_message(
-                QueueUrl=self.queue_url,
-                MessageBody=message.encode(),
-                MessageAttributes={"job_id": {"DataType": "String", "StringValue": message.job_id}},
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise EnqueueError(f"could not publish job {message.job_id}: {exc}") from exc
+            with translate_errors(f"publish job {message.job_id}"):
+                out = self.client.send_message(
+                    QueueUrl=self.queue_url,
+                    MessageBody=message.encode(),
+                    MessageAttributes={"job_id": {"DataType": "String", "StringValue": message.job_id}},
+                )
+        except DependencyError as exc:
+            # The API answers EnqueueError with a 503 and marks the recorded job failed.
+            raise EnqueueError(str(exc)) from exc
         return str(out["MessageId"])
 
     def ping(self) -> dict[str, Any]:
-        try:
-            attrs = client("sqs").get_queue_attributes(
+        with translate_errors("queue attributes"):
+            attrs = self.client.get_queue_attributes(
                 QueueUrl=self.queue_url,
                 AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
             )["Attributes"]
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyError(f"queue unreachable: {exc}") from exc
         return {
             "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
             "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
@@ -52,45 +53,46 @@ class SqsPublisher(JobPublisher):
 
 
 class SqsSource(MessageSource):
-    def __init__(self, queue_url: str, visibility_timeout: int = 60) -> None:
+    def __init__(self, queue_url: str, visibility_timeout: int = 60, client: Any | None = None) -> None:
         self.queue_url = queue_url
         self.visibility_timeout = visibility_timeout
+        self.client = client if client is not None else aws.client("sqs")
         self.max_receive_count = self._read_max_receive_count()
 
     def _read_max_receive_count(self) -> int | None:
         # Read from the queue itself so the worker and the template's redrive policy cannot disagree.
-        try:
-            attrs = client("sqs").get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"])
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyError(f"queue unreachable: {exc}") from exc
+        with translate_errors("queue redrive policy"):
+            attrs = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"])
         policy = attrs.get("Attributes", {}).get("RedrivePolicy")
         return int(json.loads(policy)["maxReceiveCount"]) if policy else None
 
     def receive(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
-        out = client("sqs").receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
-            WaitTimeSeconds=int(max(0, min(20, wait_seconds))),
-            VisibilityTimeout=self.visibility_timeout,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-            MessageAttributeNames=["All"],
-        )
+        with translate_errors("receive messages"):
+            out = self.client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=max(1, min(_BATCH, max_messages)),
+                WaitTimeSeconds=int(max(0, min(_LONGEST_POLL, wait_seconds))),
+                VisibilityTimeout=self.visibility_timeout,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
         deliveries = []
         for msg in out.get("Messages", []):
-            count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", 1))
             try:
-                job: JobMessage | None = JobMessage.decode(msg["Body"])
-                error = None
+                job = JobMessage.decode(msg["Body"])
             except MessageFormatError as exc:
-                job, error = None, str(exc)
-            deliveries.append(Delivery(msg["MessageId"], msg["ReceiptHandle"], count, job, error, raw=msg))
+                # Not ours: it stays invisible, comes back, and is dead-lettered for a person to look at.
+                logger.error("message %s is not a job message: %s", msg["MessageId"], exc)
+                continue
+            count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+            deliveries.append(Delivery(msg["MessageId"], msg["ReceiptHandle"], count, job))
         return deliveries
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         failed: list[Delivery] = []
         for chunk in _chunks(deliveries):
             entries = [{"Id": str(i), "ReceiptHandle": d.receipt} for i, d in enumerate(chunk)]
-            out = client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            with translate_errors("delete messages"):
+                out = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
             failed.extend(chunk[int(f["Id"])] for f in out.get("Failed", []))
         if failed:
             logger.warning("could not delete %d message(s); they will be redelivered", len(failed))
@@ -101,7 +103,8 @@ class SqsSource(MessageSource):
             entries = [
                 {"Id": str(i), "ReceiptHandle": d.receipt, "VisibilityTimeout": seconds} for i, d in enumerate(chunk)
             ]
-            client("sqs").change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            with translate_errors("change message visibility"):
+                self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         self._change_visibility(deliveries, 0)

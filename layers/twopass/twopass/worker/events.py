@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twopass.jobs.base import JobStatus
 from twopass.observability.logs import job_extra
 from twopass.observability.metrics import Metric, MetricsSink
 from twopass.queue.base import JobMessage
+
+if TYPE_CHECKING:
+    from twopass.notify.sender import CallbackSender
 
 logger = logging.getLogger("twopass.worker.jobs")
 
@@ -45,7 +48,7 @@ class WorkerEvents:
 class ObservedEvents(WorkerEvents):
     """Production hooks: EMF metrics per batch and signed completion callbacks."""
 
-    def __init__(self, metrics: MetricsSink | None = None, callbacks: Any | None = None) -> None:
+    def __init__(self, metrics: MetricsSink | None = None, callbacks: CallbackSender | None = None) -> None:
         self.metrics = metrics
         self.callbacks = callbacks
 

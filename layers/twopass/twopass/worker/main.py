@@ -11,19 +11,24 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from twopass.config import Settings
 from twopass.observability import logs
 from twopass.worker.events import WorkerEvents
 
+if TYPE_CHECKING:
+    from twopass.worker.runner import Worker
+
 logger = logging.getLogger("twopass.worker")
 
 
-def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
-    """Wire the worker from settings: the slow model, the SQS source and the DynamoDB store."""
+def build_worker(settings: Settings) -> Worker:
+    """Wire the worker from settings: the slow model, the SQS source, the DynamoDB store, the payload bucket."""
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.models.runtime import Classifier
     from twopass.ops import deadletter
+    from twopass.payloads import PayloadStore
     from twopass.queue.sqs import SqsSource
     from twopass.worker.runner import Worker
 
@@ -38,7 +43,9 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
     dlq_url = deadletter.dead_letter_queue_url(settings.queue_url)
     sweeper = None if dlq_url is None else functools.partial(deadletter.sweep, dlq_url, store)
-    return Worker(classifier, source, store, settings, sweeper=sweeper, events=build_events(settings))
+    return Worker(
+        classifier, source, store, settings, sweeper=sweeper, events=build_events(settings), payloads=PayloadStore()
+    )
 
 
 def build_events(settings: Settings) -> WorkerEvents:
