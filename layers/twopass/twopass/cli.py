@@ -1,7 +1,8 @@
 """``twopass``: classify photos, look up jobs, check health, run the local stack.
 
-Standard library and the client SDK only (so httpx), so ``pip install twopass`` without the
-server extras gives a working CLI; ``twopass local`` alone needs those extras.
+Standard library and the client SDK only (so httpx), so installing the package without its extras
+(``pip install .`` or ``pipx install .`` in a clone) gives a working CLI; ``twopass local`` and
+``twopass redrive`` alone need the server packages.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import IO, Any, Final
 from twopass import __version__
 from twopass.client import (
     DEFAULT_URL,
-    ApiError,
     AsyncClient,
     AuthenticationError,
     Client,
@@ -30,11 +30,13 @@ from twopass.client import (
     JobResult,
     ModelResult,
     NotFoundError,
+    NotTwopassError,
     Prediction,
     RateLimitedError,
     ServerError,
     TransportError,
     WaitTimeoutError,
+    _hints,
 )
 
 EXIT_OK: Final = 0
@@ -54,14 +56,15 @@ exit codes:
   0  success (with --wait: every job succeeded)
   1  some job failed or was not found, or the server refused an image
   2  usage error (bad option, no such path, no image files)
-  3  server unreachable or unavailable (after retries), or /health/all degraded
+  3  server unreachable or unavailable (after retries), not a twopass API (check --url),
+     or /health/all degraded
   4  --wait ran out of time before some job finished
   5  API key missing or refused
   When files end differently the first that applies of 5, 3, 4, 1 is returned.
 
 environment:
   TWOPASS_URL      default for --url (else http://127.0.0.1:3000, where `twopass local` serves)
-  TWOPASS_API_KEY  default for --api-key
+  TWOPASS_API_KEY  default for --api-key (the local stack of `make run` takes local-dev-key)
 
 examples:
   twopass predict photos/ --wait
@@ -215,6 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+class _CliClient(Client):
+    # Error messages name the CLI's options (--url, --api-key) rather than the SDK's arguments.
+    _hint_style = _hints.CLI
+
+
+class _CliAsyncClient(AsyncClient):
+    _hint_style = _hints.CLI
+
+
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "base_url": getattr(args, "url", None),
@@ -231,8 +243,9 @@ def _error(message: str) -> None:
 def _exit_code_for(exc: Exception) -> int:
     if isinstance(exc, AuthenticationError):
         return EXIT_AUTH
-    # Rate limiting that outlasts the retries is the service being unavailable to this caller.
-    if isinstance(exc, TransportError | ServerError | RateLimitedError):
+    # Rate limiting that outlasts the retries is the service being unavailable to this caller; a URL
+    # where no twopass API answers is a service this caller cannot reach.
+    if isinstance(exc, TransportError | ServerError | RateLimitedError | NotTwopassError):
         return EXIT_UNAVAILABLE
     if isinstance(exc, WaitTimeoutError):
         return EXIT_TIMEOUT
@@ -250,7 +263,10 @@ LOCAL_NEEDS: Final = ("boto3", "moto", "samtranslator", "uvicorn", "fastapi", "o
 def _local(argv: list[str]) -> int:
     missing = [name for name in LOCAL_NEEDS if importlib.util.find_spec(name) is None]
     if missing and not {"-h", "--help"} & set(argv):
-        _error(f"`twopass local` needs the server extras ({', '.join(missing)} missing): pip install 'twopass[dev]'")
+        _error(
+            f"`twopass local` needs the server packages ({', '.join(missing)} missing): in a clone of the "
+            "repository, `make run` installs them into .venv, or pip install -e '.[local]'"
+        )
         return EXIT_USAGE
     from twopass.local.main import main as local_main
 
@@ -262,7 +278,7 @@ def _local(argv: list[str]) -> int:
 
 def _redrive(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("boto3") is None:
-        _error("`twopass redrive` needs boto3: pip install 'twopass[serve]'")
+        _error("`twopass redrive` needs boto3: in a clone of the repository, pip install -e '.[serve]'")
         return EXIT_USAGE
     import os
 
@@ -296,7 +312,7 @@ def _redrive(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     try:
-        with Client(**_client_options(args)) as client:
+        with _CliClient(**_client_options(args)) as client:
             health = client.health_all() if args.all else client.health()
     except ClientError as exc:
         _error(str(exc))
@@ -327,7 +343,7 @@ def _job(args: argparse.Namespace) -> int:
     result: JobResult | None = None
     code = EXIT_OK
     try:
-        with Client(**_client_options(args)) as client:
+        with _CliClient(**_client_options(args)) as client:
             if args.wait:
                 result = client.wait(args.job_id, timeout=args.timeout, raise_on_failure=False)
             else:
@@ -387,6 +403,11 @@ class _Row:
     error: str | None = None
     code: int = EXIT_OK
 
+    @property
+    def server_problem(self) -> bool:
+        """Whether the error is about the server (the key, the URL, an outage) rather than this file."""
+        return self.code in (EXIT_AUTH, EXIT_UNAVAILABLE) and self.status != "skipped"
+
     def to_json(self) -> dict[str, Any]:
         def model(m: ModelResult | None) -> dict[str, Any] | None:
             if m is None:
@@ -436,7 +457,10 @@ def _predict(args: argparse.Namespace) -> int:
     rows = asyncio.run(_predict_all(files, args, progress))
     progress.close()
     if not args.json:
-        print(_table(rows, args.wait))
+        print(_table(rows, args.wait), flush=True)
+    # The server's problem, not a file's: said once on stderr, however many files ran into it.
+    for message in dict.fromkeys(row.error for row in rows if row.error and row.server_problem):
+        _error(message)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
@@ -453,7 +477,7 @@ async def _predict_all(files: list[Path], args: argparse.Namespace, progress: _P
     abort = asyncio.Event()
     deadline = time.monotonic() + args.timeout
 
-    async with AsyncClient(**_client_options(args)) as client:
+    async with _CliAsyncClient(**_client_options(args)) as client:
 
         async def one(path: Path, row: _Row) -> None:
             try:
@@ -476,22 +500,16 @@ async def _predict_all(files: list[Path], args: argparse.Namespace, progress: _P
             except WaitTimeoutError as exc:
                 row.result, row.status, row.code = exc.last, "timeout", EXIT_TIMEOUT
                 row.error = str(exc)
-            except ApiError as exc:
-                row.status, row.error, row.code = "error", f"{exc.status} {exc.code}: {exc.detail}", _exit_code_for(exc)
             except (ClientError, OSError) as exc:
                 row.status, row.error, row.code = "error", str(exc), _exit_code_for(exc)
             finally:
-                if row.code in (EXIT_AUTH, EXIT_UNAVAILABLE) and row.status != "skipped":
+                if row.server_problem:
                     abort.set()
                 progress.finished(row)
                 if args.json:
                     progress.print(json.dumps(row.to_json()), sys.stdout)
 
         await asyncio.gather(*(one(path, row) for path, row in zip(files, rows, strict=True)))
-    for row in rows:
-        if row.error and row.code in (EXIT_AUTH, EXIT_UNAVAILABLE) and row.status != "skipped":
-            _error(f"{row.file}: {row.error}")
-            break
     return rows
 
 
@@ -499,7 +517,8 @@ def _table(rows: list[_Row], wait: bool) -> str:
     header = ["FILE", "FAST", "JOB", *(["SLOW"] if wait else []), "STATUS"]
     body: list[list[str]] = []
     for row in rows:
-        status = row.status if not row.error else f"{row.status}: {row.error}"
+        # A server problem is printed once, below the table, rather than on every row it stopped.
+        status = f"{row.status}: {row.error}" if row.error and not row.server_problem else row.status
         cells = [
             row.file,
             _label(row.prediction.fast if row.prediction else None),

@@ -16,11 +16,9 @@ from twopass.client._base import (
     ImageInput,
     JobRef,
     RetryPolicy,
-    error_from_response,
     job_id_of,
-    response_json,
 )
-from twopass.client._models import Health, JobResult, Prediction
+from twopass.client._models import Health, JobResult, Prediction, metadata_from_json
 from twopass.client.exceptions import WaitTimeoutError
 
 __all__ = ["AsyncClient"]
@@ -75,11 +73,11 @@ class AsyncClient(BaseClient):
         else:
             # Reading a file or encoding a PIL image blocks; a thread keeps the loop responsive.
             content, headers = await asyncio.to_thread(self._predict_body, image)
-        return Prediction.from_json(await self._call("POST", "predict", content=content, headers=headers))
+        return await self._call("POST", "predict", Prediction.from_json, content=content, headers=headers)
 
     async def job(self, job: JobRef) -> JobResult:
         """The job's current state (raises NotFoundError for an unknown or expired id)."""
-        return JobResult.from_json(await self._call("GET", self._job_path(job)))
+        return await self._call("GET", self._job_path(job), JobResult.from_json)
 
     async def wait(
         self,
@@ -127,23 +125,28 @@ class AsyncClient(BaseClient):
 
     async def health(self) -> Health:
         """Liveness of the API alone (``GET /health``)."""
-        return Health.from_json(await self._call("GET", "health"))
+        return await self._call("GET", "health", Health.from_json)
 
     async def health_all(self) -> Health:
         """Every backend's health (``GET /health/all``); ``status`` is ``ok`` or ``degraded``."""
-        return Health.from_json(await self._call("GET", "health/all"))
+        return await self._call("GET", "health/all", Health.from_json)
 
     async def metadata(self) -> dict[str, Any]:
         """The input/output contract and both model cards (``GET /metadata``)."""
-        body = await self._call("GET", "metadata")
-        return dict(body) if isinstance(body, dict) else {"metadata": body}
+        return await self._call("GET", "metadata", metadata_from_json)
 
     # -- transport ---------------------------------------------------------------------------
 
-    async def _call(
-        self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> Any:
-        """Send with retries; the decoded JSON of a 2xx answer, else the mapped exception."""
+    async def _call[T](
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[Any], T],
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> T:
+        """Send with retries; ``parse`` of a 2xx answer's JSON, else the mapped exception."""
         request_headers = self._request_headers() | (headers or {})
         request = self._http.build_request(method, path, content=content, headers=request_headers)
         attempt = 0
@@ -156,11 +159,9 @@ class AsyncClient(BaseClient):
                     raise self._transport_error(request, exc, attempt + 1) from exc
             else:
                 if response.is_success:
-                    return response_json(response)
+                    return self._decode(response, parse)
                 delay = self._retry_delay(attempt, method, response, None)
                 if delay is None:
-                    raise error_from_response(
-                        response, request_id=request_headers["x-request-id"], attempts=attempt + 1
-                    )
+                    raise self._error(response, request_id=request_headers["x-request-id"], attempts=attempt + 1)
             await self._sleep(delay)
             attempt += 1

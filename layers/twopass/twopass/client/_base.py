@@ -10,6 +10,7 @@ import io
 import math
 import os
 import random
+import re
 import sys
 import time
 import uuid
@@ -17,20 +18,23 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from twopass import __version__
+from twopass.client import _hints
 from twopass.client._models import JobHandle, JobResult, Prediction
 from twopass.client.exceptions import (
     ApiError,
     AuthenticationError,
     BadRequestError,
+    ClientError,
     InvalidInputError,
     JobFailedError,
     NotFoundError,
+    NotTwopassError,
     RateLimitedError,
     ResponseError,
     ServerError,
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
 #: Where ``make run`` / ``twopass local`` serve; used when neither an argument nor TWOPASS_URL says.
-DEFAULT_URL: Final = "http://127.0.0.1:3000"
+DEFAULT_URL: Final = _hints.LOCAL_URL
 ENV_URL: Final = "TWOPASS_URL"
 ENV_API_KEY: Final = "TWOPASS_API_KEY"
 API_KEY_HEADER: Final = "x-api-key"
@@ -71,6 +75,12 @@ _MAYBE_SENT_ERRORS: Final = (
     httpx.CloseError,
 )
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# The only route whose 404 is twopass's own answer ("no such job"); any other 404 is a route miss.
+_JOB_ROUTE: Final = "job/"
+# Starlette's detail for a path no route matches (twopass keeps it in its {"error", "detail"} body).
+_NO_ROUTE_DETAIL: Final = "Not Found"
+_HTML_TITLE: Final = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SNIPPET: Final = 80
 
 _SIGNATURES: Final = (
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -198,56 +208,79 @@ def _encode_pil(image: PILImage) -> bytes:
     return buf.getvalue()
 
 
-def error_from_response(response: httpx.Response, *, request_id: str | None, attempts: int) -> ApiError:
-    """The ApiError subclass for an error response, with the server's code and sentence."""
-    status = response.status_code
-    code, detail = f"http_{status}", response.reason_phrase or "error"
+def media_type(response: httpx.Response) -> str:
+    """The answer's content type without parameters, lower case; '' when it sent none."""
+    return str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
+
+
+def _is_json_type(media: str) -> bool:
+    return media == "application/json" or media.endswith("+json")
+
+
+def _json_object(response: httpx.Response) -> Mapping[str, Any] | None:
+    """The body as a JSON object when the answer says it is JSON and it is one; else None."""
+    if not _is_json_type(media_type(response)):
+        return None
     try:
         body = response.json()
     except ValueError:
-        body = None
-    if isinstance(body, Mapping):
-        # twopass says {"error", "detail"}; API Gateway's own refusals say {"message"}.
-        code = str(body.get("error") or code)
-        detail = str(body.get("detail") or body.get("message") or detail)
-    elif response.text.strip():
-        detail = response.text.strip()[:300]
-    cls: type[ApiError]
-    if status in (401, 403):
-        cls = AuthenticationError
-    elif status == 404:
-        cls = NotFoundError
-    elif status == 429:
-        cls = RateLimitedError
-    elif status in (502, 503, 504):
-        cls = ServiceUnavailableError
-    elif status >= 500:
-        cls = ServerError
-    elif status >= 400:
-        cls = BadRequestError
-    else:
-        cls = ApiError
-    return cls(
-        status,
-        code,
-        detail,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
-        request_id=request_id,
-        attempts=attempts,
-    )
+        return None
+    return body if isinstance(body, Mapping) else None
 
 
-def response_json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise ResponseError(
-            f"{response.request.method} {response.request.url.path}: the {response.status_code} body is not JSON"
-        ) from exc
+def answer_kind(response: httpx.Response) -> str | None:
+    """Who wrote this error body: ``"twopass"`` (``{"error", "detail"}``), ``"gateway"`` (API Gateway's
+    own ``{"message"}``), or None for anything else (an HTML page, text, another API's JSON, nothing).
+    """
+    body = _json_object(response)
+    if body is None:
+        return None
+    if isinstance(body.get("error"), str) and isinstance(body.get("detail"), str):
+        return "twopass"
+    if isinstance(body.get("message"), str) and "detail" not in body:
+        return "gateway"
+    return None
+
+
+def clearly_foreign(response: httpx.Response) -> bool:
+    """An answer that no twopass API and no API Gateway in front of one gives: an HTML page, or JSON in
+    another shape. (Plain text or nothing may still be twopass's server failing before its handlers.)
+    """
+    media = media_type(response)
+    return media == "text/html" or (_is_json_type(media) and answer_kind(response) is None)
+
+
+def describe_body(response: httpx.Response) -> str:
+    """A body in a few words: an HTML page's title (which says whose server it is far better than its
+    doctype), else its first characters with whitespace folded; '' when empty.
+    """
+    text = response.text
+    if media_type(response) == "text/html":
+        title = _HTML_TITLE.search(text)
+        if title and title.group(1).strip():
+            return f"an HTML page titled {' '.join(title.group(1).split())!r}"
+    snippet = " ".join(text.split())
+    return snippet if len(snippet) <= _SNIPPET else snippet[: _SNIPPET - 1] + "…"
+
+
+def describe_answer(response: httpx.Response) -> str:
+    """What came back, in one line: ``500 text/html: an HTML page titled 'Error'``, ``307 redirect to …``."""
+    status = response.status_code
+    location = response.headers.get("location")
+    if 300 <= status < 400 and location:
+        return f"{status} redirect to {location}"
+    media = media_type(response) or "no content type"
+    body = describe_body(response)
+    if not body:
+        return f"{status} {media}, empty body"
+    return f"{status} {media}: {body if body.startswith('an HTML page') else repr(body)}"
 
 
 class BaseClient:
     """Configuration and decisions shared by :class:`Client` and :class:`AsyncClient`."""
+
+    #: How error messages tell the reader to set the URL and the key (the CLI names its options).
+    _hint_style: ClassVar[_hints.HintStyle] = _hints.SDK
 
     def __init__(
         self,
@@ -311,6 +344,10 @@ class BaseClient:
             return None
         if response is None or response.status_code not in _RETRY_STATUSES:
             return None
+        if response.status_code == 500 and clearly_foreign(response):
+            # An HTML 500 is another server's error page: asking it again only delays telling the
+            # user that the URL is wrong.
+            return None
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if retry_after is None:
             return policy.backoff_delay(attempt, self._rng)
@@ -322,6 +359,93 @@ class BaseClient:
             f"cannot reach twopass at {self.base_url}: {type(error).__name__}: {error or 'no detail'}{tries}",
             url=str(request.url),
             attempts=attempts,
+            hint=_hints.unreachable(self._hint_style, self.base_url),
+        )
+
+    def _route(self, request: httpx.Request) -> str:
+        """The request's path below the base URL: ``health``, ``job/<id>``, ``predict``."""
+        base_path = urlsplit(self.base_url).path.rstrip("/")
+        return request.url.path.removeprefix(base_path).lstrip("/")
+
+    def _not_twopass(self, response: httpx.Response, got: str) -> NotTwopassError:
+        return NotTwopassError(
+            _hints.not_twopass(self._hint_style, self.base_url, got),
+            url=str(response.request.url),
+            status=response.status_code,
+            got=got,
+        )
+
+    def _decode[T](self, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        """The typed result of a 2xx answer; an answer no twopass API gives is a NotTwopassError."""
+        media = media_type(response)
+        if not _is_json_type(media):
+            raise self._not_twopass(response, describe_answer(response))
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise self._not_twopass(response, f"{response.status_code} {media} that does not parse as JSON") from exc
+        try:
+            return parse(body)
+        except ResponseError as exc:
+            got = f"{response.status_code} JSON that is not a twopass answer: {exc}"
+            raise self._not_twopass(response, got) from exc
+
+    def _error(self, response: httpx.Response, *, request_id: str | None, attempts: int) -> ClientError:
+        """The exception for an error answer: the ApiError subclass with the server's code and sentence and,
+        where the client can tell, what to do about it; NotTwopassError when no twopass API wrote it.
+        """
+        status = response.status_code
+        kind = answer_kind(response)
+        body = _json_object(response) or {}
+        route = self._route(response.request)
+        where = f"{response.request.method} {response.request.url.path}"
+        if kind == "gateway" and status == 403 and body.get("message") == _hints.GATEWAY_NO_ROUTE:
+            # API Gateway answers a path or stage it does not have this way, key or no key.
+            got = f"403 {_hints.GATEWAY_NO_ROUTE!r} from API Gateway on {where}: no such route"
+            return self._not_twopass(response, got)
+        if kind is not None and status == 404:
+            detail = str(body.get("detail") or body.get("message") or "")
+            if not route.startswith(_JOB_ROUTE) or detail == _NO_ROUTE_DETAIL:
+                # Every twopass API has this route, so a 404 means the base URL's path is wrong.
+                return self._not_twopass(response, f"404 on {where}: {detail or 'not found'}")
+        hint: str | None = None
+        if kind is None:
+            # 429/502/503/504 from a proxy or a load balancer in front of twopass can be HTML too, and a
+            # server failing outside its handlers answers a bare 500; anything else is not twopass.
+            if not (status in (429, 502, 503, 504) or (status >= 500 and not clearly_foreign(response))):
+                return self._not_twopass(response, describe_answer(response))
+            hint = _hints.foreign_gateway_error(self._hint_style, self.base_url)
+        code, detail = f"http_{status}", response.reason_phrase or "error"
+        if kind == "twopass":
+            code, detail = str(body["error"]), str(body["detail"])
+        elif kind == "gateway":
+            detail = str(body["message"])
+        elif response.text.strip():
+            detail = describe_body(response)
+        cls: type[ApiError]
+        if status in (401, 403):
+            cls = AuthenticationError
+            hint = _hints.authentication(self._hint_style, self.base_url, key_sent=bool(self.api_key))
+        elif status == 404:
+            cls = NotFoundError
+        elif status == 429:
+            cls = RateLimitedError
+        elif status in (502, 503, 504):
+            cls = ServiceUnavailableError
+        elif status >= 500:
+            cls = ServerError
+        elif status >= 400:
+            cls = BadRequestError
+        else:
+            cls = ApiError
+        return cls(
+            status,
+            code,
+            detail,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            request_id=request_id,
+            attempts=attempts,
+            hint=hint,
         )
 
     def _poll_delays(self, poll_interval: float, max_interval: float) -> Iterator[float]:

@@ -208,6 +208,11 @@ class Health:
         return _parse("GET /health", body, build)
 
 
+def metadata_from_json(body: Any) -> dict[str, Any]:
+    """``GET /metadata``: a JSON object, handed over as a plain dict."""
+    return _parse("GET /metadata", body, dict)
+
+
 def _parse[T](what: str, body: Any, build: Callable[[Mapping[str, Any]], T]) -> T:
     """Run ``build(body)``, turning a body that does not follow the contract into ResponseError."""
     if not isinstance(body, Mapping):

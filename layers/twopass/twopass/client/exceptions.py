@@ -8,6 +8,7 @@
         ├── EventLoopError               (also RuntimeError)
         ├── TransportError               (also ConnectionError)
         ├── ResponseError
+        │   └── NotTwopassError          (no twopass API at the URL: another server, or a wrong path)
         ├── JobFailedError
         ├── WaitTimeoutError             (also TimeoutError)
         └── ApiError
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidInputError",
     "JobFailedError",
     "NotFoundError",
+    "NotTwopassError",
     "RateLimitedError",
     "ResponseError",
     "ServerError",
@@ -60,19 +62,38 @@ class EventLoopError(ClientError, RuntimeError):
 
 
 class TransportError(ClientError, ConnectionError):
-    """The server could not be reached (or the connection broke) on every attempt."""
+    """The server could not be reached (or the connection broke) on every attempt.
 
-    def __init__(self, message: str, *, url: str, attempts: int) -> None:
-        super().__init__(message)
-        self.url, self.attempts = url, attempts
+    ``hint`` says what to do about it, and ends the message.
+    """
+
+    def __init__(self, message: str, *, url: str, attempts: int, hint: str | None = None) -> None:
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.url, self.attempts, self.hint = url, attempts, hint
 
 
 class ResponseError(ClientError):
-    """The server answered 2xx with a body that does not follow the twopass contract."""
+    """The server answered with a body that does not follow the twopass contract."""
+
+
+class NotTwopassError(ResponseError):
+    """What answered at the base URL is not a twopass API: another server (an HTML page, another JSON
+    API, a redirect), or a twopass API under a different path (a route that every twopass API has
+    answered 404). The message says what came back and to check the URL.
+    """
+
+    def __init__(self, message: str, *, url: str, status: int, got: str) -> None:
+        super().__init__(message)
+        #: ``url`` is the request's full URL; ``got`` the short description of the answer.
+        self.url, self.status, self.got = url, status, got
 
 
 class ApiError(ClientError):
-    """The server answered with an error status; carries its ``error`` code and ``detail``."""
+    """The server answered with an error status; carries its ``error`` code and ``detail``.
+
+    ``hint``, when the client knows what to do about the error (send a key, check the URL), ends
+    the message.
+    """
 
     def __init__(
         self,
@@ -83,9 +104,11 @@ class ApiError(ClientError):
         retry_after: float | None = None,
         request_id: str | None = None,
         attempts: int = 1,
+        hint: str | None = None,
     ) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status, self.code, self.detail = status, code, detail
+        message = f"{status} {code}: {detail}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.status, self.code, self.detail, self.hint = status, code, detail, hint
         self.retry_after, self.request_id, self.attempts = retry_after, request_id, attempts
 
 
