@@ -21,7 +21,7 @@ CHECKOV_VENV := .venv-checkov
 export CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 PORT ?= 3000
 
-.PHONY: help venv run test lint typecheck unit e2e models models-check bench sam-build clean
+.PHONY: help venv run test lint typecheck unit e2e models models-check bench docs sam-build clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start,
 	@# The plots are optional: without matplotlib the run still writes its JSON and Markdown.
 	$(PY) -m pip install -q -r bench/requirements-plot.txt || echo "matplotlib not installed: no latest.png"
 	$(PY) bench/run.py
+
+docs: $(STAMP) ## Regenerate the docs' configuration table and captured outputs (starts a local stack)
+	$(PY) -m infra.docs.settings_table
+	$(PY) -m infra.docs.capture
 
 sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); prints sizes
 	test -x .venv-sam/bin/sam || { $(PYTHON312) -m venv .venv-sam && .venv-sam/bin/pip install -q aws-sam-cli; }
