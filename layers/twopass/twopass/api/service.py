@@ -124,7 +124,7 @@ class TwopassService:
         written, the worker's reconciler finds the never-started record later.
         """
         message = self.message(record.job_id, data, context)
-        record.image_ref = message.image_ref
+        record.image_ref, record.context = message.image_ref, message.context
         try:
             self.store.create(record, idempotency)
         except DependencyError as exc:

@@ -62,6 +62,9 @@ class JobRecord:
     owner: str = ANONYMOUS
     #: ``s3://…`` of the claim-checked image while it is retained (lets a lost message be republished).
     image_ref: str | None = None
+    #: What the queue message carries besides the image (request id, callback URL), kept so a job
+    #: whose message was lost can be republished whole.
+    context: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

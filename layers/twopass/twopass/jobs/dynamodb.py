@@ -39,7 +39,7 @@ PENDING_INDEX = "pending-created"
 _WORKER_PREFIX = "w_"
 _RECORD_FIELDS = (
     "status", "created_at", "updated_at", "started_at", "finished_at", "attempts",
-    "fast", "result", "error", "expires_at", "worker", "owner", "image_ref",
+    "fast", "result", "error", "expires_at", "worker", "owner", "image_ref", "context",
 )  # fmt: skip
 _OPEN = "attribute_exists(job_id) AND #s IN (:queued, :running)"
 

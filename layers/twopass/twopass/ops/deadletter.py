@@ -9,17 +9,12 @@ receive/send/delete so it works everywhere (moto cannot run the real one).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from twopass.aws import client
-from twopass.exceptions import DependencyError
+from twopass.aws import client, translate_errors
 from twopass.jobs.base import JobStatus, JobStore
 from twopass.queue.base import JobMessage, MessageFormatError
 
@@ -29,7 +24,7 @@ logger = logging.getLogger(__name__)
 def dead_letter_queue_url(queue_url: str) -> str | None:
     """The DLQ named by ``queue_url``'s redrive policy (so nothing needs configuring twice)."""
     sqs = client("sqs")
-    try:
+    with translate_errors("find the dead-letter queue"):
         attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
         policy = attrs.get("RedrivePolicy")
         if not policy:
@@ -37,8 +32,6 @@ def dead_letter_queue_url(queue_url: str) -> str | None:
         arn = json.loads(policy)["deadLetterTargetArn"]
         _, _, _, _, account, name = arn.split(":", 5)
         return str(sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
-    except (ClientError, BotoCoreError) as exc:
-        raise DependencyError(f"could not find the dead-letter queue of {queue_url}: {exc}") from exc
 
 
 def _receive(queue_url: str, visibility: int) -> list[dict[str, Any]]:
@@ -54,20 +47,7 @@ def _receive(queue_url: str, visibility: int) -> list[dict[str, Any]]:
     return messages
 
 
-def _aws_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
-    """SDK errors become :class:`DependencyError`, like everywhere else in twopass."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyError(f"{fn.__name__} failed: {exc}") from exc
-
-    return wrapper
-
-
-@_aws_errors
+@translate_errors("dead-letter sweep")
 def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility: int = 300) -> int:
     """Mark every dead-lettered job that is still open as failed; returns how many were marked.
 
@@ -99,7 +79,7 @@ class RedriveReport:
     unreadable: int = 0
 
 
-@_aws_errors
+@translate_errors("dead-letter redrive")
 def redrive(dlq_url: str, queue_url: str, store: JobStore, *, max_messages: int | None = None) -> RedriveReport:
     """Move DLQ messages back to the job queue, reopening their failed jobs.
 

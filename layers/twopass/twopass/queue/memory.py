@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from twopass.queue.base import Delivery, JobMessage, JobPublisher, MessageSource
 
@@ -81,6 +82,10 @@ class MemoryQueue(JobPublisher, MessageSource):
                 entry = self._in_flight.get(d.receipt)
                 if entry is not None:
                     self._in_flight[d.receipt] = (*entry[:3], time.monotonic() + seconds)
+
+    def ping(self) -> dict[str, Any]:
+        with self._cond:
+            return {"visible": len(self._ready), "in_flight": len(self._in_flight)}
 
     def __len__(self) -> int:
         with self._cond:
