@@ -15,21 +15,37 @@ PYTHON311 ?= $(shell PYENV_VERSION=3.11.7 python3.11 -c 'import sys; print(sys.e
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two steps, so the first `make run` installs only what the local stack needs (the `local` extra) and
+# `make test` adds the tools (the `dev` extra) on top.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # checkov pins boto3 and packaging versions of its own: it lives in a virtualenv of its own.
 CHECKOV_VENV := .venv-checkov
 export CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 PORT ?= 3000
+# make run and make sam-local: the emulator's port (another stack can run beside one on the defaults).
+# make sam-local: the SAM CLI; extra `sam local start-api` arguments; where the emulator listens and
+# the endpoint the function's container uses (both chosen per platform if empty).
+EMULATOR_PORT ?= 4566
+SAM_CLI ?= .venv-sam/bin/sam
+SAM_LOCAL_ARGS ?=
+EMULATOR_HOST ?=
+FUNCTION_ENDPOINT ?=
 
-.PHONY: help venv run test lint typecheck unit e2e models models-check bench docs sam-build clean
+.PHONY: help venv run test lint typecheck unit e2e models models-check bench docs sam-build sam-local clean
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(PY):
 	@test -n "$(PYTHON312)" || { echo "python3.12 is required (Lambda runs python3.12)"; exit 1; }
 	$(PYTHON312) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[local]'
+	@touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
@@ -39,8 +55,8 @@ $(CHECKOV): | $(STAMP)
 
 venv: $(STAMP) ## Create .venv with everything the service and tests need
 
-run: $(STAMP) ## Start the local stack: emulator, API on http://127.0.0.1:3000 (PORT=...), worker
-	$(PY) -m twopass.local --api-port $(PORT)
+run: $(RUN_STAMP) ## Start the local stack: API on http://127.0.0.1:3000 (PORT=...), worker, emulator (EMULATOR_PORT=4566)
+	$(PY) -m twopass.local --api-port $(PORT) --emulator-port $(EMULATOR_PORT)
 
 lint: $(STAMP) ## ruff (lint + format check)
 	$(PY) -m ruff check .
@@ -51,6 +67,9 @@ typecheck: $(STAMP) ## mypy --strict on the library
 
 unit: $(STAMP) ## Tests that start no servers
 	$(PY) -m pytest -m "not e2e" -q
+
+e2e: $(STAMP) ## Tests through the local stack over HTTP (API, worker, SDK, CLI, chaos)
+	$(PY) -m pytest -m e2e -q
 
 test: $(STAMP) $(CHECKOV) lint typecheck ## Install what is needed, lint, type-check and run every test
 	$(PY) -m pytest -q
@@ -83,6 +102,15 @@ sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); pr
 	@echo "unzipped sizes (Lambda's limit is 250 MB for function + layers; FastModelLayer ships as is):"
 	@du -sh .aws-sam/build/*/ layers/models/fast | sort -h
 	@du -sb .aws-sam/build/*/ layers/models/fast | awk '{s += $$1} END {printf "total: %.1f MB\n", s / 1e6}'
+
+sam-local: $(RUN_STAMP) ## `sam local start-api` (Docker) on http://127.0.0.1:3000 against the emulator, with a worker
+	@$(PY) -m twopass.local.samlocal --check-docker
+	@test -x "$(SAM_CLI)" || [ "$(SAM_CLI)" != .venv-sam/bin/sam ] || { echo "installing the SAM CLI in .venv-sam"; \
+		$(PYTHON312) -m venv .venv-sam && .venv-sam/bin/pip install -q aws-sam-cli; }
+	# SAM's python3.12 builder looks for python3.12 on PATH.
+	PATH="$(dir $(PYTHON312)):$$PATH" $(PY) -m twopass.local.samlocal --sam "$(SAM_CLI)" --port $(PORT) \
+		--emulator-port $(EMULATOR_PORT) $(if $(EMULATOR_HOST),--emulator-host $(EMULATOR_HOST)) \
+		$(if $(FUNCTION_ENDPOINT),--function-endpoint $(FUNCTION_ENDPOINT)) -- $(SAM_LOCAL_ARGS)
 
 clean: ## Remove virtualenvs and build outputs
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-models .venv-sam .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -76,5 +76,7 @@ def provision(
 
     params = tpl.parameter_defaults(cfn, parameters)
     variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), lookup, params, cfn.get("Conditions"))
-    api_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES}
+    # Empty values mean "the code's default" (the template declares them so `sam local` can override
+    # them): dropped, so an empty AWS_ENDPOINT_URL never hides the emulator's.
+    api_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES and str(v) != ""}
     return Provisioned(stack_name, resources, outputs, api_env, cfn)

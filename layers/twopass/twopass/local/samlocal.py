@@ -1,0 +1,526 @@
+"""``python -m twopass.local.samlocal``: the API under ``sam local start-api``, against the local emulator.
+
+``make sam-local`` runs this. It starts the project's emulator (the one ``make run`` uses), creates
+the template's queues, table and bucket in it from ``template.yaml``, writes the ``--env-vars`` file
+that points the function at them, runs ``sam build`` when the sources are newer than the build, then
+``sam local start-api`` and a worker, so jobs complete. Ctrl-C stops everything.
+
+``sam local`` resolves a template ``!Ref`` to the resource's logical id and overrides only the
+variables a function declares, so the env-vars file carries the real names, and the template
+declares every variable the function reads (``tests/infra/test_sam_local.py`` holds both to that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from twopass.config import REPO_ROOT
+from twopass.exceptions import TwopassError
+from twopass.local import template as tpl
+from twopass.local.provision import API_FUNCTION, Provisioned, provision
+from twopass.local.stack import DEFAULT_API_KEY, EMULATOR_ENV, LOCAL_DEFAULTS, LOCAL_FORCED, STACK_NAME, wait_http
+
+BUILD_DIR = REPO_ROOT / ".aws-sam" / "build"
+ENV_FILE = REPO_ROOT / ".aws-sam" / "env.local.json"
+DEFAULT_SAM = REPO_ROOT / ".venv-sam" / "bin" / "sam"
+#: What `sam build` packages: a change in any of these makes the build stale.
+BUILD_SOURCES = (
+    REPO_ROOT / "template.yaml",
+    REPO_ROOT / "functions" / "api",
+    REPO_ROOT / "layers" / "twopass",
+    REPO_ROOT / "layers" / "deps",
+    REPO_ROOT / "layers" / "models" / "fast",
+)
+#: Docker Desktop's name for the host, as seen from a container.
+DOCKER_HOST_ALIAS = "host.docker.internal"
+NO_DOCKER_HINT = (
+    "sam local start-api runs the function in a Docker container: install Docker (Docker Desktop, or "
+    "Docker Engine on Linux) and start it. `make run` serves the same API without Docker."
+)
+
+
+class SamLocalError(TwopassError):
+    """``sam local start-api`` cannot be run: Docker or the SAM CLI is missing, or a step failed."""
+
+
+# ---------------------------------------------------------------- the env-vars file
+
+
+def declared_variables(cfn: Mapping[str, Any], function: str = API_FUNCTION) -> set[str]:
+    """Variables the (transformed) template declares on ``function``: the only ones ``sam local`` passes."""
+    return set(tpl.function_environment(cfn, function))
+
+
+def function_env(
+    provisioned: Provisioned,
+    *,
+    endpoint_url: str,
+    api_key: str | None,
+    inherited: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The API function's environment under ``sam local``: what ``make run`` gives its API.
+
+    The template's variables resolved against the emulator's resources (real queue URL, table and
+    bucket names instead of logical ids), the local stack's defaults, ``AWS_ENDPOINT_URL`` as the
+    container sees the emulator, and the API key the function checks itself. ``inherited`` (the
+    caller's ``TWOPASS_*`` variables) fills in settings the template leaves to the code's default,
+    as it does for ``make run``. Only declared variables are returned; the model paths keep the
+    template's ``/opt`` values, where the layers are unpacked in the container.
+    """
+    declared = declared_variables(provisioned.template)
+    values: dict[str, str] = {k: v for k, v in (inherited or {}).items() if k.startswith("TWOPASS_")}
+    values.update(LOCAL_DEFAULTS)
+    values.update(provisioned.api_env)
+    values.update(LOCAL_FORCED)
+    values["AWS_ENDPOINT_URL"] = endpoint_url
+    values["TWOPASS_API_KEYS"] = api_key or ""
+    for required in ("AWS_ENDPOINT_URL", "TWOPASS_API_KEYS", "TWOPASS_QUEUE_URL", "TWOPASS_TABLE_NAME"):
+        if required not in declared:
+            raise SamLocalError(f"template.yaml does not declare {required} on {API_FUNCTION}: sam local would drop it")
+    return {k: values[k] for k in sorted(values) if k in declared}
+
+
+def write_env_file(env: Mapping[str, str], path: Path = ENV_FILE) -> Path:
+    """Write ``sam local``'s ``--env-vars`` file: ``{"ApiFunction": {name: value}}``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({API_FUNCTION: dict(env)}, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- prerequisites
+
+
+def docker_problem() -> str | None:
+    """Why Docker cannot run the function's container, or ``None`` when its daemon answers."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return f"Docker is not installed (no `docker` on PATH). {NO_DOCKER_HINT}"
+    try:
+        # `docker version` fails, saying why, when the client cannot reach a daemon.
+        done = subprocess.run([docker, "version"], capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return f"the Docker daemon did not answer within 30 s. {NO_DOCKER_HINT}"
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        return f"the Docker daemon is not reachable ({reason}). {NO_DOCKER_HINT}"
+    return None
+
+
+def sam_problem(sam: str) -> str | None:
+    """Why ``sam`` cannot be run, or ``None``."""
+    if shutil.which(sam) is None:
+        return (
+            f"the SAM CLI was not found at {sam!r}: `make sam-local` installs it in .venv-sam "
+            "(pip install aws-sam-cli); or pass --sam /path/to/sam"
+        )
+    return None
+
+
+def needs_build(build_dir: Path = BUILD_DIR, sources: Sequence[Path] = BUILD_SOURCES) -> bool:
+    """True when ``sam build`` has not run, or a source file changed since it last did."""
+    built = build_dir / "template.yaml"
+    if not built.is_file():
+        return True
+    stamp = built.stat().st_mtime
+    for source in sources:
+        paths = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
+        for path in paths:
+            if "__pycache__" not in path.parts and path.stat().st_mtime > stamp:
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- where the emulator listens
+
+
+def docker_bridge_gateway() -> str | None:
+    """The host's address on Docker's default bridge network, if this host has one (Docker Engine on Linux)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    try:
+        done = subprocess.run(
+            [docker, "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    for candidate in done.stdout.split() if done.returncode == 0 else []:
+        try:
+            if ipaddress.ip_address(candidate).version == 4 and _is_local_address(candidate):
+                return candidate
+        except ValueError:
+            continue
+    return None
+
+
+def _is_local_address(address: str) -> bool:
+    # Docker Desktop reports its VM's bridge, which this host cannot bind to.
+    with socket.socket() as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def default_addresses(emulator_port: int, platform: str = sys.platform) -> tuple[str, str]:
+    """(address the emulator listens on, ``AWS_ENDPOINT_URL`` the function's container uses).
+
+    The function runs in a container on Docker's default bridge network. Docker Engine on Linux
+    gives the host an address on that bridge, and the emulator listens there (loopback is not
+    reachable from the container, and 0.0.0.0 would open it to the network). Docker Desktop routes
+    ``host.docker.internal`` to the host's loopback.
+    """
+    if platform.startswith("linux"):
+        gateway = docker_bridge_gateway()
+        if gateway is not None:
+            return gateway, f"http://{gateway}:{emulator_port}"
+    return "127.0.0.1", f"http://{DOCKER_HOST_ALIAS}:{emulator_port}"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def build_command(sam: str) -> list[str]:
+    return [sam, "build", "--template", "template.yaml", "--build-dir", str(BUILD_DIR.relative_to(REPO_ROOT))]
+
+
+def start_api_command(
+    sam: str, *, env_file: Path, host: str, port: int, region: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """``sam local start-api`` on the built template (its default from the repository root)."""
+    return [
+        sam, "local", "start-api", "--env-vars", str(env_file), "--host", host, "--port", str(port),
+        "--region", region, *extra,
+    ]  # fmt: skip
+
+
+def sam_environment(path_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """SAM's own environment: the emulator's fake credentials (SAM hands its credentials to the
+    container), no profile, and no telemetry."""
+    env = dict(os.environ if path_env is None else path_env)
+    env.pop("AWS_PROFILE", None)
+    env.update(EMULATOR_ENV)
+    env.setdefault("SAM_CLI_TELEMETRY", "0")
+    return env
+
+
+# ---------------------------------------------------------------- the running set
+
+
+@dataclass
+class SamLocal:
+    """Emulator, resources, env-vars file, ``sam local start-api`` and workers; :meth:`stop` ends them."""
+
+    sam: str = str(DEFAULT_SAM)
+    api_port: int = 3000
+    api_host: str = "127.0.0.1"
+    emulator_port: int = 4566
+    emulator_host: str = "127.0.0.1"
+    #: ``AWS_ENDPOINT_URL`` inside the function's container.
+    function_endpoint: str = f"http://{DOCKER_HOST_ALIAS}:4566"
+    workers: int = 1
+    api_key: str | None = DEFAULT_API_KEY
+    env_file: Path = ENV_FILE
+    build: bool | None = None
+    sam_args: Sequence[str] = ()
+    log_dir: Path | None = None
+
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    provisioned: Provisioned | None = field(default=None, init=False)
+    function_vars: dict[str, str] = field(default_factory=dict, init=False)
+    _logs: list[IO[bytes]] = field(default_factory=list, init=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        """The emulator as this host sees it."""
+        return f"http://{self.emulator_host}:{self.emulator_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(EMULATOR_ENV)
+        env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT / "layers" / "twopass"), env.get("PYTHONPATH")])
+        )
+        return env
+
+    def worker_env(self) -> dict[str, str]:
+        """The worker's environment, as ``make run`` gives it (the emulator seen from this host)."""
+        env = self.child_env()
+        env.update(self.provisioned.api_env if self.provisioned else {})
+        for key, value in LOCAL_DEFAULTS.items():
+            env.setdefault(key, value)
+        env.update(LOCAL_FORCED)
+        return env
+
+    def start(self) -> SamLocal:
+        try:
+            self.start_emulator()
+            self.create_resources()
+            self.sam_build()
+            self.start_api()
+            for i in range(self.workers):
+                self._spawn(f"worker-{i}", [sys.executable, "-m", "twopass.worker"], self.worker_env())
+            self.wait_api()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_emulator(self) -> None:
+        self._spawn(
+            "emulator",
+            [sys.executable, "-m", "twopass.local.emulator", "-H", self.emulator_host, "-p", str(self.emulator_port)],
+            self.child_env(),
+            quiet=True,
+        )
+        wait_http(f"{self.endpoint_url}/moto-api/", 60, self.procs["emulator"])
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=EMULATOR_ENV["AWS_REGION"],
+            aws_access_key_id=EMULATOR_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=EMULATOR_ENV["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=EMULATOR_ENV["AWS_SESSION_TOKEN"],
+        )
+
+    def create_resources(self) -> Path:
+        """Create the template's data plane in the emulator and write the env-vars file for it."""
+        self.provisioned = provision(self.client, stack_name=STACK_NAME)
+        self.function_vars = function_env(
+            self.provisioned, endpoint_url=self.function_endpoint, api_key=self.api_key, inherited=os.environ
+        )
+        return write_env_file(self.function_vars, self.env_file)
+
+    def sam_build(self) -> None:
+        if self.build is False or (self.build is None and not needs_build()):
+            return
+        print("sam build (the function and its layers) …", file=sys.stderr, flush=True)
+        done = subprocess.run(build_command(self.sam), cwd=REPO_ROOT, env=sam_environment(), check=False)
+        if done.returncode != 0:
+            raise SamLocalError(f"sam build failed (exit code {done.returncode})")
+
+    def start_api(self) -> None:
+        args = start_api_command(
+            self.sam,
+            env_file=self.env_file,
+            host=self.api_host,
+            port=self.api_port,
+            region=EMULATOR_ENV["AWS_REGION"],
+            extra=self.sam_args,
+        )
+        self._spawn("sam", args, sam_environment())
+
+    def wait_api(self, timeout: float = 300) -> float:
+        """Wait for SAM's port, then for the first answer (a cold start); returns its seconds."""
+        deadline = time.monotonic() + timeout
+        sam = self.procs["sam"]
+        while True:
+            if sam.poll() is not None:
+                raise SamLocalError(f"sam local start-api exited with code {sam.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex((self.api_host, self.api_port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise SamLocalError(f"sam local start-api did not open {self.api_url} within {timeout:.0f} s")
+            time.sleep(0.25)
+        # One request at a time: each retry of a slow first call would start another container.
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=max(1.0, deadline - started)) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise SamLocalError(f"the function did not answer GET /health: {exc}") from exc
+        return time.monotonic() - started
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM SAM first (it removes its containers), then the workers, then the emulator."""
+        workers = [n for n in self.procs if n.startswith("worker")]
+        for group in (["sam"], workers, ["emulator"]):
+            live = [self.procs[n] for n in group if n in self.procs and self.procs[n].poll() is None]
+            for proc in live:
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for proc in live:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+        for fh in self._logs:
+            fh.close()
+        self._logs.clear()
+
+    def alive(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str], *, quiet: bool = False) -> None:
+        out: IO[bytes] | int | None = subprocess.DEVNULL if quiet else None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = (self.log_dir / f"{name}.log").open("ab")
+            self._logs.append(log)
+            out = log
+        self.procs[name] = subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            # Its own process group: Ctrl-C reaches this process only, which then stops the
+            # children in order (SAM must remove its containers before the emulator goes).
+            start_new_session=True,
+        )
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    sam_args: list[str] = []
+    if "--" in args_list:
+        cut = args_list.index("--")
+        args_list, sam_args = args_list[:cut], args_list[cut + 1 :]
+    parser = argparse.ArgumentParser(
+        prog="python -m twopass.local.samlocal",
+        description="Serve the API with `sam local start-api` (Docker) against the local emulator: start the "
+        "emulator, create the queues, table and bucket from template.yaml, write the --env-vars file, "
+        "`sam build` if the sources changed, then start the API and the worker(s). Ctrl-C stops everything. "
+        "Arguments after `--` go to `sam local start-api`.",
+    )
+    parser.add_argument("--port", type=int, default=3000, help="API port on 127.0.0.1 (default 3000)")
+    parser.add_argument("--emulator-port", type=int, default=4566, help="emulator port (default 4566)")
+    parser.add_argument(
+        "--emulator-host",
+        help="address the emulator listens on (default: Docker's bridge address on Linux, else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--function-endpoint",
+        help="AWS_ENDPOINT_URL inside the function's container (default: the bridge address on Linux, "
+        f"else http://{DOCKER_HOST_ALIAS}:PORT)",
+    )
+    parser.add_argument("--sam", default=str(DEFAULT_SAM), help="the SAM CLI to run (default .venv-sam/bin/sam)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1; 0 for none)")
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        help=f"key the function requires in x-api-key (default {DEFAULT_API_KEY!r}; '' turns auth off)",
+    )
+    parser.add_argument("--env-file", type=Path, default=ENV_FILE, help="where to write the --env-vars file")
+    build = parser.add_mutually_exclusive_group()
+    build.add_argument("--build", action="store_true", default=None, help="always run `sam build` first")
+    build.add_argument("--no-build", dest="build", action="store_false", help="never run `sam build`")
+    parser.add_argument("--log-dir", type=Path, help="write each process's log here instead of the terminal")
+    parser.add_argument("--check-docker", action="store_true", help="only check that Docker answers, then exit")
+    args = parser.parse_args(args_list)
+
+    problem = docker_problem()
+    if problem is None and not args.check_docker:
+        problem = sam_problem(args.sam)
+    if problem is not None:
+        print(f"make sam-local: {problem}", file=sys.stderr)
+        return 2
+    if args.check_docker:
+        return 0
+
+    host, endpoint = default_addresses(args.emulator_port)
+    runner = SamLocal(
+        sam=args.sam,
+        api_port=args.port,
+        emulator_port=args.emulator_port,
+        emulator_host=args.emulator_host or host,
+        function_endpoint=args.function_endpoint or endpoint,
+        workers=args.workers,
+        api_key=args.api_key or None,
+        env_file=args.env_file,
+        build=args.build,
+        sam_args=sam_args,
+        log_dir=args.log_dir,
+    )
+    stopping = False
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"starting the emulator on {runner.endpoint_url} and sam local start-api …", file=sys.stderr, flush=True)
+    try:
+        runner.start()
+    except SamLocalError as exc:
+        print(f"make sam-local: {exc}", file=sys.stderr)
+        return 1
+    _banner(runner)
+    return_code = 0
+    try:
+        while not stopping:
+            dead = [name for name, alive in runner.alive().items() if not alive]
+            if dead:
+                print(f"process(es) exited: {', '.join(dead)}; stopping", file=sys.stderr)
+                return_code = 1
+                break
+            time.sleep(0.5)
+    finally:
+        print("stopping …", file=sys.stderr)
+        runner.stop()
+    return return_code
+
+
+def _banner(runner: SamLocal) -> None:
+    url = runner.api_url
+    key = f" -H 'x-api-key: {runner.api_key}'" if runner.api_key else ""
+    vars_ = runner.function_vars
+    print(
+        f"""
+twopass is running under sam local start-api on {url}
+  env vars {runner.env_file}  (AWS_ENDPOINT_URL={vars_.get("AWS_ENDPOINT_URL")})
+  queue    {vars_.get("TWOPASS_QUEUE_URL")}
+  table    {vars_.get("TWOPASS_TABLE_NAME")}
+  api key  {runner.api_key or "(none: auth off)"}  (checked by the function; /health and /docs are open)
+  workers  {runner.workers}, on this host (emulator {runner.endpoint_url})
+
+Try:
+  curl {url}/health
+  curl{key} {url}/predict/test
+  curl{key} -X POST -H 'Content-Type: image/jpeg' --data-binary @tests/data/coffee.jpg {url}/predict
+  curl{key} {url}/job/<job_id>
+  open {url}/docs
+
+Each function container starts cold (a few seconds). Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
