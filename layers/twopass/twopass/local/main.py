@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -10,14 +11,73 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from twopass.local.stack import DEFAULT_API_KEY, LocalStack
+from twopass.config import REPO_ROOT
+from twopass.local.stack import DEFAULT_API_KEY, STOP_TIMEOUT, LocalStack
+
+#: Seconds between two supervision rounds (how soon a dead worker or API is noticed).
+SUPERVISE_EVERY = 0.2
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user can type it from where they are: relative when below the current folder."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def twopass_command() -> str:
+    """The ``twopass`` command to suggest: this interpreter's own (``.venv/bin/twopass`` under ``make run``)."""
+    script = Path(sys.executable).parent / "twopass"  # not resolved: the virtualenv's bin, not the base python's
+    return _shown(script) if script.exists() else "twopass"
+
+
+def banner(stack: LocalStack) -> str:
+    url = stack.api_url
+    keys = stack.api_keys
+    key = f" -H 'x-api-key: {keys[0]}'" if keys else ""
+    data = _shown(REPO_ROOT / "tests" / "data")
+    secret = stack.callback_secret
+    return f"""
+twopass is running on {url}
+  queue            {stack.service_env.get("TWOPASS_QUEUE_URL")}
+  table            {stack.service_env.get("TWOPASS_TABLE_NAME")}
+  api key          {", ".join(keys) or "(none: auth off)"}  (send it as x-api-key; /health is open)
+  callback secret  {secret or "(none: callbacks off)"}  (signs callbacks: twopass.notify.verify(secret, body, header))
+
+Try:
+  curl {url}/health
+  curl{key} {url}/predict/test
+  curl{key} -X POST -H 'Content-Type: image/jpeg' --data-binary @{data}/coffee.jpg {url}/predict
+  (echo -n '{{"image_data": "'; base64 -w0 {data}/astronaut.jpg; echo '"}}') | \\
+      curl{key} -X POST -H 'Content-Type: application/json' -d @- {url}/predict
+  curl{key} {url}/job/<job_id>
+  curl{key} {url}/health/all
+  TWOPASS_API_KEY={keys[0] if keys else ""} {twopass_command()} predict {data} --wait --url {url}
+  open {url}/docs
+
+A worker that dies is restarted. Ctrl-C stops everything.
+"""
+
+
+def _configure_logging() -> None:
+    # The supervisor's own messages (worker restarts) in the terminal, without turning on every
+    # library's INFO logging in this process.
+    log = logging.getLogger("twopass.local")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("twopass.local: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m twopass.local",
         description="Start the AWS emulator (moto server), create the queues and table from template.yaml, "
-        "and run the API (uvicorn) and the slow-model worker(s) on loopback. Ctrl-C stops everything.",
+        "and run the API (uvicorn) and the slow-model worker(s) on loopback. A worker that dies is restarted "
+        "with backoff; if the API or the emulator dies, everything stops. Ctrl-C stops everything: "
+        f"workers, then the API, then the emulator; what has not exited after {STOP_TIMEOUT:.0f} s is killed.",
     )
     parser.add_argument("--api-port", type=int, default=3000, help="API port (default 3000)")
     parser.add_argument("--emulator-port", type=int, default=4566, help="moto server port (default 4566)")
@@ -26,9 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--api-key",
         default=DEFAULT_API_KEY,
-        help=f"key the API requires in the x-api-key header (default {DEFAULT_API_KEY!r}; '' turns auth off)",
+        help=f"key the API requires in the x-api-key header (default {DEFAULT_API_KEY!r}); several keys "
+        "comma-separated; '' turns auth off",
     )
     args = parser.parse_args(argv)
+    _configure_logging()
 
     stack = LocalStack(
         api_port=args.api_port,
@@ -37,51 +99,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=args.log_dir,
         api_key=args.api_key or None,
     )
-    stopping = False
+    stopping: list[str] = []
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def while_starting(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signal.Signals(signum).name)
+        if len(stopping) == 1:  # once: a second Ctrl-C must not cut short the clean-up of the first
+            raise KeyboardInterrupt(stopping[0])
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def while_running(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signal.Signals(signum).name)
+
+    # SIGHUP too: a closed terminal must not leave the children (in their own process groups) behind.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in signals:
+        signal.signal(signum, while_starting)
     print(f"starting twopass locally (emulator on {stack.endpoint_url}) …", file=sys.stderr)
-    stack.start()
-    url = stack.api_url
-    key = f" -H 'x-api-key: {stack.api_key}'" if stack.api_key else ""
-    print(
-        f"""
-twopass is running on {url}
-  queue    {stack.service_env.get("TWOPASS_QUEUE_URL")}
-  table    {stack.service_env.get("TWOPASS_TABLE_NAME")}
-  api key  {stack.api_key or "(none: auth off)"}  (send it as x-api-key; /health is open)
+    try:
+        stack.start()  # stops what it started if it fails or is interrupted
+    except KeyboardInterrupt:
+        print("stopped while starting", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback (the children are stopped)
+        print(f"could not start the local stack: {exc}", file=sys.stderr)
+        return 1
+    for signum in signals:
+        signal.signal(signum, while_running)
+    print(banner(stack), flush=True)
 
-Try:
-  curl {url}/health
-  curl{key} {url}/predict/test
-  curl{key} -X POST -H 'Content-Type: image/jpeg' --data-binary @tests/data/coffee.jpg {url}/predict
-  (echo -n '{{"image_data": "'; base64 -w0 tests/data/astronaut.jpg; echo '"}}') | \\
-      curl{key} -X POST -H 'Content-Type: application/json' -d @- {url}/predict
-  curl{key} {url}/job/<job_id>
-  curl{key} {url}/health/all
-  TWOPASS_API_KEY={stack.api_key or ""} twopass predict tests/data --wait --url {url}
-  open {url}/docs
-
-Ctrl-C stops everything.
-""",
-        flush=True,
-    )
+    return_code = 0
     try:
         while not stopping:
-            dead = [name for name, alive in stack.alive().items() if not alive]
-            if dead:
-                print(f"process(es) exited: {', '.join(dead)}; stopping", file=sys.stderr)
+            fatal = stack.supervise()
+            if fatal:
+                where = f" (logs in {stack.log_dir})" if stack.log_dir else ""
+                print(f"{'; '.join(fatal)}: stopping everything{where}", file=sys.stderr)
                 return_code = 1
                 break
-            time.sleep(0.5)
-        else:
-            return_code = 0
+            time.sleep(SUPERVISE_EVERY)
     finally:
-        print("stopping …", file=sys.stderr)
+        started = time.monotonic()
+        print("stopping: workers, API, emulator …", file=sys.stderr, flush=True)
         stack.stop()
+        print(f"stopped in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return return_code

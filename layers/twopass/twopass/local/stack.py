@@ -1,9 +1,15 @@
 """The local stack: moto server on loopback, the template's data plane created in it, the API under
 uvicorn and the worker(s) as child processes. ``make run`` and the end-to-end tests both use it.
+
+Children run in process groups of their own, so a Ctrl-C in the terminal reaches only the process
+that owns the stack, which then stops them in order: workers (they drain while the emulator still
+answers), the API, the emulator last. :meth:`LocalStack.supervise` restarts a worker that died, with
+backoff; the API or the emulator dying is the end of the stack (the emulator holds every job).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -17,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from twopass.backoff import Backoff
 from twopass.config import REPO_ROOT
 from twopass.local import template as tpl
 from twopass.local.provision import Provisioned, provision
+
+logger = logging.getLogger("twopass.local")
 
 STACK_NAME = "twopass-local"
 #: What a laptop does differently from AWS: no X-Ray daemon, no EMF collector, callbacks to the
@@ -43,6 +52,36 @@ EMULATOR_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "ORT_DISABLE_TELEMETRY": "1",
 }
+
+
+#: A worker that stayed up this long before dying is restarted after the shortest delay again.
+WORKER_STABLE_SECONDS = 60.0
+#: How long a whole stop may take: workers, API and emulator, SIGKILL for whatever is left. `make run`
+#: promises 5 s from Ctrl-C to exit; the rest is the supervising process's own exit.
+STOP_TIMEOUT = 4.0
+#: Local HTTP limits the API's uvicorn enforces (see twopass.local.httpserver).
+KEEP_ALIVE_SECONDS = 5
+GRACEFUL_SHUTDOWN_SECONDS = 2
+
+
+def describe_exit(code: int) -> str:
+    """``exit code 1`` / ``killed by SIGKILL``: how a child ended, for people."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class _Restarts:
+    """Restart bookkeeping of one worker."""
+
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0))
+    started: float = 0.0
+    due: float | None = None
+    count: int = 0
 
 
 def free_port() -> int:
@@ -90,7 +129,8 @@ class LocalStack:
     outputs: dict[str, str] = field(default_factory=dict, init=False)
     service_env: dict[str, str] = field(default_factory=dict, init=False)
     provisioned: Provisioned | None = field(default=None, init=False)
-    _logs: list[IO[bytes]] = field(default_factory=list, init=False)
+    _logs: dict[str, IO[bytes]] = field(default_factory=dict, init=False)
+    _restarts: dict[str, _Restarts] = field(default_factory=dict, init=False)
 
     @property
     def endpoint_url(self) -> str:
@@ -99,6 +139,16 @@ class LocalStack:
     @property
     def api_url(self) -> str:
         return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def api_keys(self) -> list[str]:
+        """The keys the API accepts (``api_key`` may list several, comma-separated)."""
+        return [key.strip() for key in (self.api_key or "").split(",") if key.strip()]
+
+    @property
+    def callback_secret(self) -> str:
+        """The secret that signs this stack's completion callbacks (what a receiver passes to ``verify``)."""
+        return self.app_env().get("TWOPASS_CALLBACK_SECRET", "")
 
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -126,15 +176,20 @@ class LocalStack:
             raise
         return self
 
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM everything (workers first, so they drain), then SIGKILL what is left."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop everything within ``timeout`` seconds: workers first, then the API, then the emulator.
+
+        Each group gets SIGTERM and a share of the time (workers drain while the emulator still
+        answers them); whatever is left at its deadline gets SIGKILL. Locally nothing outlives the
+        emulator, so a worker cut short loses nothing that was going to survive anyway.
+        """
+        started = time.monotonic()
         workers = [n for n in self.procs if n.startswith("worker")]
-        # All workers drain at once (each may be inside a long poll), then the API, then the emulator
-        # the others still needed while draining.
-        for group in (workers, ["api"], ["emulator"]):
-            self._terminate([n for n in group if n in self.procs], timeout)
+        for group, share in ((workers, 0.6), (["api"], 0.9), (["emulator"], 1.0)):
+            self._terminate([n for n in group if n in self.procs], started + share * timeout)
         self.procs.clear()
-        for fh in self._logs:
+        self._restarts.clear()
+        for fh in self._logs.values():
             fh.close()
         self._logs.clear()
 
@@ -144,14 +199,13 @@ class LocalStack:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def _terminate(self, names: list[str], timeout: float) -> None:
+    def _terminate(self, names: list[str], deadline: float) -> None:
         live = [self.procs[n] for n in names if self.procs[n].poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
         for proc in live:
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                proc.wait(max(0.05, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -163,11 +217,22 @@ class LocalStack:
         out: IO[bytes] | int | None = subprocess.DEVNULL if quiet else None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            previous = self._logs.pop(name, None)  # a restarted worker appends to the same log
+            if previous is not None:
+                previous.close()
             log = (self.log_dir / f"{name}.log").open("ab")
-            self._logs.append(log)
+            self._logs[name] = log
             out = log
         proc = subprocess.Popen(
-            args, env=dict(env), stdout=out, stderr=subprocess.STDOUT if out is not None else None, cwd=REPO_ROOT
+            args,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            cwd=REPO_ROOT,
+            # A process group of its own: the terminal's Ctrl-C goes to the stack's owner only, which
+            # stops the children in order instead of all of them dying at once (and the workers
+            # logging connection errors against an emulator that is already gone).
+            process_group=0,
         )
         self.procs[name] = proc
         return proc
@@ -218,18 +283,64 @@ class LocalStack:
         return env
 
     def _start_api(self) -> None:
+        from twopass.local.httpserver import HttpLimits
+
+        limits = HttpLimits.from_env(self.app_env())
         args = [
             sys.executable, "-m", "uvicorn", "--factory", "twopass.api.app:create_app",
             "--host", self.host, "--port", str(self.api_port), "--no-access-log",
-            "--timeout-graceful-shutdown", "10",
+            # Header size and header/body timeouts, readable 4xx answers (uvicorn alone has neither).
+            "--http", "twopass.local.httpserver:LocalH11Protocol",
+            "--h11-max-incomplete-event-size", str(limits.max_header_bytes),
+            "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS),
+            "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS),
         ]  # fmt: skip
         if self.api_processes > 1:
             args += ["--workers", str(self.api_processes)]
-        self._spawn("api", args, self.app_env())
+        self._spawn("api", args, {**self.app_env(), **limits.to_env()})
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, "-m", "twopass.worker"]
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         """Start (or restart) one worker process; chaos tests kill and restart them by name."""
-        return self._spawn(name, [sys.executable, "-m", "twopass.worker"], self.app_env())
+        proc = self._spawn(name, self.worker_command(), self.app_env())
+        self._restarts.setdefault(name, _Restarts()).started = time.monotonic()
+        return proc
 
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+    def supervise(self) -> list[str]:
+        """One round of supervision; call it every fraction of a second while the stack runs.
+
+        A worker that exited is restarted after a backoff (1 s, 2 s, 4 s … 30 s; back to 1 s once a
+        worker has stayed up for a minute), each step logged. Returns why the stack cannot go on:
+        the API or the emulator exited (empty while all is well).
+        """
+        now = time.monotonic()
+        fatal: list[str] = []
+        for name, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            if not name.startswith("worker"):
+                fatal.append(f"the {'API' if name == 'api' else name} exited ({describe_exit(code)})")
+                continue
+            state = self._restarts.setdefault(name, _Restarts())
+            if state.due is None:
+                if now - state.started >= WORKER_STABLE_SECONDS:
+                    state.backoff.reset()
+                delay = state.backoff.next_delay()
+                state.due = now + delay
+                logger.warning("%s exited (%s); restarting it in %.0f s", name, describe_exit(code), delay)
+            elif now >= state.due:
+                state.due = None
+                state.count += 1
+                restarted = self.start_worker(name)
+                logger.warning("%s restarted (pid %d, restart %d)", name, restarted.pid, state.count)
+        return fatal
+
+    def restarts(self) -> dict[str, int]:
+        """How many times :meth:`supervise` restarted each worker."""
+        return {name: state.count for name, state in self._restarts.items()}
