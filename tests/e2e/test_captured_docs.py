@@ -35,9 +35,9 @@ def test_captured_example_matches_the_running_stack(example: Example, live: capt
         compare.JOB_ID.sub("<id>", s.command) for s in now
     ], "the page shows other commands than the example runs: run `make docs`"
     for page, run in zip(shown, now, strict=True):
-        assert compare.shape_mismatch(page.output, run.output) is None, (
-            f"{example.region}: `{page.command}` answers differently now: "
-            f"{compare.shape_mismatch(page.output, run.output)}"
+        mismatch = compare.shape_mismatch(page.output, run.output)
+        assert mismatch is None, (
+            f"{example.region}: `{page.command}` answers differently now (`make docs`?): {mismatch}"
         )
     # The stack itself still answers what the model cards say about the bundled photos.
     assert compare.card_mismatches(compare.facts(example, fresh)) == []
