@@ -205,3 +205,53 @@ def test_heartbeat_reports_the_model_and_counters(harness: Callable[..., Harness
     assert beat.info["model"] == "efficientnet-lite2"
     assert beat.info["succeeded"] == 1
     assert beat.info["model_card"]["sha256"]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_idle_stop_does_not_wait_out_the_long_poll(harness: Callable[..., Harness], cat_jpeg: bytes) -> None:
+    queue = RecordingQueue()  # 60 s visibility: a message left to time out would not come back in this test
+    h = harness(queue=queue, poll_wait_seconds=30, receivers=1)
+    h.thread.start()
+    wait_for(h.store.workers)  # running, its receiver inside a 30 s poll
+    time.sleep(0.2)
+    started = time.monotonic()
+    h.worker.stop()
+    h.thread.join(timeout=10)
+    assert not h.thread.is_alive()
+    assert time.monotonic() - started < 2
+    assert h.store.workers() == []
+
+    # The abandoned receiver is still inside its poll: it takes the next job and hands it back at once.
+    job_id = h.submit(cat_jpeg)
+    wait_for(lambda: queue.released)
+    waiting = h.store.get(job_id)
+    assert waiting is not None and waiting.status is JobStatus.QUEUED
+    successor = harness(queue=queue, store=h.store)
+    successor.thread.start()
+    (record,) = successor.wait_final([job_id], timeout=20)
+    assert record.status is JobStatus.SUCCEEDED and record.attempts == 1
+
+
+def test_busy_stop_waits_only_for_the_batches_already_started(harness: Callable[..., Harness], cat_jpeg: bytes) -> None:
+    h = harness(max_batch_size=4, max_wait_ms=0, receivers=2, poll_wait_seconds=30)
+    ids = [h.submit(cat_jpeg) for _ in range(40)]
+    h.thread.start()
+    wait_for(lambda: h.worker.stats.batches >= 1, timeout=30)
+    started = time.monotonic()
+    h.worker.stop()
+    h.thread.join(timeout=30)
+    elapsed = time.monotonic() - started
+    stats = h.worker.stats
+    # At most the batch on the model and the one marked running behind it still had to run.
+    assert elapsed < 2 + 2 * stats.inference_seconds / stats.batches * 1.5, (elapsed, stats.summary())
+    records = [h.store.get(j) for j in ids]
+    assert not [r for r in records if r is not None and r.status is JobStatus.RUNNING]
+    successor = harness(queue=h.queue, store=h.store)
+    successor.thread.start()
+    assert all(r.status is JobStatus.SUCCEEDED for r in successor.wait_final(ids, timeout=60))

@@ -37,7 +37,7 @@ class SqsPublisher(JobPublisher):
                 )
         except DependencyError as exc:
             # The API answers EnqueueError with a 503 and marks the recorded job failed.
-            raise EnqueueError(str(exc)) from exc
+            raise EnqueueError(str(exc)) from exc.__cause__
         return str(out["MessageId"])
 
     def ping(self) -> dict[str, Any]:
