@@ -27,6 +27,10 @@ PORT ?= 3000
 # make sam-local: the SAM CLI; extra `sam local start-api` arguments; where the emulator listens and
 # the endpoint the function's container uses (both chosen per platform if empty).
 EMULATOR_PORT ?= 4566
+# tests/artefacts: clean virtual environments built from the shipped requirement files, kept here
+# between runs (rebuilt only when a file changes).
+ENV_CACHE ?= .cache/envs
+export TWOPASS_ENV_CACHE := $(abspath $(ENV_CACHE))
 SAM_CLI ?= .venv-sam/bin/sam
 SAM_LOCAL_ARGS ?=
 EMULATOR_HOST ?=
@@ -94,6 +98,13 @@ bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start,
 docs: $(STAMP) ## Regenerate the docs' configuration table and captured outputs (starts a local stack)
 	$(PY) -m infra.docs.settings_table
 	$(PY) -m infra.docs.capture
+
+.PHONY: requirements requirements-check
+requirements: $(STAMP) ## Re-pin the artefacts' requirement files from pyproject.toml's extras (UPGRADE="numpy ..."|all)
+	$(PY) infra/requirements.py $(if $(UPGRADE),--upgrade $(filter-out all,$(UPGRADE)))
+
+requirements-check: $(STAMP) ## Check the artefacts' requirement files against pyproject.toml's extras (offline)
+	$(PY) infra/requirements.py --check
 
 sam-build: ## `sam build` in its own virtualenv (SAM CLI pins its own boto3); prints sizes
 	test -x .venv-sam/bin/sam || { $(PYTHON312) -m venv .venv-sam && .venv-sam/bin/pip install -q aws-sam-cli; }

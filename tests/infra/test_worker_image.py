@@ -1,9 +1,11 @@
-"""The worker image, checked by construction (no Docker here): the Dockerfile, its pinned
-requirements and the build context agree with the template and the Lambda deps layer."""
+"""The worker image, checked by construction (no Docker here): the Dockerfile's two targets, their
+pinned requirements and the build context agree with each other, the template and the Lambda deps layer.
+(tests/artefacts runs the worker from exactly the image's requirement file.)"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -14,6 +16,17 @@ from twopass.local import template as tpl
 
 WORKER = REPO_ROOT / "infra" / "worker"
 DOCKERFILE = WORKER / "Dockerfile"
+VARIANTS = ("cpu", "gpu")
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]]
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for word, args in self.instructions if word == instruction]
 
 
 @cache
@@ -30,8 +43,26 @@ def _instructions() -> list[tuple[str, str]]:
     return out
 
 
-def _all(instruction: str) -> list[str]:
-    return [args for word, args in _instructions() if word == instruction]
+@cache
+def _stages() -> tuple[dict[str, str], list[Stage]]:
+    """The global ARGs (name → default) and the stages in file order."""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for word, rest in _instructions():
+        if word == "FROM":
+            base, _, name = rest.partition(" AS ")
+            stages.append(Stage(name.strip(), base.strip(), []))
+        elif not stages:
+            assert word == "ARG", f"{word} before the first FROM"
+            name, _, default = rest.partition("=")
+            args[name] = default
+        else:
+            stages[-1].instructions.append((word, rest))
+    return args, stages
+
+
+def _stage(variant: str) -> Stage:
+    return next(s for s in _stages()[1] if s.name == variant)
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -45,40 +76,74 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-def test_variants_and_bases() -> None:
-    args = _all("ARG")
-    assert "VARIANT=gpu" in args
-    cuda = next(a for a in args if a.startswith("CUDA_IMAGE="))
-    assert re.fullmatch(r"CUDA_IMAGE=nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04", cuda)
-    assert any(re.fullmatch(r"CPU_IMAGE=python:3\.12-slim\S*", a) for a in args)
-    froms = _all("FROM")
-    assert "${CUDA_IMAGE} AS base-gpu" in froms
-    assert "${CPU_IMAGE} AS base-cpu" in froms
-    assert froms[-1] == "base-${VARIANT}"
+def test_one_target_per_variant_and_cpu_never_touches_the_cuda_base() -> None:
+    args, stages = _stages()
+    assert [s.name for s in stages] == ["cpu", "gpu"]  # cpu first: the legacy builder builds up to the target
+    assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04", args["CUDA_IMAGE"])
+    assert re.fullmatch(r"python:3\.12-slim\S*", args["CPU_IMAGE"])
+    assert _stage("cpu").base == "${CPU_IMAGE}"
+    assert _stage("gpu").base == "${CUDA_IMAGE}"
+    for stage in stages:
+        # Nothing is taken from another stage, so building one never builds (or pulls for) the other.
+        assert not any(a.startswith("--from") for a in stage.all("COPY") + stage.all("RUN")), stage.name
+    # No frontend to pull: an offline BuildKit builds with its own.
+    assert not DOCKERFILE.read_text().lstrip().lower().startswith("# syntax")
 
 
-def test_runs_the_worker_as_non_root_and_stops_on_sigterm() -> None:
-    assert _all("CMD")[-1] == '["python", "-m", "twopass.worker"]'
-    assert _all("STOPSIGNAL") == ["SIGTERM"]
-    user = _all("USER")[-1]
+def test_the_two_stages_differ_only_in_base_requirements_and_providers() -> None:
+    def tail(variant: str) -> list[tuple[str, str]]:
+        instructions = _stage(variant).instructions
+        start = next(i for i, (w, a) in enumerate(instructions) if w == "COPY" and "requirements-" in a)
+        out = []
+        for word, rest in instructions[start:]:
+            rest = rest.replace(f"requirements-{variant}.txt", "requirements-VARIANT.txt")
+            rest = re.sub(r"TWOPASS_PROVIDERS=\S+", "TWOPASS_PROVIDERS=…", rest)
+            out.append((word, rest.replace(f"worker ({variant})", "worker (VARIANT)")))
+        return out
+
+    assert tail("cpu") == tail("gpu")
+    assert "TWOPASS_PROVIDERS=cpu" in " ".join(_stage("cpu").all("ENV"))
+    assert "TWOPASS_PROVIDERS=cuda,cpu" in " ".join(_stage("gpu").all("ENV"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_installs_exactly_its_pinned_file(variant: str) -> None:
+    stage = _stage(variant)
+    assert f"infra/worker/requirements-{variant}.txt /tmp/requirements.txt" in stage.all("COPY")
+    install = next(r for r in stage.all("RUN") if "pip install" in r)
+    # --no-deps: the file pins the whole closure; pip check fails the build if it ever does not.
+    assert "--no-deps" in install and "-r /tmp/requirements.txt" in install and "--only-binary=:all:" in install
+    assert "pip check" in install
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_runs_the_worker_as_non_root_and_stops_on_sigterm(variant: str) -> None:
+    stage = _stage(variant)
+    # Exec form, no ENTRYPOINT and no SHELL: SIGTERM reaches the worker, not a shell in front of it.
+    assert stage.all("CMD") == ['["python", "-m", "twopass.worker"]']
+    assert stage.all("STOPSIGNAL") == ["SIGTERM"]
+    assert not stage.all("ENTRYPOINT") and not stage.all("SHELL")
+    user = stage.all("USER")[-1]
     assert not user.startswith(("root", "0"))
-    assert "ENTRYPOINT" not in {w for w, _ in _instructions()}
 
 
-def test_model_path_and_telemetry_match_the_task_definition() -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_path_and_telemetry_match_the_task_definition(variant: str) -> None:
     cfn = tpl.transform_file()
     env = tpl.resolve(
         tpl.container_environment(cfn, "WorkerTaskDefinition"), lambda *_: "x", tpl.parameter_defaults(cfn)
     )
     model = env["TWOPASS_SLOW_MODEL"]  # the default precision; the image's ENV matches it
-    envs = " ".join(_all("ENV"))
+    stage = _stage(variant)
+    envs = " ".join(stage.all("ENV"))
     assert f"TWOPASS_SLOW_MODEL={model}" in envs
     assert "ORT_DISABLE_TELEMETRY=1" in envs
+    assert "HOME=/tmp" in envs  # the root file system is read-only; /tmp is the task's tmpfs
     # The image copies the slow model directory to /opt/models, so the task's path exists in it.
-    assert "layers/models/slow/ /opt/models/" in _all("COPY")
+    assert "layers/models/slow/ /opt/models/" in stage.all("COPY")
     assert Path(model).parent == Path("/opt/models")
     assert (REPO_ROOT / "layers" / "models" / "slow" / Path(model).name).is_file()
-    assert "layers/twopass/twopass /opt/twopass/twopass" in _all("COPY")
+    assert "layers/twopass/twopass /opt/twopass/twopass" in stage.all("COPY")
 
 
 @pytest.mark.parametrize(("variant", "runtime"), [("gpu", "onnxruntime-gpu"), ("cpu", "onnxruntime")])
@@ -88,7 +153,7 @@ def test_requirements_are_pinned_and_match_the_lambda_layer(variant: str, runtim
     assert pins[runtime] == layer["onnxruntime"]
     for shared in ("numpy", "pillow", "aws-lambda-powertools"):
         assert pins[shared] == layer[shared], shared
-    assert {"boto3", "botocore"} <= set(pins)
+    assert {"boto3", "botocore", "httpx"} <= set(pins)
     assert ("onnxruntime" in pins) != ("onnxruntime-gpu" in pins)  # exactly one runtime
 
 
