@@ -136,6 +136,10 @@ class Pipeline:
     def process(self, batch: list[Item]) -> None:
         """Fail undecodable images, mark the rest running and hand them to the model thread."""
         ready, done = self._tensors(batch)
+        if not ready:
+            self.leases.ack(done)
+            self.events.flush()
+            return
         if not self._model_slots.acquire(self._stop):
             # Shutting down: nothing of this batch was started, so it goes straight back.
             self.leases.release([d for d, _ in ready])

@@ -100,39 +100,45 @@ class Recorder:
 
     def _succeed_one(self, item: tuple[Delivery, dict[str, Any]]) -> Delivery | None:
         delivery, result = item
-        message = delivery.message
+        job_id = delivery.message.job_id
+        ok = self._finish(delivery, JobStatus.SUCCEEDED, lambda: self.store.succeed(job_id, result), result=result)
+        return delivery if ok else None
+
+    def fail(self, delivery: Delivery, reason: str) -> bool:
+        """Record a permanent failure; ``True`` when the message may be acked."""
+        job_id = delivery.message.job_id
+        return self._finish(delivery, JobStatus.FAILED, lambda: self.store.fail(job_id, reason), error=reason)
+
+    def _finish(
+        self,
+        delivery: Delivery,
+        status: JobStatus,
+        write: Callable[[], bool],
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Write a final state (conditional: only the first write lands); ``True`` when the message may be acked."""
         try:
-            wrote = self._retry(lambda: self.store.succeed(message.job_id, result))
+            wrote = self._retry(write)
         except DependencyError as exc:
-            self.retry_later(delivery, f"result not recorded ({exc})")
-            return None
-        if not wrote:
+            self.retry_later(delivery, f"could not record {status.value} ({exc})")
+            return False
+        if not wrote:  # final already: a duplicate delivery
             self.stats.add(duplicates=1)
-            return delivery
-        self.stats.add(succeeded=1)
-        self.events.final(message, JobStatus.SUCCEEDED, result, None)
-        if message.image_ref:
-            self._drop_payload(message.image_ref)
-        return delivery
+            return True
+        self.stats.add(succeeded=int(status is JobStatus.SUCCEEDED), failed=int(status is JobStatus.FAILED))
+        self.events.final(delivery.message, status, result, error)
+        # A failed job keeps its claim-checked image, for a redrive after a fix.
+        if status is JobStatus.SUCCEEDED and delivery.message.image_ref:
+            self._drop_payload(delivery.message.image_ref)
+        return True
 
     def _drop_payload(self, ref: str) -> None:
         try:
             self.payloads.delete(ref)
         except TwopassError as exc:  # the bucket's lifecycle rule removes it later anyway
             logger.info("could not delete payload %s: %s", ref, exc)
-
-    def fail(self, delivery: Delivery, reason: str) -> bool:
-        """Record a permanent failure; ``True`` when the message may be acked."""
-        message = delivery.message
-        try:
-            wrote = self._retry(lambda: self.store.fail(message.job_id, reason))
-        except DependencyError as exc:
-            self.retry_later(delivery, f"failure not recorded ({exc})")
-            return False
-        if wrote:
-            self.stats.add(failed=1)
-            self.events.final(message, JobStatus.FAILED, None, reason)
-        return True
 
     def inference_failed(self, deliveries: Sequence[Delivery], reason: str) -> None:
         """The model failed on a batch: fail the jobs on their last allowed delivery, retry the rest."""
