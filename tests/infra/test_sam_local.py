@@ -426,3 +426,111 @@ def test_default_addresses_by_platform(tmp_path: Path, monkeypatch: pytest.Monke
     assert samlocal.default_addresses(4566, "darwin") == ("127.0.0.1", "http://host.docker.internal:4566")
     monkeypatch.setenv("PATH", _fake_docker(tmp_path, "echo '192.0.2.1 '"))  # not an address of this host
     assert samlocal.default_addresses(4566, "linux") == ("127.0.0.1", "http://host.docker.internal:4566")
+
+
+FAKE_SAM = """#!{python}
+# Stands in for the SAM CLI: records its arguments, then serves GET /health on --port like start-api.
+import http.server, json, pathlib, sys
+args = sys.argv[1:]
+pathlib.Path({record!r}).write_text(json.dumps(args))
+port = int(args[args.index("--port") + 1])
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b'{{"health": "ok"}}')
+
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def _closed(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_main_runs_the_whole_sequence_and_stops_everything(tmp_path: Path, stop_signal: str) -> None:
+    """`python -m twopass.local.samlocal` with a stand-in SAM CLI: emulator, resources, env file,
+    start-api with it, the banner once /health answers; a signal then stops every child."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    record = tmp_path / "sam-args.json"
+    sam = tmp_path / "sam"
+    sam.write_text(FAKE_SAM.format(python=sys.executable, record=str(record)))
+    sam.chmod(0o755)
+    env = {**os.environ, "PATH": f"{_fake_docker(tmp_path, 'exit 0')}{os.pathsep}{os.environ['PATH']}"}
+    api_port, emulator_port = free_port(), free_port()
+    env_file = tmp_path / "env.json"
+    args = [
+        sys.executable, "-m", "twopass.local.samlocal", "--sam", str(sam), "--no-build", "--workers", "0",
+        "--port", str(api_port), "--emulator-port", str(emulator_port), "--emulator-host", "127.0.0.1",
+        "--function-endpoint", f"http://127.0.0.1:{emulator_port}", "--env-file", str(env_file),
+        "--", "--warm-containers", "EAGER",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any("twopass is running" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stdout.readline())
+        called = json.loads(record.read_text())
+        assert called[:2] == ["local", "start-api"] and called[-2:] == ["--warm-containers", "EAGER"]
+        assert called[called.index("--env-vars") + 1] == str(env_file)
+        variables = json.loads(env_file.read_text())[API_FUNCTION]
+        assert variables["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{emulator_port}"
+        sqs = boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{emulator_port}", region_name="us-east-1")
+        names = [url.rsplit("/", 1)[-1] for url in sqs.list_queues()["QueueUrls"]]
+        assert variables["TWOPASS_QUEUE_URL"].rsplit("/", 1)[-1] in names  # the queue exists in the emulator
+
+        proc.send_signal(getattr(signal, stop_signal))
+        assert proc.wait(60) == 0
+        assert _closed(api_port) and _closed(emulator_port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.e2e
+def test_a_signal_while_starting_stops_what_was_started(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sam = tmp_path / "sam"
+    sam.write_text("#!/bin/sh\nexec sleep 600\n")  # a start-api that never opens its port
+    sam.chmod(0o755)
+    env = {**os.environ, "PATH": f"{_fake_docker(tmp_path, 'exit 0')}{os.pathsep}{os.environ['PATH']}"}
+    emulator_port = free_port()
+    env_file = tmp_path / "env.json"
+    args = [
+        sys.executable, "-m", "twopass.local.samlocal", "--sam", str(sam), "--no-build", "--workers", "1",
+        "--port", str(free_port()), "--emulator-port", str(emulator_port), "--emulator-host", "127.0.0.1",
+        "--function-endpoint", f"http://127.0.0.1:{emulator_port}", "--env-file", str(env_file),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not env_file.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(1)  # start-api and the worker are being spawned
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+        assert "interrupted" in (proc.stderr.read() if proc.stderr else "")
+        assert _closed(emulator_port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -468,18 +468,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stopping = False
 
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # While starting (a build can take minutes), a signal unwinds start(), which stops what it
+    # started: the children run in their own sessions and would otherwise outlive this process.
+    signal.signal(signal.SIGTERM, interrupt)
     print(f"starting the emulator on {runner.endpoint_url} and sam local start-api …", file=sys.stderr, flush=True)
     try:
         runner.start()
-    except SamLocalError as exc:
+    except KeyboardInterrupt:
+        print("interrupted; stopped", file=sys.stderr)
+        return 130
+    except (SamLocalError, RuntimeError, TimeoutError) as exc:
         print(f"make sam-local: {exc}", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     _banner(runner)
     return_code = 0
     try:
