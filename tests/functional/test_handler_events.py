@@ -130,3 +130,14 @@ def test_another_api_key_cannot_read_the_job(handler: Handler) -> None:
     answer = handler(theirs, LambdaContext())
     assert answer["statusCode"] == 404
     assert body(answer)["error"] == "not_found"
+
+
+def test_docs_page_behind_a_stage_links_its_assets_under_the_stage(handler: Handler) -> None:
+    """Through API Gateway the browser sees /dev/docs: the page must ask for /dev/openapi.json."""
+    docs = event("rest_health.json", path="/docs", resource="/docs")
+    docs["requestContext"] = {**docs["requestContext"], "path": "/dev/docs", "resourcePath": "/docs"}
+    response = handler(docs, LambdaContext())
+    assert response["statusCode"] == 200
+    page = response["body"] if not response.get("isBase64Encoded") else base64.b64decode(response["body"]).decode()
+    assert "/dev/openapi.json" in page
+    assert "/dev/docs/swagger-ui-bundle.js" in page

@@ -55,11 +55,22 @@ def _asset_dir() -> Path | None:
     return Path(swagger_ui_path)
 
 
+def public_prefix(request: Request) -> str:
+    """The path the client sees in front of the app's routes: API Gateway's stage (``/dev``) or a
+    custom domain's base path, which the function's own path leaves out; empty when served directly."""
+    event: dict[str, Any] = request.scope.get("aws.event") or {}
+    seen = str((event.get("requestContext") or {}).get("path") or "")
+    routed = str(event.get("path") or "")
+    if seen and routed and seen.endswith(routed):
+        return seen.removesuffix(routed)
+    return str(request.scope.get("root_path", ""))
+
+
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     if _asset_dir() is None:
         raise HTTPProblemError(404, "not_found", "interactive docs are not installed; /openapi.json has the schema")
-    root = request.scope.get("root_path", "")
+    root = public_prefix(request)
     return get_swagger_ui_html(
         openapi_url=f"{root}/openapi.json",
         title="twopass — API docs",
