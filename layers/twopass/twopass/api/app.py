@@ -28,6 +28,8 @@ def create_app(
         docs_url=None,  # served from the package by docs_router, not from a CDN
         redoc_url=None,
         redirect_slashes=False,
+        # Responses are documented by their models' full schemas (their serializers only order keys).
+        separate_input_output_schemas=False,
     )
     app.state.twopass = ApiContext(settings, service, emit_metrics=emit_metrics)
     errors.install(app)

@@ -9,9 +9,9 @@ OpenAPI schema says is what clients get.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from twopass.jobs.base import JobRecord, JobStatus
 
@@ -23,6 +23,20 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SeedShaped(BaseModel):
+    """A response whose extra keys (the seed's ``"<name>": ...``) keep their place in the JSON: after
+    the fields named in ``_before_extras``, before the rest, as the seed's clients print them."""
+
+    _before_extras: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _seed_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        head = {k: data.pop(k) for k in self._before_extras if k in data}
+        extras = {k: data.pop(k) for k in (self.__pydantic_extra__ or {}) if k in data}
+        return {**head, **extras, **data}
 
 
 class PredictRequest(BaseModel):
@@ -60,8 +74,10 @@ class ModelResult(BaseModel):
 _FAST_KEY = "efficientnet-lite0"
 
 
-class PredictResponse(BaseModel):
+class PredictResponse(SeedShaped):
     """``{"job_id", "<fast model name>": "<label>"}`` plus the fast top-k and the job's status."""
+
+    _before_extras = ("job_id",)
 
     model_config = ConfigDict(
         extra="allow",
@@ -90,7 +106,7 @@ class PredictResponse(BaseModel):
         )
 
 
-class JobResponse(BaseModel):
+class JobResponse(SeedShaped):
     """``{"<job_id>": {"prediction": "<label>" | null}}`` plus the job's lifecycle and slow top-k."""
 
     model_config = ConfigDict(
@@ -151,7 +167,7 @@ class BackendCheck(BaseModel):
     detail: str | None = Field(default=None, description="What went wrong, when status is error or unknown.")
 
 
-class HealthAllResponse(BaseModel):
+class HealthAllResponse(SeedShaped):
     """Every backend's health; also ``"<model name>": "ok"`` keys for each model that is serving."""
 
     model_config = ConfigDict(

@@ -76,7 +76,7 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
     response = PredictResponse.build(record.job_id, prediction.result(service.fast_name, inference_ms))
     _report(context, record.job_id, caller, prediction, inference_ms, enqueue_ms)
     if claim is not None:
-        await context.io(service.idempotency.remember, claim, response.model_dump(mode="json"))
+        await context.io(service.idempotency.remember, claim, response.model_dump(mode="json", exclude_unset=True))
     return Submitted(response)
 
 

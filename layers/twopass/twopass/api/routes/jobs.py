@@ -14,7 +14,13 @@ from twopass.jobs.base import is_job_id
 router = APIRouter(tags=["jobs"])
 
 
-@router.get("/job/{job_id}", summary="The slow model's result", response_model=JobResponse, responses=ERRORS)
+@router.get(
+    "/job/{job_id}",
+    summary="The slow model's result",
+    response_model=JobResponse,
+    response_model_exclude_unset=True,
+    responses=ERRORS,
+)
 async def get_job(job_id: str, context: Context, owner: Owner) -> JobResponse:
     if not is_job_id(job_id):
         raise JobNotFoundError(f"no job {job_id!r}: job ids are 32 hexadecimal characters")

@@ -20,7 +20,12 @@ async def health() -> HealthResponse:
     return HealthResponse(health="ok")
 
 
-@router.get("/health/all", summary="Every backend's health", response_model=HealthAllResponse)
+@router.get(
+    "/health/all",
+    summary="Every backend's health",
+    response_model=HealthAllResponse,
+    response_model_exclude_unset=True,
+)
 async def health_all(context: Context) -> HealthAllResponse:
     service = context.service
     checks = await context.io(service.health)

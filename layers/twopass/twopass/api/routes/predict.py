@@ -46,6 +46,7 @@ def _answer(submitted: Submitted, response: Response) -> PredictResponse:
     "/predict",
     summary="Classify now with the fast model and queue the slow model",
     response_model=PredictResponse,
+    response_model_exclude_unset=True,
     responses=ERRORS,
     openapi_extra={"requestBody": PREDICT_BODY},
 )
@@ -66,6 +67,7 @@ async def predict(
     "/predict/test",
     summary="/predict on the bundled cat photo",
     response_model=PredictResponse,
+    response_model_exclude_unset=True,
     responses=ERRORS,
 )
 async def predict_test(
