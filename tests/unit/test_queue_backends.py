@@ -207,6 +207,8 @@ def test_leases_extend_what_is_held_past_half_its_visibility_and_nothing_release
     leases.extend_due()
     assert len(source.extended) == 1  # nothing is due again yet
     leases.ack([old, fresh])
-    assert leases.held() == 0
+    old.leased_at = fresh.leased_at = time.monotonic() - 31
+    leases.extend_due()
+    assert len(source.extended) == 1  # acked: no longer held, never extended again
     assert source.released == [[other_old.message_id]]
     assert len(source) == 1  # the released one is back; the acked ones are gone

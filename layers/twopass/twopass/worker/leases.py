@@ -41,10 +41,6 @@ class Leases:
             for d in deliveries:
                 self._held.pop(d.receipt, None)
 
-    def held(self) -> int:
-        with self._held_lock:
-            return len(self._held)
-
     def last_attempt(self, delivery: Delivery) -> bool:
         """Whether a failure now sends the message to the dead-letter queue."""
         return self.source.last_attempt(delivery)
