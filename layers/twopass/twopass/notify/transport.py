@@ -115,14 +115,9 @@ class PinnedTransport(httpx.BaseTransport):
         network_backend: httpcore.NetworkBackend | None = None,
         max_connections: int = 16,
     ) -> None:
-        if isinstance(verify, ssl.SSLContext):
-            context = verify
-        elif verify:
-            context = ssl.create_default_context()
-        else:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        # httpx's context: certifi's CA bundle (slim container images may have no system store), or
+        # SSL_CERT_FILE / SSL_CERT_DIR when the operator sets them.
+        context = httpx.create_ssl_context(verify=verify)
         self._pool = httpcore.ConnectionPool(
             ssl_context=context,
             max_connections=max_connections,
