@@ -174,8 +174,8 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     make_client = aws._client.__wrapped__  # the uncached factory
 
     @cache
-    def hooked(service: str, endpoint: str | None, region: str | None) -> Any:
-        c = make_client(service, endpoint, region)
+    def hooked(service: str, endpoint: str | None, region: str | None, *rest: Any) -> Any:
+        c = make_client(service, endpoint, region, *rest)
         c.meta.events.register("before-call.*.*", recorder.hook)
         return c
 
