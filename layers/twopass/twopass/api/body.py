@@ -6,6 +6,7 @@ whole, JSON nested too deeply before it is parsed, invalid UTF-8, duplicate keys
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -14,6 +15,7 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from twopass.api.errors import HTTPProblemError
 from twopass.api.schemas import PredictRequest
@@ -46,11 +48,15 @@ async def read_capped(request: Request, limit: int) -> bytes:
         raise ImageTooLargeError(f"the body is {declared} bytes; the limit is {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ImageTooLargeError(f"the body is over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ImageTooLargeError(f"the body is over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer; end the request as a client error, not an unhandled one.
+        raise InvalidRequestError("client_disconnected", "the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -107,13 +113,22 @@ def decode_image_data(text: str, limit: int) -> bytes:
     return data
 
 
-def checked_callback(url: str | None, settings: Settings) -> str | None:
+def _check_callback(url: str, settings: Settings) -> None:
+    check_url(url, allow_private=settings.callback_allow_private, allow_http=settings.callback_allow_http)
+
+
+async def checked_callback(url: str | None, settings: Settings) -> str | None:
+    """``url`` once the SSRF guard accepts it; the guard's DNS lookup blocks, so it runs in a thread
+    and within the request's deadline."""
     if url is None:
         return None
     try:
-        check_url(url, allow_private=settings.callback_allow_private, allow_http=settings.callback_allow_http)
+        async with asyncio.timeout(settings.api_deadline_seconds):
+            await asyncio.to_thread(_check_callback, url, settings)
     except CallbackURLError as exc:
         raise InvalidRequestError("invalid_callback_url", str(exc)) from None
+    except TimeoutError:
+        raise InvalidRequestError("invalid_callback_url", "the callback host did not resolve in time") from None
     return url
 
 
@@ -130,9 +145,9 @@ async def read_submission(request: Request, settings: Settings, callback_url: st
     if ctype == "application/json" or ctype.endswith("+json") or (not ctype and body[:1] == b"{"):
         fields = model_from_json(PredictRequest, parse_json(body))
         data = decode_image_data(fields.image_data, settings.max_image_bytes)
-        return Submission(data, checked_callback(fields.callback_url or callback_url, settings))
+        return Submission(data, await checked_callback(fields.callback_url or callback_url, settings))
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         if len(body) > settings.max_image_bytes:
             raise ImageTooLargeError(f"the image is {len(body)} bytes; the limit is {settings.max_image_bytes} bytes")
-        return Submission(body, checked_callback(callback_url, settings))
+        return Submission(body, await checked_callback(callback_url, settings))
     raise HTTPProblemError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json or image/*")
