@@ -39,6 +39,8 @@ class Submitted:
     response: PredictResponse
     #: The answer was replayed for a repeated Idempotency-Key.
     replayed: bool = False
+    #: The fast model's prediction, every class included; None when replayed (only the answer was kept).
+    prediction: Prediction | None = None
 
 
 async def submit(context: ApiContext, submission: Submission, caller: Caller) -> Submitted:
@@ -77,7 +79,7 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
     _report(context, record.job_id, caller, prediction, inference_ms, enqueue_ms)
     if claim is not None:
         await context.io(service.idempotency.remember, claim, response.model_dump(mode="json", exclude_unset=True))
-    return Submitted(response)
+    return Submitted(response, prediction=prediction)
 
 
 async def _decoded(context: ApiContext, data: bytes) -> asyncio.Future[tuple[Prediction, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ class Prediction:
     labels: tuple[str, ...]
     probabilities: tuple[float, ...]
     class_ids: tuple[int, ...]
+    #: Every class's probability in class-index order (float32), for callers that need more than the
+    #: top-k (the Open Inference Protocol's output tensor); never stored or sent to the queue.
+    distribution: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -189,6 +192,7 @@ class Classifier:
                 labels=tuple(self.labels[i] for i in row),
                 probabilities=tuple(float(probs[n, i]) for i in row),
                 class_ids=tuple(int(i) for i in row),
+                distribution=probs[n],
             )
             for n, row in enumerate(top)
         ]
