@@ -184,26 +184,19 @@ class Pipeline:
 
     def _infer(self, runnable: list[tuple[Delivery, np.ndarray]]) -> None:
         """One ``session.run``, then the results go to the finisher."""
-        deliveries = [d for d, _ in runnable]
+        deliveries, size = [d for d, _ in runnable], len(runnable)
         started = time.perf_counter()
         try:
             predictions = self.classifier.predict_batch([t for _, t in runnable])
         except Exception as exc:
-            logger.exception("inference failed for a batch of %d", len(runnable))
+            logger.exception("inference failed for a batch of %d", size)
             self.recorder.inference_failed(deliveries, f"inference failed: {exc}")
             return
         elapsed = time.perf_counter() - started
-        self.stats.add_batch(len(runnable), elapsed)
-        batch_ms = elapsed * 1000
-        now = time.time()
-        size = len(runnable)
+        self.stats.add_batch(size, elapsed)
+        batch_ms, now, model = elapsed * 1000, time.time(), self.classifier.name
         results = [
-            (
-                d,
-                p.result(
-                    self.classifier.name, batch_ms, batch_size=size, queue_wait_ms=_queue_wait_ms(d, now, batch_ms)
-                ),
-            )
+            (d, p.result(model, batch_ms, batch_size=size, queue_wait_ms=_queue_wait_ms(d, now, batch_ms)))
             for d, p in zip(deliveries, predictions, strict=True)
         ]
         self.events.batch(size, round(batch_ms, 3), [r["queue_wait_ms"] for _, r in results])
