@@ -668,3 +668,25 @@ def test_cli_exit_codes_from_answers(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert cli.main(["job", JOB_ID]) == 0
     assert cli.main(["job", JOB_ID, "--wait", "--timeout", "0"]) == 4
     assert "running" in capsys.readouterr().out
+
+
+def test_cli_health_lines_leave_out_empty_fields() -> None:
+    from twopass.cli import _format_health
+    from twopass.client import Health
+
+    health = Health.from_json(
+        {
+            "status": "degraded",
+            "backends": {
+                "table": {"status": "ok", "detail": None},
+                "queue": {"status": "down", "detail": "throttled", "visible": 0, "in_flight": None},
+                "worker": {"status": "ok", "alive": 1, "workers": [{"id": "w1"}]},
+            },
+        }
+    )
+    assert _format_health(health).splitlines() == [
+        "degraded",
+        "  table        ok",
+        "  queue        down  (detail=throttled, visible=0)",
+        "  worker       ok  (alive=1)",
+    ]

@@ -328,8 +328,9 @@ def _format_health(health: Health) -> str:
     lines = [health.status]
     for name, check in health.backends.items():
         if isinstance(check, dict):
-            # Scalars only: nested detail (per-worker stats) is what --json is for.
-            extra = ", ".join(f"{k}={v}" for k, v in check.items() if k != "status" and not isinstance(v, dict | list))
+            # Scalars that say something: nested detail (per-worker stats) is what --json is for.
+            shown = [f"{k}={v}" for k, v in check.items() if v is not None and not isinstance(v, dict | list)]
+            extra = ", ".join(item for item in shown if not item.startswith("status="))
             lines.append(f"  {name:<12} {check.get('status', '?')}" + (f"  ({extra})" if extra else ""))
         else:
             lines.append(f"  {name:<12} {check}")
