@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pytest
 
 from tests.conftest import CAT_LABELS, PHOTOS
 from twopass.cli import main
-from twopass.client import AsyncClient, BadRequestError, Client, JobResult, NotFoundError
+from twopass.client import (
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    JobResult,
+    NotFoundError,
+    NotTwopassError,
+)
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +122,30 @@ def test_cli_unreachable_url_exits_3(capsys: pytest.CaptureFixture[str]) -> None
     # Default retries: what a user gets, a few seconds of backoff and then a clear message.
     assert main(["--url", f"http://127.0.0.1:{free_port()}", "health"]) == 3
     assert "cannot reach twopass" in capsys.readouterr().err
+
+
+def test_cli_and_sdk_errors_against_the_real_api(
+    stack: LocalStack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hints rest on the API's real answers: its 403 without a key and its 404 for a path it lacks.
+    key = os.environ["TWOPASS_API_KEY"]
+    monkeypatch.delenv("TWOPASS_API_KEY")
+    assert main(["--url", stack.api_url, "predict", str(PHOTOS)]) == 5
+    out, err = capsys.readouterr()
+    assert err.count("twopass: error:") == 1
+    assert "no API key was sent: pass --api-key or set TWOPASS_API_KEY" in err
+    assert "forbidden" not in out
+
+    wrong = f"{stack.api_url}/v1"
+    assert main(["--url", wrong, "--api-key", key, "health", "--all"]) == 3
+    assert main(["--url", wrong, "--api-key", key, "job", "0" * 32]) == 3
+    err = capsys.readouterr().err
+    assert (
+        err.count(f"twopass: error: the server at {wrong} does not look like a twopass API (got 404 on GET /v1/") == 2
+    )
+    with Client(wrong, api_key=key) as client, pytest.raises(NotTwopassError) as info:
+        client.predict(PHOTOS / "chelsea.jpg")
+    assert "check base_url (or TWOPASS_URL)" in str(info.value)
+    with Client(stack.api_url, api_key="not-the-key") as client, pytest.raises(AuthenticationError) as refused:
+        client.health_all()
+    assert "the API key was refused" in str(refused.value)
