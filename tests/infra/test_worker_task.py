@@ -248,3 +248,35 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     granted = _task_role_actions()
     assert recorder.actions <= granted, f"the worker calls {recorder.actions - granted} outside its task role"
     assert granted - recorder.actions == GRANTED_NOT_CALLED, "the task role grants more than the worker uses"
+
+
+# ---------------------------------------------------------------- stopping: the task and the image agree
+
+
+def _worker_container() -> dict[str, Any]:
+    container: dict[str, Any] = _cfn()["Resources"][TASK]["Properties"]["ContainerDefinitions"][0]
+    return container
+
+
+def test_stop_timeout_covers_the_drain_and_the_agent_uses_it_too() -> None:
+    container = _worker_container()
+    assert container["StopTimeout"] == {"Ref": "WorkerStopTimeout"}
+    parameter = tpl.load()["Parameters"]["WorkerStopTimeout"]
+    # The batch in flight, its writes and the callbacks' 2 s take seconds (the artefact test measures
+    # SIGTERM to exit); below 10 s a slow write would be cut off, over 120 s ECS refuses the value.
+    assert 10 <= int(parameter["MinValue"]) <= int(parameter["Default"]) <= int(parameter["MaxValue"]) <= 120
+    user_data = json.dumps(_cfn()["Resources"]["WorkerLaunchTemplate"]["Properties"])
+    assert "ECS_CONTAINER_STOP_TIMEOUT=${WorkerStopTimeout}s" in user_data
+
+
+def test_the_task_gives_the_image_what_it_expects() -> None:
+    container = _worker_container()
+    # The image's CMD is exec form with no init of its own: ECS runs one as PID 1, which forwards
+    # SIGTERM to the worker and reaps its children (what `docker run --init` does locally).
+    assert container["LinuxParameters"]["InitProcessEnabled"] is True
+    assert "EntryPoint" not in container and "Command" not in container  # the image's CMD runs
+    # Read-only root: the image compiles its bytecode at build time and sets HOME=/tmp, the tmpfs.
+    assert container["ReadonlyRootFilesystem"] is True
+    assert {"ContainerPath": "/tmp", "Size": 512} in container["LinuxParameters"]["Tmpfs"]
+    # The callback secret is always injected, so the image must carry the callback sender's packages.
+    assert [s["Name"] for s in container["Secrets"]] == ["TWOPASS_CALLBACK_SECRET"]
