@@ -25,7 +25,7 @@ def dead_letter_queue_url(queue_url: str) -> str | None:
     """The DLQ named by ``queue_url``'s redrive policy (so nothing needs configuring twice)."""
     sqs = client("sqs")
     with translate_errors("find the dead-letter queue"):
-        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
         policy = attrs.get("RedrivePolicy")
         if not policy:
             return None

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twopass.jobs.base import JobStore
+from twopass.ops.reconcile import Reconciler
 from twopass.worker.events import WorkerEvents
 from twopass.worker.stats import WorkerStats
 
@@ -35,3 +36,12 @@ def sweep_dead_letters(sweeper: Callable[[], int], events: WorkerEvents, every: 
                 events.dead_lettered(marked)
         except Exception as exc:  # noqa: BLE001 - best effort; the next sweep tries again
             logger.warning("dead-letter sweep failed: %s", exc)
+
+
+def reconcile_orphans(reconciler: Reconciler, every: float, stop: threading.Event) -> None:
+    """Republish or fail never-started jobs whose message an outage lost, every ``every`` seconds."""
+    while not stop.wait(every):
+        try:
+            reconciler.run()
+        except Exception as exc:  # noqa: BLE001 - best effort; the next pass tries again
+            logger.warning("reconciler pass failed: %s", exc)

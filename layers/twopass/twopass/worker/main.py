@@ -18,6 +18,8 @@ from twopass.observability import logs
 from twopass.worker.events import WorkerEvents
 
 if TYPE_CHECKING:
+    from twopass.jobs.base import JobStore
+    from twopass.ops.reconcile import Reconciler
     from twopass.worker.runner import Worker
 
 logger = logging.getLogger("twopass.worker")
@@ -44,7 +46,32 @@ def build_worker(settings: Settings) -> Worker:
     dlq_url = deadletter.dead_letter_queue_url(settings.queue_url)
     sweeper = None if dlq_url is None else functools.partial(deadletter.sweep, dlq_url, store)
     return Worker(
-        classifier, source, store, settings, sweeper=sweeper, events=build_events(settings), payloads=PayloadStore()
+        classifier,
+        source,
+        store,
+        settings,
+        sweeper=sweeper,
+        events=build_events(settings),
+        payloads=PayloadStore(),
+        reconciler=build_reconciler(settings, store),
+    )
+
+
+def build_reconciler(settings: Settings, store: JobStore) -> Reconciler:
+    """The reconciler for the job queue; past the queue's retention no message can exist any more."""
+    from twopass import aws
+    from twopass.ops.reconcile import Reconciler
+    from twopass.queue.sqs import SqsPublisher
+
+    client = aws.client("sqs")
+    with aws.translate_errors("queue retention"):
+        attrs = client.get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=["MessageRetentionPeriod"])
+    retention = float(attrs.get("Attributes", {}).get("MessageRetentionPeriod", 4 * 86400))
+    return Reconciler(
+        store,
+        SqsPublisher(settings.queue_url, client=client),
+        after_seconds=settings.reconcile_after_seconds,
+        retention_seconds=retention,
     )
 
 

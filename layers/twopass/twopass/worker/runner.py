@@ -30,6 +30,7 @@ from twopass.config import Settings
 from twopass.exceptions import DependencyError
 from twopass.jobs.base import JobStore
 from twopass.models.runtime import Classifier
+from twopass.ops.reconcile import Reconciler
 from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, MessageSource
 from twopass.worker import background
@@ -64,6 +65,7 @@ class Worker:
         sweeper: Callable[[], int] | None = None,
         events: WorkerEvents | None = None,
         payloads: PayloadStore | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.classifier = classifier
         self.source = source
@@ -72,6 +74,8 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         #: Called every ``dlq_sweep_seconds``: marks dead-lettered jobs failed (see ops.deadletter).
         self.sweeper = sweeper
+        #: Run every ``reconcile_seconds``: republishes or fails jobs whose message was lost.
+        self.reconciler = reconciler
         self.events = events or WorkerEvents()
         self.payloads = payloads or PayloadStore()
         self.stats = WorkerStats()
@@ -127,6 +131,8 @@ class Worker:
                 "dlq-sweep",
                 partial(background.sweep_dead_letters, self.sweeper, self.events, s.dlq_sweep_seconds, stop),
             )
+        if self.reconciler is not None and s.reconcile_seconds > 0:
+            self._spawn("reconcile", partial(background.reconcile_orphans, self.reconciler, s.reconcile_seconds, stop))
 
     def _spawn(self, name: str, body: Callable[[], None]) -> None:
         thread = threading.Thread(target=body, name=name, daemon=True)
@@ -140,7 +146,7 @@ class Worker:
         for thread in self._chores:
             # The heartbeat must not write again after it is removed below; a sweep in progress is
             # idempotent and may simply be cut off when the process exits.
-            if thread.name != "dlq-sweep":
+            if thread.name not in ("dlq-sweep", "reconcile"):
                 thread.join(timeout=_HEARTBEAT_JOIN_SECONDS)
         self.recorder.close()
         self.events.close()
