@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -13,6 +13,9 @@ from typing import Any
 from twopass.exceptions import ConditionFailedError, DependencyError, DependencyTimeoutError, MissingObjectError
 
 _lock = threading.Lock()
+#: botocore event handlers given to every client made here (see :func:`on_event`), and those clients.
+_handlers: list[tuple[str, Callable[..., Any]]] = []
+_made: list[Any] = []
 
 
 def endpoint_url() -> str | None:
@@ -58,7 +61,11 @@ def _client(service: str, endpoint: str | None, region: str, budget: CallBudget)
         max_pool_connections=32,
     )
     with _lock:  # creating clients from one session is not thread-safe; using them is
-        return _session(region).client(service, endpoint_url=endpoint, config=config)
+        made = _session(region).client(service, endpoint_url=endpoint, config=config)
+        for event, handler in _handlers:
+            made.meta.events.register(event, handler)
+        _made.append(made)
+        return made
 
 
 def client(service: str, budget: CallBudget = DEFAULT_BUDGET) -> Any:
@@ -69,8 +76,31 @@ def client(service: str, budget: CallBudget = DEFAULT_BUDGET) -> Any:
 
 def reset_clients() -> None:
     """Forget cached clients and sessions (tests that switch endpoints or credentials call this)."""
-    _client.cache_clear()
-    _session.cache_clear()
+    with _lock:
+        _client.cache_clear()
+        _session.cache_clear()
+        _made.clear()
+
+
+def on_event(event: str, handler: Callable[..., Any]) -> Callable[[], None]:
+    """Register ``handler`` for botocore's ``event`` on every client made here, already or later.
+
+    Each client holds a copy of its session's event handlers, taken when it is made, so registering
+    on the session alone would miss the clients already cached. Returns the unregistering call.
+    """
+    with _lock:
+        _handlers.append((event, handler))
+        for made in _made:
+            made.meta.events.register(event, handler)
+
+    def off() -> None:
+        with _lock:
+            if (event, handler) in _handlers:
+                _handlers.remove((event, handler))
+            for made in _made:
+                made.meta.events.unregister(event, handler)
+
+    return off
 
 
 #: Error codes that mean "the thing is not there", not "the service is down".
