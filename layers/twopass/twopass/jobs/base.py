@@ -1,18 +1,27 @@
 """The job lifecycle and the small abstract store every backend implements.
 
-queued → running → succeeded | failed. Every transition is conditional in the backend: a final
-state never changes again, so duplicate deliveries and racing workers cannot overwrite a result.
+queued → running → succeeded | failed; a queued or running job may also be ``cancelled`` by its
+owner, and a queued one ``expired`` when its deadline passed before a worker started it. Every
+transition is conditional in the backend: a final state never changes again (only an explicit
+:meth:`JobStore.retry` or an operator's redrive reopens one), so duplicate deliveries and racing
+workers cannot overwrite a result, and a result that arrives after a cancel is refused.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
+
+from twopass.exceptions import InvalidRequestError, TwopassError
 
 
 class JobStatus(StrEnum):
@@ -20,10 +29,46 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
-FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 OPEN_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+#: Final states :meth:`JobStore.retry` may send back to ``queued`` (a success is never rerun).
+RETRYABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED})
+
+
+class Priority(StrEnum):
+    """Which queue a job travels through: ``high`` jobs are taken first, ``normal`` ones still progress."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+
+
+#: Most jobs one page of :meth:`JobStore.list_jobs` holds, and how many it holds by default.
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+
+
+class JobFinalError(TwopassError):
+    """The job has already ended, so it can no longer be cancelled."""
+
+
+class JobNotRetryableError(TwopassError):
+    """Only failed, expired and cancelled jobs can be retried; this one is in another state."""
+
+
+class ImageGoneError(TwopassError):
+    """The job's image is no longer retained, so the job cannot be run again."""
+
+
+class InvalidCursorError(InvalidRequestError):
+    """A ``cursor`` that no page of ``list_jobs`` handed out (or one that was altered)."""
+
+    def __init__(self, detail: str = "the cursor is not one a previous page returned") -> None:
+        super().__init__("invalid_cursor", detail)
+
 
 #: The owner of jobs created while the API checks no keys.
 ANONYMOUS = "anonymous"
@@ -65,6 +110,13 @@ class JobRecord:
     #: What the queue message carries besides the image (request id, callback URL), kept so a job
     #: whose message was lost can be republished whole.
     context: dict[str, str] | None = None
+    #: Epoch seconds after which a job not yet started is never run (``None``: no deadline).
+    deadline_at: float | None = None
+    #: ``high`` or ``normal``: the queue the job travels through.
+    priority: str = Priority.NORMAL.value
+    #: Earlier outcomes of a retried job, oldest first: ``{"status", "error", "attempts", "finished_at",
+    #: "retried_at"}`` each.
+    history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,6 +126,19 @@ class JobRecord:
     def expired(self, now: float | None = None) -> bool:
         # DynamoDB deletes expired items up to days late (and moto never does): reads must check.
         return self.expires_at is not None and self.expires_at <= (time.time() if now is None else now)
+
+    def past_deadline(self, now: float | None = None) -> bool:
+        """Whether the job's deadline has passed (a queued job is then never started)."""
+        return self.deadline_at is not None and self.deadline_at <= (time.time() if now is None else now)
+
+    def outcome(self, retried_at: float) -> dict[str, Any]:
+        """This (final) run's outcome as a :attr:`history` entry, when the job is retried."""
+        entry: dict[str, Any] = {"status": self.status.value, "attempts": self.attempts, "retried_at": retried_at}
+        if self.error is not None:
+            entry["error"] = self.error
+        if self.finished_at is not None:
+            entry["finished_at"] = self.finished_at
+        return entry
 
 
 @dataclass(frozen=True)
@@ -129,7 +194,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def start(self, job_id: str, worker_id: str) -> JobRecord | None:
-        """queued|running → running, attempts + 1. ``None`` when the job is final or unknown."""
+        """queued|running → running, attempts + 1. ``None`` when the job is final or unknown, and when
+        it is still queued past its ``deadline_at`` (the caller then calls :meth:`expire`)."""
 
     @abstractmethod
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
@@ -142,6 +208,36 @@ class JobStore(ABC):
     @abstractmethod
     def reopen(self, job_id: str) -> bool:
         """failed → queued, for a redrive after a fix; succeeded jobs are never reopened."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> bool:
+        """queued|running → cancelled; ``False`` when the job is final or unknown.
+
+        A worker's later :meth:`succeed` is then refused, which is how a cancelled job's result is dropped.
+        """
+
+    @abstractmethod
+    def expire(self, job_id: str, reason: str) -> bool:
+        """queued → expired with ``reason`` as its error; ``False`` when the job is not queued."""
+
+    @abstractmethod
+    def retry(self, job_id: str) -> bool:
+        """failed|expired|cancelled → queued under the same id; ``False`` from any other state.
+
+        ``attempts`` carries on; the ended run's outcome is appended to ``history``; the error, the
+        finish time and the deadline are cleared (a retry is asked for now, so an old deadline would
+        only expire it again).
+        """
+
+    @abstractmethod
+    def list_jobs(
+        self, owner: str, *, status: JobStatus | None = None, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """``owner``'s jobs, newest first, at most ``limit`` (1-100), only ``status`` ones if given.
+
+        Returns the page and the cursor of the next one (``None`` at the end). ``cursor`` is what a
+        previous page returned; anything else raises :class:`InvalidCursorError`.
+        """
 
     @abstractmethod
     def never_started(self, created_before: float, limit: int = 100) -> list[JobRecord]:
@@ -162,6 +258,39 @@ class JobStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise :class:`~twopass.exceptions.DependencyError` if the store is unreachable."""
+
+
+def check_page_size(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError("invalid_limit", f"limit must be 1 to {MAX_PAGE}, got {limit}")
+    return limit
+
+
+def encode_cursor(created_at: str, job_id: str) -> str:
+    """The opaque cursor after the job created at ``created_at`` (a decimal string, as stored) with ``job_id``.
+
+    Base64 of a small JSON object: opaque to clients (they pass it back unchanged), yet free of any
+    owner or table detail, so a cursor shown to another tenant tells it nothing.
+    """
+    raw = json.dumps({"t": created_at, "j": job_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """``(created_at, job_id)`` of a cursor from :func:`encode_cursor`; :class:`InvalidCursorError` otherwise."""
+    if not cursor or len(cursor) > 200:
+        raise InvalidCursorError()
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        created_at, job_id = data["t"], data["j"]
+        if not isinstance(created_at, str) or not isinstance(job_id, str) or set(data) != {"t", "j"}:
+            raise ValueError("unexpected fields")
+        number = Decimal(created_at)
+    except (ValueError, TypeError, KeyError, binascii.Error, InvalidOperation):
+        raise InvalidCursorError() from None
+    if not number.is_finite() or number < 0 or not is_job_id(job_id):
+        raise InvalidCursorError()
+    return created_at, job_id
 
 
 def pending_shard(job_id: str) -> str:

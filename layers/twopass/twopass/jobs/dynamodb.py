@@ -9,6 +9,9 @@ Two attributes exist for operators rather than for the code paths:
   item with ``final_writes > 1`` would show a broken invariant (the chaos test checks it).
 * ``pending`` (a shard number) marks a job created and never started; it feeds the sparse
   ``pending-created`` index the reconciler reads, and is removed by the first start or final write.
+
+Owners list their jobs through the ``owner-created`` index (``owner``, ``created_at``): only job
+items carry ``owner``, so idempotency keys and heartbeats stay out of it.
 """
 
 from __future__ import annotations
@@ -24,22 +27,35 @@ from twopass.aws import client as aws_client
 from twopass.aws import translate_errors
 from twopass.exceptions import ConditionFailedError, IdempotencyConflictError
 from twopass.jobs.base import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
     PENDING_SHARDS,
+    RETRYABLE_STATUSES,
     IdempotencyRecord,
     JobRecord,
     JobStatus,
     JobStore,
     WorkerBeat,
+    check_page_size,
+    decode_cursor,
+    encode_cursor,
     idempotency_key_id,
     pending_shard,
 )
 
 WORKERS_KEY = "#workers"
 PENDING_INDEX = "pending-created"
+OWNER_INDEX = "owner-created"
+#: Index queries one list page may make when a status filter skips most items: bounds its latency
+#: (each reads up to 1 MB). A page cut short by it still carries a cursor, so nothing is lost.
+MAX_LIST_QUERIES = 20
+#: Tries of a retry's read-then-conditional-write before giving up to a concurrent change.
+_RETRY_TRIES = 3
 _WORKER_PREFIX = "w_"
 _RECORD_FIELDS = (
     "status", "created_at", "updated_at", "started_at", "finished_at", "attempts",
     "fast", "result", "error", "expires_at", "worker", "owner", "image_ref", "context",
+    "deadline_at", "priority", "history",
 )  # fmt: skip
 _OPEN = "attribute_exists(job_id) AND #s IN (:queued, :running)"
 
@@ -210,10 +226,12 @@ class DynamoJobStore(JobStore):
 
     def start(self, job_id: str, worker_id: str) -> JobRecord | None:
         now = time.time()
+        # A queued job past its deadline is never started; a running one (a redelivery) already was.
+        in_time = "attribute_not_exists(deadline_at) OR deadline_at > :now"
         attrs = self._update(
             job_id,
             "SET #s = :running, started_at = :now, updated_at = :now, worker = :w ADD attempts :one REMOVE pending",
-            _OPEN,
+            f"attribute_exists(job_id) AND (#s = :running OR (#s = :queued AND ({in_time})))",
             {":running": "running", ":queued": "queued", ":now": now, ":w": worker_id, ":one": 1},
         )
         return None if attrs is None else self._record(attrs)
@@ -253,6 +271,89 @@ class DynamoJobStore(JobStore):
             )
             is not None
         )
+
+    def cancel(self, job_id: str) -> bool:
+        values = {":cancelled": "cancelled", ":queued": "queued", ":running": "running"}
+        return self._finish(job_id, "#s = :cancelled", _OPEN, values, {})
+
+    def expire(self, job_id: str, reason: str) -> bool:
+        return self._finish(
+            job_id,
+            "#s = :expired, #e = :error",
+            "attribute_exists(job_id) AND #s = :queued",
+            {":expired": "expired", ":queued": "queued", ":error": reason[:2000]},
+            {},
+        )
+
+    def retry(self, job_id: str) -> bool:
+        # The ended run's outcome goes into `history`, and an update expression cannot copy attributes
+        # into a new list element: read it, then write only if nothing changed in between.
+        for _ in range(_RETRY_TRIES):
+            record = self.get(job_id)
+            if record is None or record.status not in RETRYABLE_STATUSES:
+                return False
+            now = time.time()
+            attrs = self._update(
+                job_id,
+                "SET #s = :queued, updated_at = :now, history = list_append(if_not_exists(history, :none), :entry) "
+                "REMOVE #e, finished_at, deadline_at, #r, final_writes",
+                "attribute_exists(job_id) AND #s = :was AND updated_at = :seen",
+                {
+                    ":queued": "queued",
+                    ":now": now,
+                    ":none": [],
+                    ":entry": [record.outcome(now)],
+                    ":was": record.status.value,
+                    ":seen": record.updated_at,
+                },
+                {"#e": "error", "#r": "result"},
+            )
+            if attrs is not None:
+                return True
+        return False
+
+    def list_jobs(
+        self, owner: str, *, status: JobStatus | None = None, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        check_page_size(limit)
+        start: dict[str, Any] | None = None
+        if cursor is not None:
+            created_at, job_id = decode_cursor(cursor)
+            start = {"job_id": {"S": job_id}, "owner": {"S": owner}, "created_at": {"N": created_at}}
+        query: dict[str, Any] = {
+            "IndexName": OWNER_INDEX,
+            "KeyConditionExpression": "#o = :owner",
+            "ExpressionAttributeNames": {"#o": "owner"},
+            "ExpressionAttributeValues": {":owner": {"S": owner}},
+            "ScanIndexForward": False,
+        }
+        if status is not None:
+            query["FilterExpression"] = "#s = :status"
+            query["ExpressionAttributeNames"]["#s"] = "status"
+            query["ExpressionAttributeValues"][":status"] = {"S": status.value}
+        found: list[dict[str, Any]] = []
+        now = time.time()
+        for _ in range(MAX_LIST_QUERIES):
+            # One more than the page asks for tells whether another page follows. With a filter the
+            # index reads items the filter then drops, so it reads a full page's worth each time.
+            want = limit + 1 - len(found)
+            page_limit = MAX_PAGE if status is not None else want
+            if start is not None:
+                query["ExclusiveStartKey"] = start
+            out = self._call("query", Limit=page_limit, **query)
+            items = out.get("Items", [])
+            found.extend(item for item in items if not self._record(item).expired(now))
+            start = out.get("LastEvaluatedKey")
+            if len(found) > limit or start is None:
+                break
+        page = found[:limit]
+        if len(found) > limit:
+            last = page[-1]
+            return [self._record(i) for i in page], encode_cursor(last["created_at"]["N"], last["job_id"]["S"])
+        if start is not None:
+            # Cut short by MAX_LIST_QUERIES: go on from where the index stopped reading.
+            return [self._record(i) for i in page], encode_cursor(start["created_at"]["N"], start["job_id"]["S"])
+        return [self._record(i) for i in page], None
 
     def never_started(self, created_before: float, limit: int = 100) -> list[JobRecord]:
         records: list[JobRecord] = []

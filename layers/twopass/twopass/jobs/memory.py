@@ -13,7 +13,19 @@ import time
 from typing import Any
 
 from twopass.exceptions import IdempotencyConflictError
-from twopass.jobs.base import OPEN_STATUSES, IdempotencyRecord, JobRecord, JobStatus, JobStore, WorkerBeat
+from twopass.jobs.base import (
+    DEFAULT_PAGE,
+    OPEN_STATUSES,
+    RETRYABLE_STATUSES,
+    IdempotencyRecord,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    WorkerBeat,
+    check_page_size,
+    decode_cursor,
+    encode_cursor,
+)
 
 
 class MemoryJobStore(JobStore):
@@ -50,12 +62,15 @@ class MemoryJobStore(JobStore):
             if record is None or record.status not in OPEN_STATUSES:
                 return None
             now = time.time()
+            if record.status is JobStatus.QUEUED and record.past_deadline(now):
+                return None
             record.status, record.started_at, record.updated_at = JobStatus.RUNNING, now, now
             record.worker = worker_id
             record.attempts += 1
             return copy.deepcopy(record)
 
     def _finish(self, job_id: str, status: JobStatus, *, only_if_queued: bool = False, **values: Any) -> bool:
+        """A conditional write of a final state: only from queued|running (or from queued alone)."""
         with self._lock:
             record = self._jobs.get(job_id)
             allowed = {JobStatus.QUEUED} if only_if_queued else OPEN_STATUSES
@@ -73,6 +88,44 @@ class MemoryJobStore(JobStore):
 
     def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
         return self._finish(job_id, JobStatus.FAILED, only_if_queued=only_if_queued, error=error)
+
+    def cancel(self, job_id: str) -> bool:
+        return self._finish(job_id, JobStatus.CANCELLED)
+
+    def expire(self, job_id: str, reason: str) -> bool:
+        return self._finish(job_id, JobStatus.EXPIRED, only_if_queued=True, error=reason)
+
+    def retry(self, job_id: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.status not in RETRYABLE_STATUSES or record.expired():
+                return False
+            now = time.time()
+            record.history = [*record.history, record.outcome(now)]
+            record.status, record.updated_at = JobStatus.QUEUED, now
+            record.error = record.finished_at = record.deadline_at = record.result = None
+            self.final_writes[job_id] = 0
+            return True
+
+    def list_jobs(
+        self, owner: str, *, status: JobStatus | None = None, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        check_page_size(limit)
+        after = None if cursor is None else decode_cursor(cursor)
+        with self._lock:
+            mine = [
+                r
+                for r in self._jobs.values()
+                if r.owner == owner and not r.expired() and (status is None or r.status is status)
+            ]
+        # Newest first, as the table's index orders them (created_at, then job id, both descending).
+        mine.sort(key=lambda r: (r.created_at, r.job_id), reverse=True)
+        if after is not None:
+            t, j = float(after[0]), after[1]
+            mine = [r for r in mine if (r.created_at, r.job_id) < (t, j)]
+        page = [copy.deepcopy(r) for r in mine[:limit]]
+        more = len(mine) > limit
+        return page, encode_cursor(repr(page[-1].created_at), page[-1].job_id) if more else None
 
     def idempotency(self, key_hash: str) -> IdempotencyRecord | None:
         with self._lock:
