@@ -230,8 +230,8 @@ def resolve(reqs: Sequence[Requirement], constraints: Mapping[str, str], extra: 
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(
-                f"pip could not resolve twopass[{extra}] with the current pins:\n{proc.stderr[-3000:]}\n"
-                "A raised floor in pyproject.toml may need --upgrade NAME."
+                f"pip could not resolve twopass[{extra}] with these pins:\n{constraint_file.read_text()}\n"
+                f"{proc.stderr[-3000:]}\nA raised floor in pyproject.toml may need --upgrade NAME."
             )
         data = json.loads(report.read_text())
     env = {**default_environment(), **TARGET_MARKERS}
@@ -292,18 +292,19 @@ def _current_pins(artefacts: Sequence[Artefact]) -> dict[str, str]:
 def generate(upgrade: Sequence[str] | None, artefacts: Sequence[Artefact] = ARTEFACTS) -> None:
     constraints = {} if upgrade == [] else _current_pins(artefacts)
     for name in upgrade or ():
-        for key in {canonicalize_name(name), *(a for a, d in SAME_RELEASE.items() if d == canonicalize_name(name))}:
+        # One release built two ways moves together: naming either name frees both.
+        dist = SAME_RELEASE.get(canonicalize_name(name), canonicalize_name(name))
+        for key in {dist, *(alias for alias, d in SAME_RELEASE.items() if d == dist)}:
             constraints.pop(key, None)
     plan = [(a, requirements(a.extra)) for a in artefacts]
     for _ in range(2):
         results = {a.name: resolve(reqs, constraints, a.extra) for a, reqs in plan}
         # Resolved separately, artefacts can land on different releases of a shared package: a second
-        # round holds every shared package at the newest release one of them got.
+        # round holds every package at the oldest release one of them got.
         disagree = _disagreements({name: Lock(r.pins, None) for name, r in results.items()})
         if not disagree:
             break
-        for name, version in _current_pins_of(results.values()).items():
-            constraints[name] = version
+        constraints.update(_oldest_of_each(results.values()))
     else:
         raise SystemExit("artefacts still disagree:\n" + "\n".join(disagree))
     for artefact, reqs in plan:
@@ -313,12 +314,14 @@ def generate(upgrade: Sequence[str] | None, artefacts: Sequence[Artefact] = ARTE
         print(f"{artefact.name}: {len(results[artefact.name].pins)} pins{' (changed)' if changed else ''}")
 
 
-def _current_pins_of(results: Iterable[Resolved]) -> dict[str, str]:
+def _oldest_of_each(results: Iterable[Resolved]) -> dict[str, str]:
+    """Every package at the oldest release any artefact resolved it to: one each of them can install
+    (each resolved to the newest it could; onnxruntime-gpu, for one, is often a release behind)."""
     pins: dict[str, str] = {}
     for result in results:
         for name, version in result.pins.items():
             dist = SAME_RELEASE.get(name, name)
-            if dist not in pins or Version(version) > Version(pins[dist]):
+            if dist not in pins or Version(version) < Version(pins[dist]):
                 pins[dist] = version
     for alias, dist in SAME_RELEASE.items():
         if dist in pins:

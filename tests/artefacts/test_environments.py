@@ -35,7 +35,8 @@ from twopass.local import template as tpl
 from twopass.local.provision import Provisioned, provision
 from twopass.local.stack import EMULATOR_ENV, free_port, wait_http
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+# The first run builds the two environments from PyPI (about two minutes on two cores).
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 WORKER_REQUIREMENTS = REPO_ROOT / "infra" / "worker" / "requirements-cpu.txt"
 LAYER_REQUIREMENTS = REPO_ROOT / "layers" / "deps" / "requirements.txt"

@@ -179,3 +179,11 @@ def test_every_third_party_import_is_pinned(artefact: str) -> None:
             if not pins.intersection(providers):
                 missing[module] = f"{file.relative_to(REPO_ROOT)} (from {providers or 'no installed package'})"
     assert missing == {}, f"{requirement_file.relative_to(REPO_ROOT)} lacks what the code imports: {missing}"
+
+
+def test_artefacts_that_resolved_apart_are_brought_to_a_release_all_can_install() -> None:
+    cpu = reqs.Resolved({"onnxruntime": "1.32.0", "numpy": "2.5.5"}, {})
+    gpu = reqs.Resolved({"onnxruntime-gpu": "1.31.1", "numpy": "2.5.5"}, {})  # the GPU build lags a release
+    pins = reqs._oldest_of_each([cpu, gpu])
+    assert pins["onnxruntime"] == pins["onnxruntime-gpu"] == "1.31.1"
+    assert pins["numpy"] == "2.5.5"
