@@ -105,7 +105,10 @@ class MemoryResultCache(ResultCache):
     def put(self, key: CacheKey, result: dict[str, Any], source_job: str) -> None:
         now = time.time()
         with self._lock:
-            self._entries[key.item_id()] = (CachedResult(copy.deepcopy(result), source_job, now), now + self.ttl_seconds)
+            self._entries[key.item_id()] = (
+                CachedResult(copy.deepcopy(result), source_job, now),
+                now + self.ttl_seconds,
+            )
 
     def __len__(self) -> int:
         with self._lock:
@@ -159,3 +162,12 @@ class DynamoResultCache(ResultCache):
                     ":exp": _to_dynamo(int(now + self.ttl_seconds)),
                 },
             )
+
+
+def cache_for(store: object, ttl_seconds: float) -> ResultCache:
+    """The cache twin that lives where ``store`` keeps its jobs: the same DynamoDB table, or memory."""
+    from twopass.jobs.dynamodb import DynamoJobStore
+
+    if isinstance(store, DynamoJobStore):
+        return DynamoResultCache(store.table_name, ttl_seconds, client=store._client)
+    return MemoryResultCache(ttl_seconds)
