@@ -9,7 +9,7 @@ from twopass import __version__
 from twopass.api import errors
 from twopass.api.context import ApiContext
 from twopass.api.docs import router as docs_router
-from twopass.api.routes import jobs, meta, predict
+from twopass.api.routes import jobs, meta, oip, predict
 from twopass.api.service import TwopassService
 from twopass.config import Settings
 from twopass.observability import logs
@@ -33,7 +33,15 @@ def create_app(
     )
     app.state.twopass = ApiContext(settings, service, emit_metrics=emit_metrics)
     errors.install(app)
-    for router in (meta.open_router, meta.router, predict.router, jobs.router, docs_router):
+    for router in (
+        meta.open_router,
+        meta.router,
+        predict.router,
+        jobs.router,
+        oip.open_router,
+        oip.router,
+        docs_router,
+    ):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app
