@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -20,17 +21,23 @@ from twopass.worker.events import WorkerEvents
 if TYPE_CHECKING:
     from twopass.jobs.base import JobStore
     from twopass.ops.reconcile import Reconciler
+    from twopass.queue.base import MessageSource
     from twopass.worker.runner import Worker
 
 logger = logging.getLogger("twopass.worker")
 
 
 def build_worker(settings: Settings) -> Worker:
-    """Wire the worker from settings: the slow model, the SQS source, the DynamoDB store, the payload bucket."""
+    """Wire the worker from settings: the slow model, the SQS queue(s), the DynamoDB store, the payload bucket.
+
+    With a high-priority queue configured the worker reads both (see :class:`~twopass.worker.intake.Share`)
+    and sweeps both dead-letter queues.
+    """
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.models.runtime import Classifier
     from twopass.ops import deadletter
     from twopass.payloads import PayloadStore
+    from twopass.queue.priority import PrioritySource
     from twopass.queue.sqs import SqsSource
     from twopass.worker.runner import Worker
 
@@ -41,10 +48,16 @@ def build_worker(settings: Settings) -> Worker:
         intra_op_threads=settings.intra_op_threads,
         top_k=settings.top_k,
     )
-    source = SqsSource(settings.queue_url, visibility_timeout=settings.visibility_timeout_seconds)
+    visibility = settings.visibility_timeout_seconds
+    source: MessageSource = SqsSource(settings.queue_url, visibility_timeout=visibility)
+    queues = [settings.queue_url]
+    if settings.high_priority_queue_url:
+        high = SqsSource(settings.high_priority_queue_url, visibility_timeout=visibility)
+        source = PrioritySource(high, source)
+        queues.append(settings.high_priority_queue_url)
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
-    dlq_url = deadletter.dead_letter_queue_url(settings.queue_url)
-    sweeper = None if dlq_url is None else functools.partial(deadletter.sweep, dlq_url, store)
+    dlq_urls = [url for url in map(deadletter.dead_letter_queue_url, queues) if url is not None]
+    sweeper = functools.partial(deadletter.sweep_all, dlq_urls, store) if dlq_urls else None
     return Worker(
         classifier,
         source,
@@ -61,15 +74,21 @@ def build_reconciler(settings: Settings, store: JobStore) -> Reconciler:
     """The reconciler for the job queue; past the queue's retention no message can exist any more."""
     from twopass import aws
     from twopass.ops.reconcile import Reconciler
+    from twopass.queue.base import JobPublisher
+    from twopass.queue.priority import PriorityPublisher
     from twopass.queue.sqs import SqsPublisher
 
     client = aws.client("sqs")
     with aws.translate_errors("queue retention"):
         attrs = client.get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=["MessageRetentionPeriod"])
     retention = float(attrs.get("Attributes", {}).get("MessageRetentionPeriod", 4 * 86400))
+    publisher: JobPublisher = SqsPublisher(settings.queue_url, client=client)
+    if settings.high_priority_queue_url:
+        # Both backlogs count when it asks whether a job's message may still be waiting somewhere.
+        publisher = PriorityPublisher(SqsPublisher(settings.high_priority_queue_url, client=client), publisher)
     return Reconciler(
         store,
-        SqsPublisher(settings.queue_url, client=client),
+        publisher,
         after_seconds=settings.reconcile_after_seconds,
         retention_seconds=retention,
     )
@@ -95,15 +114,25 @@ def build_events(settings: Settings) -> WorkerEvents:
 
 
 def run_one(settings: Settings) -> int:
-    """One worker in this process; SIGTERM and SIGINT stop it gracefully."""
-    worker = build_worker(settings)
+    """One worker in this process; SIGTERM and SIGINT stop it gracefully.
+
+    The handlers go in before the model loads: in a container the worker is PID 1, and a SIGTERM
+    that arrived while it had none would be ignored until the runtime's SIGKILL.
+    """
+    stop_requested = threading.Event()
+    worker: Worker | None = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: finishing the batch in flight", signal.Signals(signum).name)
-        worker.stop()
+        stop_requested.set()
+        if worker is not None:
+            worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    worker = build_worker(settings)
+    if stop_requested.is_set():
+        return 0
     worker.run()
     return 0
 
