@@ -114,13 +114,16 @@ def test_worker_service_starts_at_zero_on_the_gpu_capacity_provider() -> None:
 # ---------------------------------------------------------------- scaling on the queue
 
 
-def _queue_metric(stat: dict[str, Any], name: str) -> bool:
+def _queue_metric(stat: dict[str, Any], name: str, queue: str = "JobsQueue") -> bool:
     metric = stat["Metric"]
     return (
         metric["Namespace"] == "AWS/SQS"
         and metric["MetricName"] == name
-        and metric["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["JobsQueue", "QueueName"]}}]
+        and metric["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
     )
+
+
+QUEUES = ("JobsQueue", "HighPriorityJobsQueue")
 
 
 def _service_metric(stat: dict[str, Any], name: str) -> bool:
@@ -156,10 +159,14 @@ def test_target_tracking_holds_backlog_per_task() -> None:
     assert config.get("DisableScaleIn", False) is False
     queries = {q["Id"]: q for q in config["CustomizedMetricSpecification"]["Metrics"]}
     (result,) = [q for q in queries.values() if q.get("ReturnData", True)]
-    operands = re.fullmatch(r"\s*(\w+)\s*/\s*(\w+)\s*", result["Expression"])
+    # Both queues' visible messages (a silent queue counting as none) over the running tasks.
+    operands = re.fullmatch(
+        r"\s*\(\s*FILL\((\w+),\s*0\)\s*\+\s*FILL\((\w+),\s*0\)\s*\)\s*/\s*(\w+)\s*", result["Expression"]
+    )
     assert operands, result["Expression"]
-    visible, running = (queries[i] for i in operands.groups())
-    assert _queue_metric(visible["MetricStat"], "ApproximateNumberOfMessagesVisible")
+    normal, high, running = (queries[i] for i in operands.groups())
+    assert _queue_metric(normal["MetricStat"], "ApproximateNumberOfMessagesVisible")
+    assert _queue_metric(high["MetricStat"], "ApproximateNumberOfMessagesVisible", "HighPriorityJobsQueue")
     assert _service_metric(running["MetricStat"], "RunningTaskCount")
 
 
@@ -197,11 +204,12 @@ def test_a_step_policy_scales_out_from_zero_when_jobs_wait() -> None:
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
     assert alarm["Threshold"] == 0
     queries = {q["Id"]: q for q in alarm["Metrics"]}
-    assert any(
-        _queue_metric(q["MetricStat"], "ApproximateNumberOfMessagesVisible")
-        for q in queries.values()
-        if "MetricStat" in q
-    )
+    for queue in QUEUES:  # jobs waiting in either queue start the first task
+        assert any(
+            _queue_metric(q["MetricStat"], "ApproximateNumberOfMessagesVisible", queue)
+            for q in queries.values()
+            if "MetricStat" in q
+        ), queue
     assert any(_service_metric(q["MetricStat"], "DesiredTaskCount") for q in queries.values() if "MetricStat" in q)
     (result,) = [q for q in queries.values() if q.get("ReturnData", True)]
     assert result["Expression"].replace(" ", "") == "IF(FILL(desired,0)<1,visible,0)"
@@ -223,16 +231,17 @@ def test_a_step_policy_scales_in_to_zero_when_the_queue_is_idle() -> None:
         assert step["MetricIntervalUpperBound"] == 0 and "MetricIntervalLowerBound" not in step
     assert alarm["EvaluationPeriods"] == {"Ref": "WorkerIdleMinutes"}
     stats = [q["MetricStat"] for q in alarm["Metrics"] if "MetricStat" in q]
-    assert any(_queue_metric(s, "ApproximateNumberOfMessagesVisible") for s in stats)
-    assert any(_queue_metric(s, "ApproximateNumberOfMessagesNotVisible") for s in stats)  # nothing in flight
+    for queue in QUEUES:  # nothing visible and nothing in flight in either queue
+        assert any(_queue_metric(s, "ApproximateNumberOfMessagesVisible", queue) for s in stats), queue
+        assert any(_queue_metric(s, "ApproximateNumberOfMessagesNotVisible", queue) for s in stats), queue
 
 
-def test_dead_letter_queue_has_an_alarm() -> None:
+@pytest.mark.parametrize("dlq", ["JobsDeadLetterQueue", "HighPriorityJobsDeadLetterQueue"])
+def test_dead_letter_queue_has_an_alarm(dlq: str) -> None:
     (alarm,) = [
         a["Properties"]
         for a in _resources("AWS::CloudWatch::Alarm").values()
-        if a["Properties"].get("Dimensions")
-        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}}]
+        if a["Properties"].get("Dimensions") == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq, "QueueName"]}}]
     ]
     assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
@@ -243,15 +252,24 @@ def test_dead_letter_queue_has_an_alarm() -> None:
 
 def test_every_queue_is_encrypted() -> None:
     queues = _resources("AWS::SQS::Queue")
-    assert set(queues) == {"JobsQueue", "JobsDeadLetterQueue"}
+    assert set(queues) == {
+        "JobsQueue",
+        "JobsDeadLetterQueue",
+        "HighPriorityJobsQueue",
+        "HighPriorityJobsDeadLetterQueue",
+    }
     for props in (q["Properties"] for q in queues.values()):
         assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props
 
 
-def test_job_queue_redrives_to_the_dlq_and_long_polls() -> None:
-    props = _props("JobsQueue")
+@pytest.mark.parametrize(
+    ("queue", "dlq"),
+    [("JobsQueue", "JobsDeadLetterQueue"), ("HighPriorityJobsQueue", "HighPriorityJobsDeadLetterQueue")],
+)
+def test_job_queue_redrives_to_the_dlq_and_long_polls(queue: str, dlq: str) -> None:
+    props = _props(queue)
     assert props["RedrivePolicy"] == {
-        "deadLetterTargetArn": {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]},
+        "deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]},
         "maxReceiveCount": {"Ref": "MaxReceiveCount"},
     }
     assert props["ReceiveMessageWaitTimeSeconds"] == 20
@@ -261,7 +279,8 @@ def test_job_queue_redrives_to_the_dlq_and_long_polls() -> None:
     worker_env = tpl.container_environment(_cfn(), "WorkerTaskDefinition")
     assert worker_env["TWOPASS_VISIBILITY_TIMEOUT_SECONDS"] == {"Ref": "QueueVisibilityTimeout"}
     assert int(_param_default("QueueVisibilityTimeout")) >= Settings().visibility_timeout_seconds
-    assert _props("JobsDeadLetterQueue")["MessageRetentionPeriod"] == 1209600
+    assert _props(dlq)["MessageRetentionPeriod"] == 1209600
+    assert _props(dlq)["MaximumMessageSize"] == props["MaximumMessageSize"]  # a dead letter always fits
 
 
 def test_job_table_is_on_demand_encrypted_recoverable_and_expires() -> None:
@@ -363,6 +382,9 @@ def test_worker_container_env_is_exactly_what_settings_reads() -> None:
                 "TWOPASS_JOB_TTL_DAYS", "ORT_DISABLE_TELEMETRY", "AWS_REGION"}  # fmt: skip
     assert required <= set(env)
     assert env["TWOPASS_QUEUE_URL"] == {"Ref": "JobsQueue"}
+    assert env["TWOPASS_HIGH_PRIORITY_QUEUE_URL"] == {"Ref": "HighPriorityJobsQueue"}
+    assert env["TWOPASS_NORMAL_SHARE"] == {"Ref": "WorkerNormalShare"}
+    assert 0 < float(_param_default("WorkerNormalShare")) < 1
     assert env["TWOPASS_TABLE_NAME"] == {"Ref": "JobsTable"}
     assert env["TWOPASS_SLOW_MODEL"] == {"Fn::Sub": "/opt/models/efficientnet-lite2-${WorkerModelPrecision}.onnx"}
     # Every precision the parameter allows is a model the image bakes in (layers/models/slow/).
@@ -384,7 +406,8 @@ def test_api_function_env_is_read_by_settings() -> None:
 def test_both_sides_agree_on_shared_settings() -> None:
     worker = tpl.container_environment(_cfn(), "WorkerTaskDefinition")
     api = tpl.function_environment(_cfn(), "ApiFunction")
-    for name in ("TWOPASS_QUEUE_URL", "TWOPASS_TABLE_NAME", "TWOPASS_JOB_TTL_DAYS", "TWOPASS_LOG_LEVEL"):
+    for name in ("TWOPASS_QUEUE_URL", "TWOPASS_HIGH_PRIORITY_QUEUE_URL", "TWOPASS_TABLE_NAME", "TWOPASS_JOB_TTL_DAYS",
+                 "TWOPASS_LOG_LEVEL"):  # fmt: skip
         assert worker[name] == api[name], name
 
 
@@ -452,12 +475,15 @@ def test_worker_task_role_is_exactly_what_the_worker_calls() -> None:
         assert s["Effect"] == "Allow"
         for resource in _as_list(s["Resource"]):
             by_resource.setdefault(json.dumps(resource), set()).update(_as_list(s["Action"]))
+    consume = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes",
+               "sqs:SendMessage"}  # fmt: skip
     assert by_resource == {
-        json.dumps({"Fn::GetAtt": ["JobsQueue", "Arn"]}): {
-            "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes",
-        },
+        json.dumps({"Fn::GetAtt": ["JobsQueue", "Arn"]}): consume,
+        json.dumps({"Fn::GetAtt": ["HighPriorityJobsQueue", "Arn"]}): consume,
         json.dumps({"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}): {"sqs:GetQueueUrl", "sqs:ReceiveMessage"},
+        json.dumps({"Fn::GetAtt": ["HighPriorityJobsDeadLetterQueue", "Arn"]}): {"sqs:GetQueueUrl", "sqs:ReceiveMessage"},
         json.dumps({"Fn::GetAtt": ["JobsTable", "Arn"]}): {"dynamodb:UpdateItem"},
+        json.dumps({"Fn::Sub": "${JobsTable.Arn}/index/pending-created"}): {"dynamodb:Query"},
         json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/payloads/*"}): {"s3:GetObject", "s3:DeleteObject"},
         json.dumps({"Fn::GetAtt": ["PayloadBucket", "Arn"]}): {"s3:ListBucket"},
     }  # fmt: skip
@@ -490,8 +516,14 @@ def test_api_function_role_only_touches_the_job_queue_and_table() -> None:
     assert resources == {
         json.dumps({"Fn::GetAtt": ["JobsTable", "Arn"]}),
         json.dumps({"Fn::GetAtt": ["JobsQueue", "Arn"]}),
+        json.dumps({"Fn::GetAtt": ["HighPriorityJobsQueue", "Arn"]}),
         json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/payloads/*"}),
+        # GET /jobs reads the owner index; retry's HEAD needs ListBucket to see a missing image as 404.
+        json.dumps({"Fn::Sub": "${JobsTable.Arn}/index/owner-created"}),
+        json.dumps({"Fn::GetAtt": ["PayloadBucket", "Arn"]}),
     }
+    (listing,) = [s for s in _role_statements("ApiFunctionRole") if "s3:ListBucket" in _as_list(s["Action"])]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["payloads/*"]}}
 
 
 @pytest.mark.parametrize("role", ["WorkerTaskRole", "WorkerExecutionRole"])
@@ -516,7 +548,9 @@ def test_outputs() -> None:
 
 def test_data_plane_for_the_local_stack_is_only_queues_the_table_and_the_bucket() -> None:
     plane = tpl.data_plane(_cfn())
-    assert set(plane["Resources"]) == {"JobsQueue", "JobsDeadLetterQueue", "JobsTable", "PayloadBucket"}
-    assert {"QueueUrl", "DeadLetterQueueUrl", "TableName", "PayloadBucketName"} <= set(plane["Outputs"])
+    assert set(plane["Resources"]) == {"JobsQueue", "JobsDeadLetterQueue", "HighPriorityJobsQueue",
+                                       "HighPriorityJobsDeadLetterQueue", "JobsTable", "PayloadBucket"}  # fmt: skip
+    assert {"QueueUrl", "DeadLetterQueueUrl", "HighPriorityQueueUrl", "HighPriorityDeadLetterQueueUrl", "TableName",
+            "PayloadBucketName"} <= set(plane["Outputs"])  # fmt: skip
     # The emulator requires a value for every parameter: all have defaults.
     assert all("Default" in p for p in plane["Parameters"].values())

@@ -37,6 +37,9 @@ class Settings:
     table_name: str = field(default="", metadata={"env": "TWOPASS_TABLE_NAME"})
     #: SQS queue URL the API publishes to and the worker consumes (``JobsQueue``).
     queue_url: str = field(default="", metadata={"env": "TWOPASS_QUEUE_URL"})
+    #: SQS queue of high-priority jobs (``HighPriorityJobsQueue``); the worker reads it first. Empty: one
+    #: queue for every job.
+    high_priority_queue_url: str = field(default="", metadata={"env": "TWOPASS_HIGH_PRIORITY_QUEUE_URL"})
     #: Path (or ``s3://`` URI) of the fast model's ``.onnx``; its card sits beside it.
     fast_model: str = field(
         default_factory=lambda: _default_model("fast", "efficientnet-lite0-int8"),
@@ -78,6 +81,18 @@ class Settings:
     api_deadline_seconds: float = field(default=6.0, metadata={"env": "TWOPASS_API_DEADLINE_SECONDS"})
     #: API: read timeout of one AWS call on the request path (each call is tried at most twice).
     api_call_timeout_seconds: float = field(default=2.0, metadata={"env": "TWOPASS_API_CALL_TIMEOUT_SECONDS"})
+    #: API: the deadline a job gets when ``POST /predict`` names none (seconds; 0 = no deadline). A job
+    #: not started by its deadline is never run: it ends ``expired``.
+    default_deadline_seconds: float = field(default=0.0, metadata={"env": "TWOPASS_DEFAULT_DEADLINE_SECONDS"})
+    #: API: the job queue's message retention (``QueueRetentionSeconds``), the longest deadline a job
+    #: may ask for: a message is gone after it anyway.
+    queue_retention_seconds: int = field(default=345600, metadata={"env": "TWOPASS_QUEUE_RETENTION_SECONDS"})
+    #: API: the most queued jobs (both queues, approximate) the service takes; above it ``POST /predict``
+    #: still answers with the fast model but queues no slow job (``"status": "shed"``), or answers 429
+    #: when the request says ``on_overload: reject``. 0 = no limit.
+    max_backlog: int = field(default=0, metadata={"env": "TWOPASS_MAX_BACKLOG"})
+    #: API: how long the queue depth read for ``max_backlog`` is reused before it is read again.
+    backlog_cache_seconds: float = field(default=5.0, metadata={"env": "TWOPASS_BACKLOG_CACHE_SECONDS"})
     #: Worker: a job still ``queued`` and never started this long after it was created is checked for a
     #: lost queue message (an outage between the record write and the publish) and republished or failed.
     reconcile_after_seconds: float = field(default=900.0, metadata={"env": "TWOPASS_RECONCILE_AFTER_SECONDS"})
@@ -87,8 +102,11 @@ class Settings:
     max_batch_size: int = field(default=16, metadata={"env": "TWOPASS_MAX_BATCH_SIZE"})
     #: Worker: longest a partial batch waits for more work after its first job arrived.
     max_wait_ms: int = field(default=10, metadata={"env": "TWOPASS_MAX_WAIT_MS"})
-    #: Worker: concurrent long-polling receivers.
+    #: Worker: concurrent long-polling receivers (per queue, with a high-priority queue).
     receivers: int = field(default=2, metadata={"env": "TWOPASS_RECEIVERS"})
+    #: Worker: while both queues have work, the share of jobs it takes from the normal queue (above 0,
+    #: below 1): high-priority jobs go first, normal ones never starve.
+    normal_share: float = field(default=0.25, metadata={"env": "TWOPASS_NORMAL_SHARE"})
     #: Worker: threads decoding and preprocessing images ahead of inference.
     decode_threads: int = field(default=2, metadata={"env": "TWOPASS_DECODE_THREADS"})
     #: Worker: processes per container (one model session each), like a pool of workers.
@@ -111,6 +129,20 @@ class Settings:
     callback_allow_http: bool = field(default=False, metadata={"env": "TWOPASS_CALLBACK_ALLOW_HTTP"})
     #: Delivery attempts per callback before giving up (the job is unaffected either way).
     callback_attempts: int = field(default=5, metadata={"env": "TWOPASS_CALLBACK_ATTEMPTS"})
+    #: API: the cascade's confidence threshold. A fast top-1 probability at or above it answers the job
+    #: at once (``answered_by: fast``) and queues no slow pass; 0 turns the cascade off. Find it with
+    #: ``twopass calibrate``.
+    cascade_threshold: float = field(default=0.0, metadata={"env": "TWOPASS_CASCADE_THRESHOLD"})
+    #: API and worker: serve a repeated image (same bytes, same owner, same model versions) the slow
+    #: result already computed, at once and without a queue (off by default).
+    result_cache: bool = field(default=False, metadata={"env": "TWOPASS_RESULT_CACHE"})
+    #: How long a cached slow result is served after it was computed.
+    result_cache_ttl_hours: float = field(default=24.0, metadata={"env": "TWOPASS_RESULT_CACHE_TTL_HOURS"})
+    #: Worker: path (or ``s3://`` URI) of a candidate slow model to roll out beside the serving one; empty: none.
+    candidate_slow_model: str = field(default="", metadata={"env": "TWOPASS_CANDIDATE_SLOW_MODEL"})
+    #: Worker: how the candidate runs: ``shadow`` or ``shadow:<percent>`` (beside the serving model on that
+    #: share of batches, recorded, never served), ``canary:<percent>`` (serves that share of jobs); empty: off.
+    rollout_mode: str = field(default="", metadata={"env": "TWOPASS_ROLLOUT_MODE"})
     #: Log level for twopass loggers.
     log_level: str = field(default="INFO", metadata={"env": "TWOPASS_LOG_LEVEL"})
     #: ``json`` (one object a record, as on AWS) or ``text``; empty: JSON on Lambda and ECS, else text.

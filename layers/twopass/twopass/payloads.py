@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from twopass import aws
 from twopass.aws import translate_errors
-from twopass.exceptions import InvalidImageError
+from twopass.exceptions import InvalidImageError, MissingObjectError
 
 if TYPE_CHECKING:
     from twopass.queue.base import JobMessage
@@ -58,6 +58,20 @@ class PayloadStore:
         with translate_errors(f"image payload {ref}"):
             body: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
+
+    def exists(self, ref: str) -> bool:
+        """Whether the bytes behind a reference are still kept (a HEAD, nothing downloaded).
+
+        ``False`` once the worker or the bucket's lifecycle rule removed them; a bucket that cannot be
+        reached raises :class:`~twopass.exceptions.DependencyError` rather than passing for "gone".
+        """
+        bucket, key = _split(ref)
+        try:
+            with translate_errors(f"image payload {ref}"):
+                self.client.head_object(Bucket=bucket, Key=key)
+        except MissingObjectError:
+            return False
+        return True
 
     def image(self, message: JobMessage) -> bytes:
         """A job's image: inline in the message, or fetched from the bucket for a claim check."""

@@ -10,15 +10,17 @@ import asyncio
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from twopass.api.control import JobOptions
 from twopass.api.errors import HTTPProblemError
 from twopass.api.schemas import PredictRequest
+from twopass.cascade import SlowMode, parse_mode
 from twopass.config import Settings
 from twopass.exceptions import ImageTooLargeError, InvalidRequestError
 from twopass.notify.guard import CallbackURLError, check_url
@@ -34,6 +36,10 @@ class Submission:
 
     data: bytes
     callback_url: str | None = None
+    #: What the client asked of the slow model (``twopass.cascade``).
+    slow: SlowMode = SlowMode.AUTO
+    #: The job's deadline, priority and what to do when the service is overloaded.
+    options: JobOptions = field(default_factory=JobOptions)
 
 
 def json_limit(settings: Settings) -> int:
@@ -136,8 +142,16 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_submission(request: Request, settings: Settings, callback_url: str | None = None) -> Submission:
-    """The image (JSON ``image_data`` or a raw ``image/*`` body) and the optional callback URL."""
+async def read_submission(
+    request: Request,
+    settings: Settings,
+    callback_url: str | None = None,
+    slow: str | None = None,
+    options: JobOptions | None = None,
+) -> Submission:
+    """The image (JSON ``image_data`` or a raw ``image/*`` body), the optional callback URL and slow mode
+    (``callback_url``, ``slow`` and ``options`` come from the query; the JSON body's fields win over them)."""
+    options = options or JobOptions()
     body = await read_capped(request, json_limit(settings))
     if not body:
         raise InvalidRequestError("empty_body", 'the body is empty: send {"image_data": "<base64>"} or an image/* body')
@@ -145,9 +159,11 @@ async def read_submission(request: Request, settings: Settings, callback_url: st
     if ctype == "application/json" or ctype.endswith("+json") or (not ctype and body[:1] == b"{"):
         fields = model_from_json(PredictRequest, parse_json(body))
         data = decode_image_data(fields.image_data, settings.max_image_bytes)
-        return Submission(data, await checked_callback(fields.callback_url or callback_url, settings))
+        mode = parse_mode(fields.slow or slow)
+        asked = JobOptions(fields.deadline_seconds, fields.priority, fields.on_overload).over(options)
+        return Submission(data, await checked_callback(fields.callback_url or callback_url, settings), mode, asked)
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         if len(body) > settings.max_image_bytes:
             raise ImageTooLargeError(f"the image is {len(body)} bytes; the limit is {settings.max_image_bytes} bytes")
-        return Submission(body, await checked_callback(callback_url, settings))
+        return Submission(body, await checked_callback(callback_url, settings), parse_mode(slow), options)
     raise HTTPProblemError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json or image/*")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from twopass.api.control import BacklogGauge
 from twopass.api.service import TwopassService
 from twopass.config import Settings
 from twopass.observability.metrics import MetricsSink
@@ -30,6 +31,8 @@ class ApiContext:
         self.metrics = MetricsSink(service="twopass-api") if emit_metrics else None
         self.inference_pool = ThreadPoolExecutor(max(1, settings.inference_concurrency), thread_name_prefix="infer")
         self.io_pool = ThreadPoolExecutor(32, thread_name_prefix="aws")
+        #: The queues' depth for the ``max_backlog`` check, read at most every ``backlog_cache_seconds``.
+        self.backlog = BacklogGauge(lambda: self.service.backlog(), settings.backlog_cache_seconds)
 
     @property
     def service(self) -> TwopassService:

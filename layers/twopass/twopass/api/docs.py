@@ -23,10 +23,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "The body is not a usable image (bad base64, not an image, truncated, unsupported mode) or bad JSON."),
         (403, "Missing or invalid x-api-key header."),
         (404, "No such job (or it has expired, or it belongs to another API key)."),
-        (409, "A request with the same Idempotency-Key is still in progress."),
+        (
+            409,
+            "A request with the same Idempotency-Key is still in progress (request_in_progress); the job has already "
+            "ended (job_final) or cannot be retried in its state (job_not_retryable).",
+        ),
+        (410, "The job's image is no longer kept, so it cannot be retried (image_gone)."),
         (413, "The image is over the byte or pixel limit."),
         (415, "The body is neither JSON nor an image."),
         (422, "The JSON does not match the schema, or the Idempotency-Key was used with another image."),
+        (
+            429,
+            "The backlog is over the service's limit and the request said on_overload: reject; retry after "
+            "the Retry-After delay.",
+        ),
         (503, "A backing service is unavailable or too slow; retry after the Retry-After delay."),
     )
 }

@@ -26,6 +26,7 @@ from twopass.exceptions import (
     RequestInProgressError,
     TwopassError,
 )
+from twopass.jobs.base import ImageGoneError, JobFinalError, JobNotRetryableError
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,17 @@ _MAPPING: list[tuple[type[TwopassError], int, str]] = [
     (JobNotFoundError, 404, "not_found"),
     (IdempotencyKeyReusedError, 422, "idempotency_key_reused"),
     (RequestInProgressError, 409, "request_in_progress"),
+    (JobFinalError, 409, "job_final"),
+    (JobNotRetryableError, 409, "job_not_retryable"),
+    (ImageGoneError, 410, "image_gone"),
     (ConditionFailedError, 409, "conflict"),
     (EnqueueError, 503, "enqueue_failed"),
     (DependencyError, 503, "dependency_unavailable"),
     (ModelLoadError, 503, "model_unavailable"),
 ]
+
+#: 409s that asking again will not change: no Retry-After for them.
+_FINAL_CONFLICTS = frozenset({"job_final", "job_not_retryable"})
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -77,7 +84,7 @@ def install(app: FastAPI) -> None:
     async def _twopass_error(_: Request, exc: TwopassError) -> JSONResponse:
         status, code, detail = problem_for(exc)
         headers = exc.headers if isinstance(exc, HTTPProblemError) else None
-        if status in (409, 503) and headers is None:
+        if status in (409, 503) and headers is None and code not in _FINAL_CONFLICTS:
             headers = {"Retry-After": RETRY_AFTER}
         if status == 500:
             logger.error("unexpected twopass error", exc_info=exc)

@@ -13,9 +13,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from twopass.cascade import SlowModeName
 from twopass.jobs.base import JobRecord, JobStatus
 
-JobStatusName = Literal["queued", "running", "succeeded", "failed"]
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+PriorityName = Literal["high", "normal"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -50,6 +52,30 @@ class PredictRequest(BaseModel):
         description="https URL that receives a signed POST when the slow result is final "
         "(for raw image bodies, pass it as the callback_url query parameter).",
     )
+    slow: SlowModeName | None = Field(
+        default=None,
+        description="auto (default): queue the slow model unless the fast model's confidence reaches the "
+        "cascade threshold; always: queue it whatever the fast model says (and bypass the result cache); "
+        "never: the fast answer only, no job (for raw image bodies, pass it as the slow query parameter).",
+    )
+    deadline_seconds: float | None = Field(
+        default=None,
+        description="Seconds (1 to the queue's retention) within which a worker must start the slow job; a job "
+        "not started by then is never run and ends expired. Default: the service's (none unless configured). "
+        "For raw image bodies, pass it as the deadline_seconds query parameter.",
+    )
+    priority: PriorityName | None = Field(
+        default=None,
+        description="high: the job goes to the high-priority queue, which workers take first; normal (default). "
+        "Where the service has no high-priority queue the job is queued normally and its body says so. "
+        "For raw image bodies, pass it as the priority query parameter.",
+    )
+    on_overload: Literal["shed", "reject"] | None = Field(
+        default=None,
+        description="When the backlog is over the service's limit: shed (default) answers with the fast model "
+        'alone ("job_id": null, "status": "shed"); reject answers 429 with Retry-After instead, for clients '
+        "that want the slow answer only. For raw image bodies, pass it as the on_overload query parameter.",
+    )
 
 
 class LabelScore(BaseModel):
@@ -73,6 +99,9 @@ class ModelResult(BaseModel):
 
 _FAST_KEY = "efficientnet-lite0"
 
+#: Which model's answer a job holds.
+AnsweredBy = Literal["fast", "slow"]
+
 
 class PredictResponse(SeedShaped):
     """``{"job_id", "<fast model name>": "<label>"}`` plus the fast top-k and the job's status."""
@@ -88,21 +117,78 @@ class PredictResponse(SeedShaped):
         },
     )
 
-    job_id: str = Field(description="Id of the slow job (32 hex characters); read it at status_url.")
-    status: JobStatusName = Field(description="The job's status when answered: queued.")
+    job_id: str | None = Field(
+        description="Id of the slow job (32 hex characters); read it at status_url. null when shed (no job)."
+    )
+    status: JobStatusName | Literal["shed"] = Field(
+        description="The job's status when answered: queued; succeeded when it was answered at once (the "
+        "cascade found the fast answer confident enough, or the result cache held the slow answer); shed when "
+        "the service was over its backlog limit, so the slow pass was skipped and no job exists."
+    )
     fast: ModelResult = Field(description="The fast model's answer, given at once.")
-    status_url: str = Field(description="Where the slow result will be: /job/{job_id}.")
+    status_url: str | None = Field(default=None, description="Where the slow result will be: /job/{job_id}.")
+    answered_by: AnsweredBy | None = Field(
+        default=None,
+        description="Only when the job was answered at once: fast (the cascade) or slow (the result cache).",
+    )
+    cached: bool | None = Field(
+        default=None, description="Only on a result-cache hit: true; the slow answer is in slow."
+    )
+    slow: ModelResult | None = Field(default=None, description="Only on a result-cache hit: the slow model's answer.")
 
     @classmethod
-    def build(cls, job_id: str, fast: dict[str, Any]) -> PredictResponse:
+    def build(
+        cls,
+        job_id: str,
+        fast: dict[str, Any],
+        *,
+        final: dict[str, Any] | None = None,
+    ) -> PredictResponse:
+        """The answer for a queued job, or (``final``: the job's result) for one answered at once."""
+        body: dict[str, Any] = {
+            "job_id": job_id,
+            fast["model"]: fast["label"],
+            "status": JobStatus.QUEUED.value,
+            "fast": fast,
+            "status_url": f"/job/{job_id}",
+        }
+        if final is not None:
+            body["status"] = JobStatus.SUCCEEDED.value
+            body["answered_by"] = final.get("answered_by", "slow")
+            if final.get("cached"):
+                body.update(cached=True, slow=final)
+        return cls.model_validate(body)
+
+    @classmethod
+    def fast_only(cls, fast: dict[str, Any]) -> PredictResponse:
+        """``slow: never``: the fast model's answer, final, with no job behind it."""
         return cls.model_validate(
-            {
-                "job_id": job_id,
-                fast["model"]: fast["label"],
-                "status": JobStatus.QUEUED.value,
-                "fast": fast,
-                "status_url": f"/job/{job_id}",
-            }
+            {"job_id": None, fast["model"]: fast["label"], "status": "succeeded", "fast": fast, "answered_by": "fast"}
+        )
+
+    @classmethod
+    def shed(cls, fast: dict[str, Any]) -> PredictResponse:
+        """The answer when the backlog is over its limit: the fast model's, with no job behind it."""
+        return cls.model_validate({"job_id": None, fast["model"]: fast["label"], "status": "shed", "fast": fast})
+
+
+class JobOutcome(BaseModel):
+    """How one run of a job ended, before it was retried."""
+
+    status: JobStatusName = Field(description="failed, expired or cancelled.")
+    error: str | None = Field(default=None, description="Why, when it failed or expired.")
+    attempts: int = Field(description="Deliveries to a worker up to then.")
+    finished_at: str | None = Field(default=None, description="When that run ended (ISO 8601, UTC).")
+    retried_at: str = Field(description="When the job was queued again (ISO 8601, UTC).")
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> JobOutcome:
+        return cls(
+            status=entry["status"],
+            error=entry.get("error"),
+            attempts=int(entry.get("attempts", 0)),
+            finished_at=iso(entry.get("finished_at")),
+            retried_at=iso(entry["retried_at"]) or "",
         )
 
 
@@ -123,19 +209,53 @@ class JobResponse(SeedShaped):
     )
 
     job_id: str = Field(description="The job's id.")
-    status: JobStatusName = Field(description="queued → running → succeeded | failed.")
+    status: JobStatusName = Field(
+        description="queued → running → succeeded | failed; cancelled (by its owner, from queued or running); "
+        "expired (not started by its deadline)."
+    )
     created_at: str = Field(description="When the job was accepted (ISO 8601, UTC).")
     updated_at: str | None = Field(default=None, description="Last status change.")
     started_at: str | None = Field(default=None, description="When a worker last started it.")
     finished_at: str | None = Field(default=None, description="When it reached its final status.")
     attempts: int = Field(default=0, description="Deliveries to a worker so far.")
-    slow: ModelResult | None = Field(default=None, description="The slow model's answer once succeeded.")
-    error: str | None = Field(default=None, description="Why the job failed, when it did.")
+    slow: ModelResult | None = Field(
+        default=None,
+        description="The answer once succeeded: the slow model's, or the fast model's when answered_by is fast.",
+    )
+    error: str | None = Field(default=None, description="Why the job failed or expired, when it did.")
+    answered_by: AnsweredBy | None = Field(
+        default=None,
+        description="Which model answered, once succeeded: fast (the cascade was confident enough; no slow pass "
+        "ran) or slow.",
+    )
+    model_version: str | None = Field(
+        default=None,
+        description="Version (model card) of the model that answered, once succeeded: during a canary rollout, "
+        "the candidate's for the jobs it served.",
+    )
+    agreement: bool | None = Field(
+        default=None,
+        description="Whether the slow model's top-1 class is the fast model's; null when no slow model answered "
+        "or the fast answer was not known to the worker.",
+    )
+    cached: bool = Field(
+        default=False, description="true when the answer came from the result cache (the same image seen before)."
+    )
+    priority: PriorityName = Field(
+        default="normal", description="The queue the job travels through: high (taken first) or normal."
+    )
+    deadline_at: str | None = Field(
+        default=None, description="When a job not yet started stops being worth running (ISO 8601, UTC); null: none."
+    )
+    history: list[JobOutcome] | None = Field(
+        default=None, description="Only for a retried job: how each earlier run ended, oldest first."
+    )
 
     @classmethod
     def from_record(cls, record: JobRecord) -> JobResponse:
         succeeded = record.status is JobStatus.SUCCEEDED
         label = record.result.get("label") if record.result and succeeded else None
+        result = record.result if succeeded and record.result else {}
         return cls.model_validate(
             {
                 record.job_id: {"prediction": label},
@@ -148,8 +268,25 @@ class JobResponse(SeedShaped):
                 "attempts": record.attempts,
                 "slow": record.result if succeeded else None,
                 "error": record.error,
+                # Results written before the cascade existed carry no answered_by: the slow model's.
+                "answered_by": result.get("answered_by", "slow") if result else None,
+                "model_version": result.get("version"),
+                "agreement": result.get("agreement"),
+                "cached": bool(result.get("cached", False)),
+                "priority": record.priority,
+                "deadline_at": iso(record.deadline_at),
+                **({"history": [JobOutcome.from_entry(h) for h in record.history]} if record.history else {}),
             }
         )
+
+
+class JobListResponse(BaseModel):
+    """``GET /jobs``: a page of the caller's jobs, newest first."""
+
+    jobs: list[JobResponse] = Field(description="Job bodies as GET /job/{job_id} gives them, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass it as cursor to get the next page; null on the last page. Opaque: use it as it is."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -6,18 +6,33 @@ import logging
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from twopass.api.idempotency import Idempotency
 from twopass.config import DATA_DIR, Settings
-from twopass.exceptions import DependencyError, ImageTooLargeError, JobNotFoundError, ModelLoadError
-from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStore, WorkerBeat
+from twopass.exceptions import DependencyError, EnqueueError, ImageTooLargeError, JobNotFoundError, ModelLoadError
+from twopass.jobs.base import (
+    DEFAULT_PAGE,
+    RETRYABLE_STATUSES,
+    IdempotencyRecord,
+    ImageGoneError,
+    JobFinalError,
+    JobNotRetryableError,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    Priority,
+    WorkerBeat,
+)
 from twopass.models.card import ModelCard, card_path
 from twopass.models.runtime import Classifier, Prediction
 from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, JobPublisher
+
+if TYPE_CHECKING:
+    from twopass.api.shortcuts import Shortcuts
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +52,13 @@ class TwopassService:
         classifier: Classifier | None = None,
         *,
         payloads: PayloadStore | None = None,
+        high_priority_publisher: JobPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.publisher = publisher
+        #: Where high-priority jobs go; ``None``: no such queue, every job travels through ``publisher``.
+        self.high_priority_publisher = high_priority_publisher
         self.payloads = payloads or PayloadStore()
         self.idempotency = Idempotency(store, min(settings.idempotency_ttl_hours * 3600, settings.job_ttl_seconds))
         if classifier is not None:
@@ -55,11 +73,14 @@ class TwopassService:
 
         settings.require("queue_url", "table_name")
         budget = aws.request_budget(settings.api_call_timeout_seconds)
+        sqs = aws.client("sqs", budget)
+        high = settings.high_priority_queue_url
         return cls(
             settings,
             DynamoJobStore(settings.table_name, settings.job_ttl_seconds, client=aws.client("dynamodb", budget)),
-            SqsPublisher(settings.queue_url, client=aws.client("sqs", budget)),
+            SqsPublisher(settings.queue_url, client=sqs),
             payloads=PayloadStore(aws.client("s3", budget) if settings.payload_bucket else None),
+            high_priority_publisher=SqsPublisher(high, client=sqs) if high else None,
         )
 
     @cached_property
@@ -70,6 +91,13 @@ class TwopassService:
             intra_op_threads=self.settings.intra_op_threads,
             top_k=self.settings.top_k,
         )
+
+    @cached_property
+    def shortcuts(self) -> Shortcuts:
+        """The cascade and the result cache (jobs answered without a slow pass)."""
+        from twopass.api.shortcuts import Shortcuts
+
+        return Shortcuts(self)
 
     def warm_up(self) -> None:
         """Load the fast model now rather than on first use (Lambda init runs at full CPU, and SnapStart keeps it)."""
@@ -94,16 +122,45 @@ class TwopassService:
         prediction = self.classifier.predict(tensor)
         return prediction, (time.perf_counter() - t0) * 1000
 
-    def message(self, job_id: str, data: bytes, context: dict[str, str] | None = None) -> JobMessage:
+    def priority(self, requested: str | None) -> str:
+        """The priority a job gets: ``high`` only where there is a high-priority queue to carry it."""
+        if requested == Priority.HIGH and self.high_priority_publisher is not None:
+            return Priority.HIGH.value
+        return Priority.NORMAL.value
+
+    def publisher_for(self, priority: str) -> JobPublisher:
+        if priority == Priority.HIGH and self.high_priority_publisher is not None:
+            return self.high_priority_publisher
+        return self.publisher
+
+    def message(
+        self,
+        job_id: str,
+        data: bytes,
+        context: dict[str, str] | None = None,
+        *,
+        deadline_at: float | None = None,
+        priority: str = Priority.NORMAL.value,
+    ) -> JobMessage:
         """The queue message for a job: the image inline, or a claim check for a big one."""
         context = dict(context or {})
+
+        def build(image: bytes | None = None, image_ref: str | None = None) -> JobMessage:
+            return JobMessage(
+                job_id=job_id,
+                image=image,
+                image_ref=image_ref,
+                context=context,
+                deadline_at=deadline_at,
+                priority=priority,
+            )
+
         if len(data) <= self.settings.inline_image_bytes:
-            return JobMessage(job_id=job_id, image=data, context=context)
+            return build(image=data)
         if self.settings.payload_bucket:
-            ref = self.payloads.put(self.settings.payload_bucket, job_id, data)
-            return JobMessage(job_id=job_id, image_ref=ref, context=context)
+            return build(image_ref=self.payloads.put(self.settings.payload_bucket, job_id, data))
         if len(data) <= SQS_INLINE_LIMIT:
-            return JobMessage(job_id=job_id, image=data, context=context)
+            return build(image=data)
         raise ImageTooLargeError(
             f"the image is {len(data)} bytes; without a payload bucket the limit is {SQS_INLINE_LIMIT} bytes"
         )
@@ -123,17 +180,35 @@ class TwopassService:
         the idempotency key released, so the client's retry starts afresh. If even that cannot be
         written, the worker's reconciler finds the never-started record later.
         """
-        message = self.message(record.job_id, data, context)
+        self.publish(self.record_job(record, data, context, idempotency), idempotency)
+
+    def record_job(
+        self,
+        record: JobRecord,
+        data: bytes,
+        context: dict[str, str] | None = None,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> JobMessage:
+        """:meth:`enqueue`'s first half: write the record; returns the message :meth:`publish` sends.
+
+        The fast path writes the record while the fast model runs, and publishes (or, when the
+        cascade answers, does not) once it has answered: see ``twopass.api.submit``.
+        """
+        message = self.message(record.job_id, data, context, deadline_at=record.deadline_at, priority=record.priority)
         record.image_ref, record.context = message.image_ref, message.context
         try:
             self.store.create(record, idempotency)
         except DependencyError as exc:
             self._abandon(record.job_id, idempotency, f"the job could not be recorded: {exc}")
             raise
+        return message
+
+    def publish(self, message: JobMessage, idempotency: IdempotencyRecord | None = None) -> None:
+        """:meth:`enqueue`'s second half: send the message of a recorded job (abandoning the job on failure)."""
         try:
-            self.publisher.publish(message)
+            self.publisher_for(message.priority).publish(message)
         except DependencyError as exc:
-            self._abandon(record.job_id, idempotency, f"could not enqueue: {exc}")
+            self._abandon(message.job_id, idempotency, f"could not enqueue: {exc}")
             raise
 
     def _abandon(self, job_id: str, idempotency: IdempotencyRecord | None, reason: str) -> None:
@@ -152,6 +227,62 @@ class TwopassService:
         if record is None or record.owner != owner:
             raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
         return record
+
+    def jobs(
+        self, owner: str, *, status: JobStatus | None = None, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """A page of the caller's own jobs, newest first, and the cursor of the next page."""
+        return self.store.list_jobs(owner, status=status, limit=limit, cursor=cursor)
+
+    # -- job control -------------------------------------------------------------------------
+
+    def cancel(self, job_id: str, owner: str) -> JobRecord:
+        """Cancel the caller's queued or running job; the cancelled record.
+
+        A worker that meets the job later skips it, and one running it has its result refused by the
+        store. Raises :class:`JobFinalError` when the job had already ended.
+        """
+        record = self.job(job_id, owner)
+        if record.final or not self.store.cancel(job_id):
+            # Either it was final when read, or it became final in between (a worker finished it).
+            now = self.job(job_id, owner)
+            raise JobFinalError(f"job {job_id} has already ended ({now.status.value}); there is nothing to cancel")
+        return self.job(job_id, owner)
+
+    def retry(self, job_id: str, owner: str) -> JobRecord:
+        """Queue the caller's failed, expired or cancelled job again, under the same id.
+
+        Only a job whose image is still kept in the payload bucket can run again: raises
+        :class:`ImageGoneError` otherwise, :class:`JobNotRetryableError` for a job in another state.
+        """
+        record = self.job(job_id, owner)
+        if record.status not in RETRYABLE_STATUSES:
+            raise JobNotRetryableError(
+                f"job {job_id} is {record.status.value}: only failed, expired and cancelled jobs can be retried"
+            )
+        if not record.image_ref or not self.payloads.exists(record.image_ref):
+            raise ImageGoneError(f"job {job_id}'s image is no longer kept, so it cannot run again; submit it anew")
+        if not self.store.retry(job_id):
+            now = self.job(job_id, owner)
+            raise JobNotRetryableError(f"job {job_id} is {now.status.value} now: it changed while being retried")
+        message = JobMessage(
+            job_id=job_id, image_ref=record.image_ref, context=dict(record.context or {}), priority=record.priority
+        )
+        try:
+            self.publisher_for(record.priority).publish(message)
+        except DependencyError as exc:
+            # Queued with no message would wait for ever: record why it did not run instead.
+            self._abandon(job_id, None, f"could not enqueue the retry: {exc}")
+            raise EnqueueError(f"could not enqueue the retry of job {job_id}: {exc}") from exc
+        return self.job(job_id, owner)
+
+    def backlog(self) -> int:
+        """Jobs waiting or in flight in the queues (SQS's approximate counts, summed over both queues)."""
+        total = 0
+        for publisher in filter(None, (self.publisher, self.high_priority_publisher)):
+            depth = publisher.ping()
+            total += int(depth.get("visible", 0)) + int(depth.get("in_flight", 0))
+        return total
 
     def sample_image(self) -> bytes:
         return SAMPLE_IMAGE.read_bytes()

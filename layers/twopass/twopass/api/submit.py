@@ -1,23 +1,31 @@
 """The fast path of ``POST /predict``: decode and classify, record and enqueue, answer.
 
-The enqueue (table write + queue send) starts as soon as the image has decoded and overlaps the fast
-model instead of following it; bad input fails before any job exists. Waiting on the backends is
-bounded by ``api_deadline_seconds``: past it the client gets 503 with Retry-After, never a hang.
+The job record is written as soon as the image has decoded, overlapping the fast model instead of
+following it; bad input fails before any job exists. The queue message is sent once the fast model
+has answered, because it carries the fast top-1 (the worker compares it with the slow one: agreement)
+and because the cascade may find the fast answer confident enough to stand, and then nothing is sent.
+A result-cache lookup runs beside the decode; on a hit the record is written already succeeded.
+Waiting on the backends is bounded by ``api_deadline_seconds``: past it the client gets 503 with
+Retry-After, never a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from twopass.api.body import Submission
 from twopass.api.context import ApiContext
+from twopass.api.errors import HTTPProblemError
 from twopass.api.schemas import PredictResponse
+from twopass.cascade import Route, SlowMode
 from twopass.exceptions import DependencyTimeoutError, IdempotencyConflictError, RequestInProgressError
 from twopass.jobs.base import IdempotencyRecord, JobRecord, new_job_id
+from twopass.jobs.cache import CachedResult
 from twopass.models.runtime import Prediction
 from twopass.observability.logs import job_extra
 from twopass.observability.metrics import Metric
@@ -55,17 +63,49 @@ async def submit(context: ApiContext, submission: Submission, caller: Caller) ->
 
 async def _submit(context: ApiContext, submission: Submission, caller: Caller) -> Submitted:
     service = context.service
+    if submission.slow is SlowMode.NEVER:  # a pure function of the image: nothing to record or replay
+        return await _fast_only(context, submission)
+    options = submission.options
+    deadline_at = options.deadline_at(context.settings)
     claim = service.idempotency.claim(caller.idempotency_key, caller.owner, submission.data)
     if claim is not None and (earlier := await context.io(service.idempotency.replay, claim)) is not None:
         return Submitted(PredictResponse.model_validate(earlier), replayed=True)
-    record = JobRecord(job_id=new_job_id(), owner=caller.owner)
+    if await _overloaded(context):
+        if options.rejects:
+            retry_after = str(max(1, math.ceil(context.backlog.ttl)))
+            raise HTTPProblemError(
+                429,
+                "overloaded",
+                "the job backlog is over the service's limit; retry after the Retry-After delay, or leave out "
+                "on_overload: reject to get the fast answer alone",
+                headers={"Retry-After": retry_after},
+            )
+        return await _shed(context, submission, caller)
+    record = JobRecord(
+        job_id=new_job_id(), owner=caller.owner, deadline_at=deadline_at, priority=service.priority(options.priority)
+    )
     job_context = {"request_id": caller.request_id}
     if submission.callback_url:
         job_context["callback_url"] = submission.callback_url
-    classify = await _decoded(context, submission.data)
+    shortcuts = service.shortcuts
+    lookup = None
+    if shortcuts.cache is not None and submission.slow is SlowMode.AUTO:
+        # Beside the decode: a cache hit needs no slow pass (``always`` asks for a fresh one).
+        lookup = asyncio.ensure_future(context.io(shortcuts.lookup, caller.owner, submission.data))
+    try:
+        classify = await _decoded(context, submission.data)
+        hit: CachedResult | None = await lookup if lookup is not None else None
+    except BaseException:
+        if lookup is not None:
+            lookup.cancel()
+        raise
+    message = None
     try:
         started = time.perf_counter()
-        await context.io(service.enqueue, record, submission.data, job_context, claim)
+        if hit is not None:
+            await context.io(shortcuts.record_cached, record, hit, claim)
+        else:
+            message = await context.io(service.record_job, record, submission.data, job_context, claim)
         enqueue_ms = (time.perf_counter() - started) * 1000
     except IdempotencyConflictError:
         classify.cancel()
@@ -74,11 +114,62 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
     except BaseException:
         classify.cancel()
         raise
-    prediction, inference_ms = await classify
-    response = PredictResponse.build(record.job_id, prediction.result(service.fast_name, inference_ms))
-    _report(context, record.job_id, caller, prediction, inference_ms, enqueue_ms)
+    try:
+        prediction, inference_ms = await classify
+    except BaseException:
+        if message is not None:  # recorded, never to be published: end it rather than leave it to the reconciler
+            await context.io(service._abandon, record.job_id, claim, "the fast model failed on the image")
+        raise
+    fast = prediction.result(service.fast_name, inference_ms)
+    final = record.result if hit is not None else None
+    if message is not None:
+        started = time.perf_counter()
+        if shortcuts.cascade.route(submission.slow, prediction.probability) is Route.FAST:
+            final = shortcuts.fast_final(fast)
+            await context.io(shortcuts.answer_fast, record.job_id, final, claim)
+        else:
+            message = shortcuts.with_fast_answer(message, prediction, caller.owner, submission.data)
+            await context.io(service.publish, message, claim)
+        enqueue_ms += (time.perf_counter() - started) * 1000
+    response = PredictResponse.build(record.job_id, fast, final=final)
+    _report(context, record.job_id, caller, prediction, inference_ms, enqueue_ms, final)
     if claim is not None:
         await context.io(service.idempotency.remember, claim, response.model_dump(mode="json", exclude_unset=True))
+    return Submitted(response, prediction=prediction)
+
+
+async def _fast_only(context: ApiContext, submission: Submission) -> Submitted:
+    """``slow: never``: the fast model's answer and nothing else (no job, no queue, no store)."""
+    prediction, inference_ms = await (await _decoded(context, submission.data))
+    if context.metrics is not None:
+        context.metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
+        context.metrics.add(Metric.FAST_ONLY, 1)
+        context.metrics.flush()
+    response = PredictResponse.fast_only(prediction.result(context.service.fast_name, inference_ms))
+    return Submitted(response, prediction=prediction)
+
+
+async def _overloaded(context: ApiContext) -> bool:
+    """Whether the queues hold ``max_backlog`` jobs or more (the cached figure; unknown counts as no)."""
+    limit = context.settings.max_backlog
+    if limit <= 0:
+        return False
+    gauge = context.backlog
+    depth = gauge.value if gauge.fresh else await context.io(gauge.refresh)
+    return depth is not None and depth >= limit
+
+
+async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> Submitted:
+    """Over the backlog limit: the fast answer alone, no job, no slow pass (and the response says so)."""
+    service = context.service
+    prediction, inference_ms = await (await _decoded(context, submission.data))
+    limit = context.settings.max_backlog
+    logger.info("slow pass shed (backlog over %d)", limit, extra={"request_id": caller.request_id})
+    if context.metrics is not None:
+        context.metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
+        context.metrics.add(Metric.JOBS_SHED, 1)
+        context.metrics.flush()
+    response = PredictResponse.shed(prediction.result(service.fast_name, inference_ms))
     return Submitted(response, prediction=prediction)
 
 
@@ -115,13 +206,22 @@ async def _replay_after_race(context: ApiContext, claim: IdempotencyRecord) -> S
 
 
 def _report(
-    context: ApiContext, job_id: str, caller: Caller, prediction: Prediction, inference_ms: float, enqueue_ms: float
+    context: ApiContext,
+    job_id: str,
+    caller: Caller,
+    prediction: Prediction,
+    inference_ms: float,
+    enqueue_ms: float,
+    final: dict[str, Any] | None = None,
 ) -> None:
     name = context.service.fast_name
     extra: dict[str, Any] = job_extra(job_id, caller.request_id)
-    logger.info("job queued; fast %s=%s (%.1f ms)", name, prediction.label, inference_ms, extra=extra)
+    how = "queued" if final is None else ("answered from the cache" if final.get("cached") else "answered by fast")
+    logger.info("job %s; fast %s=%s (%.1f ms)", how, name, prediction.label, inference_ms, extra=extra)
     if context.metrics is not None:
         context.metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
         context.metrics.add(Metric.ENQUEUE_MS, enqueue_ms)
         context.metrics.add(Metric.JOBS_ACCEPTED, 1)
+        if final is not None:
+            context.metrics.add(Metric.CACHE_HITS if final.get("cached") else Metric.CASCADE_ANSWERED, 1)
         context.metrics.flush()

@@ -17,14 +17,28 @@ class Metric(StrEnum):
     FAST_INFERENCE_MS = "FastInferenceMs"
     ENQUEUE_MS = "EnqueueMs"
     JOBS_ACCEPTED = "JobsAccepted"
+    JOBS_CANCELLED = "JobsCancelled"
+    JOBS_SHED = "JobsShed"
     QUEUE_WAIT_MS = "QueueWaitMs"
     SLOW_INFERENCE_MS = "SlowInferenceMs"
     BATCH_SIZE = "BatchSize"
     JOBS_SUCCEEDED = "JobsSucceeded"
     JOBS_FAILED = "JobsFailed"
+    #: Worker: jobs whose deadline passed before a worker could start them (never run).
+    JOBS_EXPIRED = "JobsExpired"
     DEAD_LETTERED = "DeadLettered"
     CALLBACKS_DELIVERED = "CallbacksDelivered"
     CALLBACKS_FAILED = "CallbacksFailed"
+    #: API: jobs the cascade answered with the fast model (no slow pass), cache hits, ``slow: never`` answers.
+    CASCADE_ANSWERED = "CascadeAnswered"
+    CACHE_HITS = "CacheHits"
+    FAST_ONLY = "FastOnly"
+    #: Worker: 1 when a slow top-1 is the fast top-1, else 0, per slow result (its average is the rate).
+    FAST_SLOW_AGREEMENT = "FastSlowAgreement"
+    #: Worker, shadow rollout: 1 when the candidate's top-1 is the serving model's, else 0, per shadowed job.
+    CANDIDATE_AGREEMENT = "CandidateAgreement"
+    #: Worker: slow answers, with a ``model_version`` dimension (which version served them).
+    SLOW_ANSWERS = "SlowAnswers"
 
 
 _UNITS = {

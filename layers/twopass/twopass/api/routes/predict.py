@@ -10,9 +10,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from twopass.api.auth import Owner
 from twopass.api.body import Submission, read_submission
 from twopass.api.context import Context
+from twopass.api.control import JobOptions, OverloadChoice
 from twopass.api.docs import ERRORS, PREDICT_BODY
-from twopass.api.schemas import PredictResponse
+from twopass.api.schemas import PredictResponse, PriorityName
 from twopass.api.submit import Caller, Submitted, submit
+from twopass.cascade import SlowModeName
 
 router = APIRouter(tags=["predict"])
 
@@ -27,6 +29,28 @@ IdempotencyKey = Annotated[
 CallbackURL = Annotated[
     str | None,
     Query(description="https URL that receives a signed POST when the slow result is final (raw image bodies)."),
+]
+
+SlowQuery = Annotated[
+    SlowModeName | None,
+    Query(
+        description="auto (default): queue the slow model unless the cascade finds the fast answer confident "
+        "enough; always: queue it (and bypass the result cache); never: the fast answer only, no job. "
+        "For raw image bodies; a JSON body's slow field wins.",
+    ),
+]
+
+
+DeadlineSeconds = Annotated[
+    float | None,
+    Query(description="Seconds within which a worker must start the slow job, else it ends expired (raw bodies)."),
+]
+PriorityParam = Annotated[
+    PriorityName | None, Query(description="high: the high-priority queue, taken first; normal (raw bodies).")
+]
+OnOverload = Annotated[
+    OverloadChoice | None,
+    Query(description="Over the backlog limit: shed (the fast answer alone) or reject (429) (raw bodies)."),
 ]
 
 
@@ -57,8 +81,13 @@ async def predict(
     owner: Owner,
     idempotency_key: IdempotencyKey = None,
     callback_url: CallbackURL = None,
+    slow: SlowQuery = None,
+    deadline_seconds: DeadlineSeconds = None,
+    priority: PriorityParam = None,
+    on_overload: OnOverload = None,
 ) -> PredictResponse:
-    submission = await read_submission(request, context.settings, callback_url)
+    options = JobOptions(deadline_seconds, priority, on_overload)
+    submission = await read_submission(request, context.settings, callback_url, slow, options)
     caller = Caller(owner, _request_id(request), idempotency_key)
     return _answer(await submit(context, submission, caller), response)
 
@@ -71,7 +100,15 @@ async def predict(
     responses=ERRORS,
 )
 async def predict_test(
-    request: Request, response: Response, context: Context, owner: Owner, idempotency_key: IdempotencyKey = None
+    request: Request,
+    response: Response,
+    context: Context,
+    owner: Owner,
+    idempotency_key: IdempotencyKey = None,
+    deadline_seconds: DeadlineSeconds = None,
+    priority: PriorityParam = None,
+    on_overload: OnOverload = None,
 ) -> PredictResponse:
-    submission = Submission(context.service.sample_image())
+    options = JobOptions(deadline_seconds, priority, on_overload)
+    submission = Submission(context.service.sample_image(), options=options)
     return _answer(await submit(context, submission, Caller(owner, _request_id(request), idempotency_key)), response)
