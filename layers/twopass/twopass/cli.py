@@ -1,8 +1,8 @@
 """``twopass``: classify photos, look up jobs, check health, run the local stack.
 
 Standard library and the client SDK only (so httpx), so installing the package without its extras
-(``pip install .`` or ``pipx install .`` in a clone) gives a working CLI; ``twopass local`` and
-``twopass redrive`` alone need the server packages.
+(``pip install .`` or ``pipx install .`` in a clone) gives a working CLI; ``twopass local``,
+``twopass redrive`` and ``twopass calibrate`` alone need the server packages.
 """
 
 from __future__ import annotations
@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--table", default=None, help="job table name (default: TWOPASS_TABLE_NAME)")
     redrive.add_argument("--max", type=_positive_int, default=None, help="move at most this many messages")
 
+    # Everything after `calibrate` goes to twopass.ops.calibrate untouched, --help included.
+    sub.add_parser(
+        "calibrate",
+        add_help=False,
+        help="choose the cascade's confidence threshold from both models' answers on your images "
+        "(needs the server extras; `twopass calibrate --help`)",
+    )
     # Everything after `local` goes to `python -m twopass.local` untouched, --help included.
     sub.add_parser(
         "local",
@@ -196,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
-        if args.command != "local" and extras:
+        if args.command not in ("local", "calibrate") and extras:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         if args.command is None:
             parser.print_help(sys.stderr)
@@ -206,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "local":
             return _local(extras)
+        if args.command == "calibrate":
+            return _calibrate(extras)
         if args.command == "predict":
             return _predict(args)
         if args.command == "job":
@@ -271,6 +280,26 @@ def _local(argv: list[str]) -> int:
     from twopass.local.main import main as local_main
 
     return local_main(argv)
+
+
+# -- twopass calibrate --------------------------------------------------------------------------
+
+
+#: What calibration runs: both models on the images, with the service's own decoding.
+CALIBRATE_NEEDS: Final = ("onnxruntime", "numpy", "PIL")
+
+
+def _calibrate(argv: list[str]) -> int:
+    missing = [name for name in CALIBRATE_NEEDS if importlib.util.find_spec(name) is None]
+    if missing and not {"-h", "--help"} & set(argv):
+        _error(
+            f"`twopass calibrate` needs the server packages ({', '.join(missing)} missing): in a clone of the "
+            "repository, pip install -e '.[serve]'"
+        )
+        return EXIT_USAGE
+    from twopass.ops.calibrate import main as calibrate_main
+
+    return calibrate_main(argv)
 
 
 # -- twopass redrive ----------------------------------------------------------------------------
