@@ -24,6 +24,7 @@ from twopass.client import (
     DEFAULT_URL,
     AsyncClient,
     AuthenticationError,
+    BadRequestError,
     Client,
     ClientError,
     Health,
@@ -49,12 +50,16 @@ EXIT_INTERRUPTED: Final = 130
 # When files end differently, the code that tells a script the most wins.
 _PRIORITY: Final = (EXIT_AUTH, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_FAILED)
 
+#: What ``twopass jobs --status`` accepts: every job status.
+JOB_STATUSES: Final = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 
 EPILOG: Final = """\
 exit codes:
   0  success (with --wait: every job succeeded)
-  1  some job failed or was not found, or the server refused an image
+  1  some job failed, was cancelled or expired, or was not found; the server refused an image,
+     a cancel (the job had ended) or a retry (wrong state, or its image is gone)
   2  usage error (bad option, no such path, no image files)
   3  server unreachable or unavailable (after retries), not a twopass API (check --url),
      or /health/all degraded
@@ -70,6 +75,9 @@ examples:
   twopass predict photos/ --wait
   twopass predict a.jpg b.png --json | jq .fast.label
   twopass job 3f0c9e0d4b0e4f6f9a5a2d1c7b8e9f00 --wait
+  twopass predict urgent.jpg --priority high --deadline 60
+  twopass jobs --status failed
+  twopass retry 3f0c9e0d4b0e4f6f9a5a2d1c7b8e9f00
   twopass health --all
 """
 
@@ -123,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per file on stdout, as each completes")
     predict.add_argument(
+        "--priority",
+        choices=("high", "normal"),
+        default=None,
+        help="high: the high-priority queue, which workers take first (default: normal)",
+    )
+    predict.add_argument(
+        "--deadline",
+        type=_deadline,
+        default=None,
+        metavar="SECONDS",
+        help="a job no worker started within SECONDS is never run and ends expired (default: the service's)",
+    )
+    predict.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -136,6 +157,41 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--wait", action="store_true", help="wait until the job succeeded or failed")
     job.add_argument("--timeout", type=_non_negative_float, default=120.0, help="with --wait: seconds (default 120)")
     job.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    cancel = sub.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel queued or running jobs",
+        description="DELETE /job/{id} for each id: a queued job is never run, a running one has its slow result "
+        "discarded. A job that had already ended is reported, and the exit code is then 1.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cancel.add_argument("job_ids", nargs="+", metavar="ID")
+    cancel.add_argument("--json", action="store_true", help="print each cancelled job's JSON")
+
+    retry = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="run failed, expired or cancelled jobs again",
+        description="POST /job/{id}/retry for each id: the job is queued again under the same id while its image "
+        "is still kept. A job in another state, or whose image is gone, is reported, and the exit code is then 1.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retry.add_argument("job_ids", nargs="+", metavar="ID")
+    retry.add_argument("--json", action="store_true", help="print each queued job's JSON")
+
+    jobs = sub.add_parser(
+        "jobs",
+        parents=[common],
+        help="list your jobs, newest first",
+        description="GET /jobs: the jobs of your API key, newest first, page after page.",
+    )
+    jobs.add_argument("--status", choices=JOB_STATUSES, default=None, help="only jobs in this status")
+    jobs.add_argument("--limit", type=_positive_int, default=20, help="show at most this many jobs (default 20)")
+    jobs.add_argument("--all", action="store_true", help="show every job (no --limit)")
+    jobs.add_argument("--json", action="store_true", help="one JSON object per job on stdout")
 
     health = sub.add_parser(
         "health", parents=[common], help="check the service", description="GET /health (or /health/all)."
@@ -191,6 +247,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _deadline(text: str) -> float:
+    value = float(text)
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -219,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "job":
             return _job(args)
+        if args.command in ("cancel", "retry"):
+            return _control(args)
+        if args.command == "jobs":
+            return _jobs(args)
         if args.command == "redrive":
             return _redrive(args)
         return _health(args)
@@ -393,7 +460,7 @@ def _job(args: argparse.Namespace) -> int:
         print(json.dumps(dict(result.raw), indent=2))
     else:
         print(_format_job(result))
-    if result.failed:
+    if result.done and not result.succeeded:
         code = EXIT_FAILED
     return code
 
@@ -405,11 +472,87 @@ def _format_job(result: JobResult) -> str:
         lines.append("top-k     " + ", ".join(f"{s.label} {s.probability:.2f}" for s in result.slow.top_k))
     if result.error:
         lines.append(f"error     {result.error}")
-    for name in ("created_at", "started_at", "finished_at"):
+    if result.priority != "normal":
+        lines.append(f"priority  {result.priority}")
+    for name in ("created_at", "started_at", "finished_at", "deadline_at"):
         when = getattr(result, name)
         if when is not None:
             lines.append(f"{name.removesuffix('_at'):<9} {when.isoformat(timespec='milliseconds')}")
+    for earlier in result.history:
+        why = f": {earlier.error}" if earlier.error else ""
+        lines.append(f"earlier   {earlier.status} after {earlier.attempts} attempt(s){why}")
     return "\n".join(lines)
+
+
+# -- twopass cancel / retry / jobs --------------------------------------------------------------
+
+
+def _control(args: argparse.Namespace) -> int:
+    """``twopass cancel`` and ``twopass retry``: one line per id, every id tried, the worst exit code."""
+    codes = {EXIT_OK}
+    with _CliClient(**_client_options(args)) as client:
+        act = client.cancel if args.command == "cancel" else client.retry
+        for job_id in args.job_ids:
+            try:
+                result = act(job_id)
+            except NotFoundError as exc:
+                _error(f"{job_id}: {exc.detail}")
+                codes.add(EXIT_FAILED)
+                continue
+            except ClientError as exc:
+                _error(f"{job_id}: {exc.detail if isinstance(exc, BadRequestError) else exc}")
+                codes.add(_exit_code_for(exc))
+                if _exit_code_for(exc) in (EXIT_AUTH, EXIT_UNAVAILABLE):
+                    break  # the same for every id: say it once
+                continue
+            if args.json:
+                print(json.dumps(dict(result.raw)), flush=True)
+            else:
+                print(f"{result.job_id}  {result.status}", flush=True)
+    return next((code for code in _PRIORITY if code in codes), EXIT_OK)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    shown: list[JobResult] = []
+    more = False
+    limit = None if args.all else args.limit
+    try:
+        with _CliClient(**_client_options(args)) as client:
+            page_size = 100 if limit is None else min(100, limit)
+            for page in client.jobs(args.status, limit=page_size):
+                for result in page:
+                    if limit is not None and len(shown) == limit:
+                        more = True
+                        break
+                    shown.append(result)
+                    if args.json:
+                        print(json.dumps(dict(result.raw)), flush=True)
+                if more or (limit is not None and len(shown) == limit and page.next_cursor is not None):
+                    more = True
+                    break
+    except ClientError as exc:
+        _error(str(exc))
+        return _exit_code_for(exc)
+    if not args.json:
+        print(_jobs_table(shown))
+    which = f"{args.status} " if args.status else ""
+    tail = " (there are more: --limit N or --all)" if more else ""
+    print(f"{len(shown)} {which}job{'s' if len(shown) != 1 else ''}{tail}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _jobs_table(results: list[JobResult]) -> str:
+    header = ["JOB", "STATUS", "PRIORITY", "CREATED", "SLOW"]
+    body = []
+    for r in results:
+        created = r.created_at.isoformat(timespec="seconds") if r.created_at else ""
+        outcome = _label(r.slow) if r.slow else (r.error or "")
+        body.append([r.job_id, str(r.status), r.priority, created, outcome])
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in [header, *body]
+    )
 
 
 def _label(result: ModelResult | None) -> str:
@@ -518,15 +661,22 @@ async def _predict_all(files: list[Path], args: argparse.Namespace, progress: _P
                     if abort.is_set():
                         row.status, row.code = "skipped", EXIT_UNAVAILABLE
                         return
-                    row.prediction = await client.predict(path)
+                    row.prediction = await client.predict(
+                        path,
+                        deadline_seconds=args.deadline,
+                        priority=args.priority,
+                        # Waiting wants the slow answer: an overloaded service is to refuse (and be
+                        # retried), not shed it.
+                        on_overload="reject" if args.wait else None,
+                    )
                 row.status = str(row.prediction.status)
                 progress.predicted()
                 if args.wait:
                     remaining = max(0.0, deadline - time.monotonic())
                     row.result = await client.wait(row.prediction, timeout=remaining, raise_on_failure=False)
                     row.status = str(row.result.status)
-                    if row.result.failed:
-                        row.error, row.code = row.result.error or "failed", EXIT_FAILED
+                    if not row.result.succeeded:
+                        row.error, row.code = row.result.error or row.status, EXIT_FAILED
             except WaitTimeoutError as exc:
                 row.result, row.status, row.code = exc.last, "timeout", EXIT_TIMEOUT
                 row.error = str(exc)
@@ -552,7 +702,7 @@ def _table(rows: list[_Row], wait: bool) -> str:
         cells = [
             row.file,
             _label(row.prediction.fast if row.prediction else None),
-            row.prediction.job_id if row.prediction else "",
+            (row.prediction.job_id or "") if row.prediction else "",
             *([_label(row.result.slow if row.result else None)] if wait else []),
             status,
         ]

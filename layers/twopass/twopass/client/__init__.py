@@ -9,6 +9,10 @@ Needs nothing but httpx::
         result = tp.wait(prediction, timeout=60)  # the slow model's answer
         print(prediction.label, result.label)
 
+        for page in tp.jobs(status="failed"):       # your jobs, newest first, a page at a time
+            for job in page:
+                tp.retry(job)                         # queued again under the same id
+
 ``AsyncClient`` has the same methods as coroutines.
 """
 
@@ -16,7 +20,17 @@ from __future__ import annotations
 
 from twopass.client._async import AsyncClient
 from twopass.client._base import DEFAULT_URL, ImageInput, JobRef, RetryPolicy
-from twopass.client._models import Health, JobHandle, JobResult, JobStatus, LabelScore, ModelResult, Prediction
+from twopass.client._models import (
+    Health,
+    JobHandle,
+    JobOutcome,
+    JobPage,
+    JobResult,
+    JobStatus,
+    LabelScore,
+    ModelResult,
+    Prediction,
+)
 from twopass.client._sync import Client
 from twopass.client.exceptions import (
     ApiError,
@@ -51,6 +65,8 @@ __all__ = [
     "InvalidInputError",
     "JobFailedError",
     "JobHandle",
+    "JobOutcome",
+    "JobPage",
     "JobRef",
     "JobResult",
     "JobStatus",

@@ -146,9 +146,57 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def job_id_of(job: JobRef) -> str:
     if isinstance(job, str):
         return job
-    if isinstance(job, JobHandle | Prediction | JobResult):
+    if isinstance(job, Prediction):
+        if job.job_id is None:
+            raise InvalidInputError(
+                "this prediction has no job: the service was overloaded and shed the slow pass (status shed); "
+                "predict with on_overload='reject' to be told to retry instead"
+            )
+        return job.job_id
+    if isinstance(job, JobHandle | JobResult):
         return job.job_id
     raise InvalidInputError(f"expected a job id, JobHandle, Prediction or JobResult, got {type(job).__name__}")
+
+
+#: What ``priority=`` and ``on_overload=`` accept (the server says the same, but a typo is caught before sending).
+PRIORITIES: Final = frozenset({"high", "normal"})
+OVERLOAD_CHOICES: Final = frozenset({"shed", "reject"})
+#: Statuses ``jobs(status=…)`` can filter on: every job status (``shed`` is a prediction's only).
+JOB_STATUSES: Final = frozenset({"queued", "running", "succeeded", "failed", "cancelled", "expired"})
+
+
+def predict_params(deadline_seconds: float | None, priority: str | None, on_overload: str | None) -> dict[str, str]:
+    """The query parameters of ``POST /predict`` for a job's options (a raw image body carries no JSON)."""
+    params: dict[str, str] = {}
+    if deadline_seconds is not None:
+        if isinstance(deadline_seconds, bool) or not isinstance(deadline_seconds, int | float):
+            raise InvalidInputError(f"deadline_seconds must be a number, got {type(deadline_seconds).__name__}")
+        if not math.isfinite(deadline_seconds) or deadline_seconds < 1:
+            raise InvalidInputError(f"deadline_seconds must be at least 1, got {deadline_seconds}")
+        params["deadline_seconds"] = format(deadline_seconds, "g")
+    if priority is not None:
+        if priority not in PRIORITIES:
+            raise InvalidInputError(f"priority must be 'high' or 'normal', got {priority!r}")
+        params["priority"] = str(priority)
+    if on_overload is not None:
+        if on_overload not in OVERLOAD_CHOICES:
+            raise InvalidInputError(f"on_overload must be 'shed' or 'reject', got {on_overload!r}")
+        params["on_overload"] = str(on_overload)
+    return params
+
+
+def jobs_params(status: str | None, limit: int, cursor: str | None) -> dict[str, str]:
+    """The query parameters of ``GET /jobs``."""
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInputError(f"status must be one of {', '.join(sorted(JOB_STATUSES))}, got {status!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+        raise InvalidInputError(f"limit must be an integer from 1 to 100, got {limit!r}")
+    params = {"limit": str(limit)}
+    if status is not None:
+        params["status"] = str(status)
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
 
 
 def read_image(image: ImageInput) -> bytes:
@@ -331,6 +379,10 @@ class BaseClient:
     def _job_path(job: JobRef) -> str:
         return "job/" + quote(job_id_of(job), safe="")
 
+    @staticmethod
+    def _retry_path(job: JobRef) -> str:
+        return "job/" + quote(job_id_of(job), safe="") + "/retry"
+
     def _retry_delay(
         self, attempt: int, method: str, response: httpx.Response | None, error: Exception | None
     ) -> float | None:
@@ -463,6 +515,7 @@ class BaseClient:
 
     @staticmethod
     def _finish(result: JobResult, raise_on_failure: bool) -> JobResult:
-        if raise_on_failure and result.failed:
+        # Failed, cancelled and expired jobs all ended without the answer the caller waits for.
+        if raise_on_failure and not result.succeeded:
             raise JobFailedError(result)
         return result

@@ -7,7 +7,7 @@ adds later are still reachable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -15,20 +15,37 @@ from typing import Any
 
 from twopass.client.exceptions import ResponseError
 
-__all__ = ["Health", "JobHandle", "JobResult", "JobStatus", "LabelScore", "ModelResult", "Prediction"]
+__all__ = [
+    "Health",
+    "JobHandle",
+    "JobOutcome",
+    "JobPage",
+    "JobResult",
+    "JobStatus",
+    "LabelScore",
+    "ModelResult",
+    "Prediction",
+]
 
 
 class JobStatus(StrEnum):
-    """A job's lifecycle: queued → running → succeeded | failed."""
+    """A job's lifecycle: queued → running → succeeded | failed, or cancelled (by its owner) or expired
+    (not started by its deadline). ``shed`` is a prediction's only: the service was overloaded, so the
+    slow pass was skipped and there is no job.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    SHED = "shed"
 
     @property
     def done(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        """Nothing more will happen: the job ended (or, for ``shed``, never existed)."""
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +101,26 @@ class JobHandle:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """``POST /predict``: the fast model's answer and the handle of the slow model's job."""
+    """``POST /predict``: the fast model's answer and the handle of the slow model's job.
 
-    job: JobHandle
+    ``job`` is None when the service shed the slow pass (``status`` is ``shed``): the fast answer is
+    all there is.
+    """
+
+    job: JobHandle | None
     status: JobStatus
     fast: ModelResult
     status_url: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def job_id(self) -> str:
-        return self.job.job_id
+    def job_id(self) -> str | None:
+        return self.job.job_id if self.job is not None else None
+
+    @property
+    def shed(self) -> bool:
+        """The service was over its backlog limit: no slow job was queued."""
+        return self.status is JobStatus.SHED
 
     @property
     def label(self) -> str:
@@ -112,8 +138,9 @@ class Prediction:
     @classmethod
     def from_json(cls, body: Any) -> Prediction:
         def build(b: Mapping[str, Any]) -> Prediction:
+            job_id = b["job_id"]
             return cls(
-                job=JobHandle(str(b["job_id"])),
+                job=JobHandle(str(job_id)) if job_id is not None else None,
                 status=JobStatus(b["status"]),
                 fast=ModelResult.from_json(b["fast"]),
                 status_url=_opt_str(b.get("status_url")),
@@ -121,6 +148,27 @@ class Prediction:
             )
 
         return _parse("POST /predict", body, build)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How one run of a retried job ended."""
+
+    status: JobStatus
+    attempts: int
+    retried_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> JobOutcome:
+        return cls(
+            status=JobStatus(body["status"]),
+            attempts=int(body.get("attempts") or 0),
+            retried_at=_opt_time(body.get("retried_at")),
+            finished_at=_opt_time(body.get("finished_at")),
+            error=_opt_str(body.get("error")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +184,17 @@ class JobResult:
     attempts: int = 0
     slow: ModelResult | None = None
     error: str | None = None
+    #: ``high`` or ``normal``: the queue the job travels through.
+    priority: str = "normal"
+    #: When a job not yet started stops being worth running; None: no deadline.
+    deadline_at: datetime | None = None
+    #: For a retried job, how each earlier run ended, oldest first.
+    history: tuple[JobOutcome, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def done(self) -> bool:
-        """True once the job succeeded or failed; neither ever changes afterwards."""
+        """True once the job ended: succeeded, failed, cancelled or expired (only a retry reopens one)."""
         return self.status.done
 
     @property
@@ -150,6 +204,14 @@ class JobResult:
     @property
     def failed(self) -> bool:
         return self.status is JobStatus.FAILED
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status is JobStatus.CANCELLED
+
+    @property
+    def expired(self) -> bool:
+        return self.status is JobStatus.EXPIRED
 
     @property
     def label(self) -> str | None:
@@ -178,10 +240,36 @@ class JobResult:
                 attempts=int(b.get("attempts") or 0),
                 slow=ModelResult.from_json(slow) if slow else None,
                 error=_opt_str(b.get("error")),
+                priority=str(b.get("priority") or "normal"),
+                deadline_at=_opt_time(b.get("deadline_at")),
+                history=tuple(JobOutcome.from_json(h) for h in _sequence(b.get("history") or (), "history")),
                 raw=b,
             )
 
         return _parse("GET /job", body, build)
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of ``GET /jobs``: the caller's jobs, newest first; iterate it for its jobs."""
+
+    jobs: tuple[JobResult, ...]
+    #: Where the next page starts (pass it as ``cursor``); None on the last page.
+    next_cursor: str | None = None
+
+    def __iter__(self) -> Iterator[JobResult]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    @classmethod
+    def from_json(cls, body: Any) -> JobPage:
+        def build(b: Mapping[str, Any]) -> JobPage:
+            jobs = tuple(JobResult.from_json(item) for item in _sequence(b["jobs"], "jobs"))
+            return cls(jobs=jobs, next_cursor=_opt_str(b.get("next_cursor")))
+
+        return _parse("GET /jobs", body, build)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +311,9 @@ def _parse[T](what: str, body: Any, build: Callable[[Mapping[str, Any]], T]) -> 
         raise ResponseError(f"{what}: unexpected response body ({type(exc).__name__}: {exc})") from exc
 
 
-def _sequence(value: Any) -> Sequence[Mapping[str, Any]]:
+def _sequence(value: Any, name: str = "top_k") -> Sequence[Mapping[str, Any]]:
     if not isinstance(value, list | tuple):
-        raise TypeError(f"top_k is {type(value).__name__}, not a list")
+        raise TypeError(f"{name} is {type(value).__name__}, not a list")
     return value
 
 

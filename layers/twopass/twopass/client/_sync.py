@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,8 +17,10 @@ from twopass.client._base import (
     JobRef,
     RetryPolicy,
     job_id_of,
+    jobs_params,
+    predict_params,
 )
-from twopass.client._models import Health, JobResult, Prediction, metadata_from_json
+from twopass.client._models import Health, JobPage, JobResult, Prediction, metadata_from_json
 from twopass.client.exceptions import EventLoopError, WaitTimeoutError
 
 __all__ = ["Client"]
@@ -67,14 +69,58 @@ class Client(BaseClient):
 
     # -- API ---------------------------------------------------------------------------------
 
-    def predict(self, image: ImageInput) -> Prediction:
-        """Classify ``image`` with the fast model now; the slow model's job is queued."""
+    def predict(
+        self,
+        image: ImageInput,
+        *,
+        deadline_seconds: float | None = None,
+        priority: str | None = None,
+        on_overload: str | None = None,
+    ) -> Prediction:
+        """Classify ``image`` with the fast model now; the slow model's job is queued.
+
+        ``deadline_seconds``: a worker must start the job within this many seconds, else it ends
+        ``expired`` (1 to the queue's retention). ``priority``: ``"high"`` jobs go to the high-priority
+        queue, taken first. ``on_overload``: when the service is over its backlog limit, ``"shed"``
+        (its default) answers with the fast model alone (``status`` ``shed``, no job), ``"reject"``
+        raises RateLimitedError once the retries are spent.
+        """
+        params = predict_params(deadline_seconds, priority, on_overload)
         content, headers = self._predict_body(image)
-        return self._call("POST", "predict", Prediction.from_json, content=content, headers=headers)
+        return self._call("POST", "predict", Prediction.from_json, content=content, headers=headers, params=params)
 
     def job(self, job: JobRef) -> JobResult:
         """The job's current state (raises NotFoundError for an unknown or expired id)."""
         return self._call("GET", self._job_path(job), JobResult.from_json)
+
+    def cancel(self, job: JobRef) -> JobResult:
+        """Cancel a queued or running job: it is never run, or its slow result is discarded.
+
+        Returns the cancelled job. A job that had already ended raises BadRequestError (409,
+        ``job_final``); an unknown one NotFoundError.
+        """
+        return self._call("DELETE", self._job_path(job), JobResult.from_json)
+
+    def retry(self, job: JobRef) -> JobResult:
+        """Queue a failed, expired or cancelled job again under the same id; returns it, ``queued``.
+
+        Raises BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
+        and ``image_gone`` (410) once its image is no longer kept.
+        """
+        return self._call("POST", self._retry_path(job), JobResult.from_json)
+
+    def jobs(self, status: str | None = None, *, limit: int = 20, cursor: str | None = None) -> Iterator[JobPage]:
+        """Your jobs, newest first, one :class:`JobPage` at a time (each holds up to ``limit``, 1-100).
+
+        ``status`` keeps only jobs in that status; ``cursor`` starts from a page's ``next_cursor``.
+        Pages are fetched as the iteration reaches them.
+        """
+        while True:
+            page = self._call("GET", "jobs", JobPage.from_json, params=jobs_params(status, limit, cursor))
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def wait(
         self,
@@ -85,10 +131,11 @@ class Client(BaseClient):
         max_interval: float = 5.0,
         raise_on_failure: bool = True,
     ) -> JobResult:
-        """Poll until the job succeeded or failed.
+        """Poll until the job ended.
 
         Raises WaitTimeoutError after ``timeout`` seconds (None: no limit) and JobFailedError when
-        it failed, unless ``raise_on_failure=False``, which returns the failed result instead.
+        it failed, was cancelled or expired, unless ``raise_on_failure=False``, which returns that
+        result instead.
         """
         job_id = job_id_of(job)
         deadline = None if timeout is None else self._clock() + timeout
@@ -114,9 +161,15 @@ class Client(BaseClient):
         poll_interval: float = 0.5,
         max_interval: float = 5.0,
         raise_on_failure: bool = True,
+        deadline_seconds: float | None = None,
+        priority: str | None = None,
     ) -> JobResult:
-        """``predict`` then ``wait``: the slow model's result for ``image``."""
-        prediction = self.predict(image)
+        """``predict`` then ``wait``: the slow model's result for ``image``.
+
+        Only the slow answer is wanted here, so an overloaded service is asked to refuse (429, retried
+        after its Retry-After) rather than shed the slow pass.
+        """
+        prediction = self.predict(image, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject")
         return self.wait(
             prediction,
             timeout,
@@ -147,11 +200,12 @@ class Client(BaseClient):
         *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> T:
         """Send with retries; ``parse`` of a 2xx answer's JSON, else the mapped exception."""
         _refuse_running_loop()
         request_headers = self._request_headers() | (headers or {})
-        request = self._http.build_request(method, path, content=content, headers=request_headers)
+        request = self._http.build_request(method, path, content=content, headers=request_headers, params=params)
         attempt = 0
         while True:
             try:

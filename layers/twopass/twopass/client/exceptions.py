@@ -9,7 +9,7 @@
         ├── TransportError               (also ConnectionError)
         ├── ResponseError
         │   └── NotTwopassError          (no twopass API at the URL: another server, or a wrong path)
-        ├── JobFailedError
+        ├── JobFailedError               (failed, cancelled or expired)
         ├── WaitTimeoutError             (also TimeoutError)
         └── ApiError
             ├── BadRequestError
@@ -137,10 +137,15 @@ class ServiceUnavailableError(ServerError):
 
 
 class JobFailedError(ClientError):
-    """The job finished with status ``failed``; ``result`` holds its record and error."""
+    """The job ended without a result: ``failed``, ``cancelled`` or ``expired`` (``result.status`` says
+    which); ``result`` holds its record and error."""
 
     def __init__(self, result: JobResult) -> None:
-        super().__init__(f"job {result.job_id} failed: {result.error or 'no reason given'}")
+        if result.status == "cancelled":
+            message = f"job {result.job_id} was cancelled"
+        else:
+            message = f"job {result.job_id} {result.status}: {result.error or 'no reason given'}"
+        super().__init__(message)
         self.result = result
         self.job_id = result.job_id
 
