@@ -39,13 +39,16 @@ def test_dashboard_plots_every_twopass_metric_and_the_aws_ones() -> None:
 
 def test_alarms_page_the_alarm_topic() -> None:
     alarms = of_type("AWS::CloudWatch::Alarm")
-    paging = {"DeadLetterAlarm", "OldestJobAgeAlarm", "Api5xxAlarm"}
+    paging = {"DeadLetterAlarm", "OldestJobAgeAlarm", "HighPriorityDeadLetterAlarm", "HighPriorityOldestJobAgeAlarm",
+              "Api5xxAlarm"}  # fmt: skip
     assert paging <= set(alarms)
     for name in paging:
         actions = json.dumps(alarms[name]["Properties"]["AlarmActions"])
         assert '{"Ref": "AlarmTopic"}' in actions, name
     assert alarms["DeadLetterAlarm"]["Properties"]["Threshold"] == 0
-    assert alarms["OldestJobAgeAlarm"]["Properties"]["Threshold"] == {"Ref": "OldestJobAgeAlarmSeconds"}
+    assert alarms["HighPriorityDeadLetterAlarm"]["Properties"]["Threshold"] == 0
+    for name in ("OldestJobAgeAlarm", "HighPriorityOldestJobAgeAlarm"):
+        assert alarms[name]["Properties"]["Threshold"] == {"Ref": "OldestJobAgeAlarmSeconds"}
     expression = [m for m in alarms["Api5xxAlarm"]["Properties"]["Metrics"] if m.get("Expression")]
     assert "errors / requests" in expression[0]["Expression"]
 

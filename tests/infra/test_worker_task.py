@@ -120,7 +120,7 @@ OPERATION_ACTIONS = {
 GRANTED_NOT_CALLED = {"s3:ListBucket"}
 #: Methods of the source, the store and the payload store this test drives; the worker may call no other.
 EXERCISED = {
-    "source": {"receive", "ack", "release", "extend", "last_attempt"},
+    "source": {"receive", "receive_lane", "lanes", "ack", "release", "extend", "last_attempt"},
     "store": {"start", "succeed", "fail", "beat", "forget_worker"},
     "payloads": {"image", "delete"},
 }
@@ -194,16 +194,19 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     bucket = stack.outputs["PayloadBucketName"]
     image = CAT.read_bytes()
 
-    # What the API does (not recorded): records, one inline job, one claim check, one lost payload.
+    # What the API does (not recorded): records, one inline job, one claim check, one lost payload,
+    # one high-priority job, and one whose message an outage lost (the reconciler republishes it).
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
     publisher = SqsPublisher(settings.queue_url)
-    inline, claimed, lost = new_job_id(), new_job_id(), new_job_id()
-    for job_id in (inline, claimed, lost):
+    inline, claimed, lost, urgent, orphan = (new_job_id() for _ in range(5))
+    for job_id in (inline, claimed, lost, urgent):
         store.create(JobRecord(job_id=job_id))
     publisher.publish(JobMessage(job_id=inline, image=image))
     claimed_ref = payloads.put(bucket, claimed, image)
     publisher.publish(JobMessage(job_id=claimed, image_ref=claimed_ref))
     publisher.publish(JobMessage(job_id=lost, image_ref=f"s3://{bucket}/{payloads.PREFIX}{lost}"))
+    SqsPublisher(settings.high_priority_queue_url).publish(JobMessage(job_id=urgent, image=image, priority="high"))
+    store.create(JobRecord(job_id=orphan, image_ref=payloads.put(bucket, orphan, image), created_at=time.time() - 60))
 
     recorder.on = True
     worker = build_worker(settings)
@@ -213,7 +216,7 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     deadline = time.monotonic() + 60
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
-        for job_id in (inline, claimed, lost):
+        for job_id in (inline, claimed, lost, urgent):
             item = table.get_item(TableName=settings.table_name, Key={"job_id": {"S": job_id}})["Item"]
             statuses[job_id] = item["status"]["S"]
         if all(s in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value) for s in statuses.values()):
@@ -222,6 +225,12 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     worker.stop()
     thread.join(timeout=30)
     assert not thread.is_alive()
+    # The reconciler (a chore every minute in a task): both queues empty at two passes in a row, so
+    # the orphan's message certainly is lost and it is republished.
+    assert worker.reconciler is not None
+    worker.reconciler.after_seconds = 30
+    worker.reconciler.run()
+    assert worker.reconciler.run().republished == 1
     # Visibility calls the short run may not have needed (leases are extended after half the
     # visibility timeout; jobs not started at shutdown are released), through the worker's source.
     boto3.client("sqs", region_name=REGION).send_message(
@@ -241,7 +250,7 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
         sweeper()
     recorder.on = False
 
-    assert statuses == {inline: "succeeded", claimed: "succeeded", lost: "failed"}
+    assert statuses == {inline: "succeeded", claimed: "succeeded", lost: "failed", urgent: "succeeded"}
     with pytest.raises(Exception, match=r"404|Not Found|NoSuchKey"):
         boto3.client("s3", region_name=REGION).head_object(Bucket=bucket, Key=f"{payloads.PREFIX}{claimed}")
 

@@ -3,7 +3,8 @@
 A job's message reaches the DLQ when ``maxReceiveCount`` deliveries did not finish it: the worker
 crashed on it each time (OOM, a killed host) or could not record it. The worker writes ``failed``
 itself when it sees an error on the last allowed delivery; :func:`sweep` covers the crashes, which
-no worker lived to report. :func:`redrive` is SQS's "start message move task", done by hand with
+no worker lived to report (:func:`sweep_all` covers both queues' DLQs when there is a high-priority
+queue). :func:`redrive` is SQS's "start message move task", done by hand with
 receive/send/delete so it works everywhere (moto cannot run the real one).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,11 @@ def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility:
                 marked += 1
                 logger.warning("job %s dead-lettered; marked failed", job.job_id)
     return marked
+
+
+def sweep_all(dlq_urls: Sequence[str], store: JobStore, *, max_messages: int = 100, visibility: int = 300) -> int:
+    """:func:`sweep` each dead-letter queue (the normal and the high-priority one); how many jobs were marked."""
+    return sum(sweep(url, store, max_messages=max_messages, visibility=visibility) for url in dlq_urls)
 
 
 @dataclass

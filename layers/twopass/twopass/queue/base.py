@@ -17,9 +17,23 @@ from typing import Any
 
 from twopass.exceptions import MessageFormatError
 
-__all__ = ["MESSAGE_VERSION", "Delivery", "JobMessage", "JobPublisher", "MessageFormatError", "MessageSource"]
+__all__ = [
+    "HIGH",
+    "MESSAGE_VERSION",
+    "NORMAL",
+    "PRIORITIES",
+    "Delivery",
+    "JobMessage",
+    "JobPublisher",
+    "MessageFormatError",
+    "MessageSource",
+]
 
 MESSAGE_VERSION = 1
+#: Job priorities: a high-priority job travels through a queue of its own that the worker reads first.
+HIGH = "high"
+NORMAL = "normal"
+PRIORITIES = (HIGH, NORMAL)
 
 
 @dataclass(frozen=True)
@@ -37,10 +51,20 @@ class JobMessage:
     context: dict[str, str] = field(default_factory=dict)
     #: ``s3://…`` reference of an image too big for a queue message (see :mod:`twopass.payloads`).
     image_ref: str | None = None
+    #: Epoch seconds after which the job must not be started (it ends ``expired``); ``None``: no deadline.
+    deadline_at: float | None = None
+    #: ``"high"`` or ``"normal"``: which queue the job was published to.
+    priority: str = NORMAL
 
     def __post_init__(self) -> None:
         if (self.image is None) == (self.image_ref is None):
             raise MessageFormatError("a job message carries exactly one of image and image_ref")
+        if self.priority not in PRIORITIES:
+            raise MessageFormatError(f"unknown priority {self.priority!r}")
+
+    def past_deadline(self, now: float | None = None) -> bool:
+        """Whether the job's deadline has passed (it must then never be started)."""
+        return self.deadline_at is not None and self.deadline_at <= (time.time() if now is None else now)
 
     def encode(self) -> str:
         body: dict[str, Any] = {"v": MESSAGE_VERSION, "job_id": self.job_id}
@@ -49,6 +73,11 @@ class JobMessage:
         else:
             body["image_ref"] = self.image_ref
         body.update(submitted_at=self.submitted_at, context=self.context)
+        # Written only when set, so messages without them read exactly as before.
+        if self.deadline_at is not None:
+            body["deadline_at"] = self.deadline_at
+        if self.priority != NORMAL:
+            body["priority"] = self.priority
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -64,6 +93,8 @@ class JobMessage:
                 image_ref=None if data.get("image_ref") is None else str(data["image_ref"]),
                 submitted_at=float(data.get("submitted_at") or time.time()),
                 context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
+                deadline_at=None if data.get("deadline_at") is None else float(data["deadline_at"]),
+                priority=str(data.get("priority") or NORMAL),
             )
         except MessageFormatError:
             raise
@@ -83,6 +114,13 @@ class Delivery:
     message: JobMessage
     #: When the message's current lease began (``time.monotonic()``): at receipt, then at each extension.
     leased_at: float = field(default_factory=time.monotonic)
+    #: The queue it came from (see :meth:`MessageSource.lanes`): acks and leases go back there.
+    lane: str = NORMAL
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identifies this delivery among everything a worker holds (receipts are unique per queue only)."""
+        return (self.lane, self.receipt)
 
 
 class JobPublisher(ABC):
@@ -100,6 +138,16 @@ class MessageSource(ABC):
 
     #: Receives after which the backend dead-letters a message (``None`` if it never does).
     max_receive_count: int | None = None
+
+    def lanes(self) -> tuple[str, ...]:
+        """The queues this source reads, most urgent first (one, unless it combines several)."""
+        return (NORMAL,)
+
+    def receive_lane(self, lane: str, max_messages: int, wait_seconds: float) -> list[Delivery]:
+        """:meth:`receive` from one of :meth:`lanes` only (the worker long-polls each lane apart)."""
+        if lane not in self.lanes():
+            raise ValueError(f"no lane {lane!r} in {self.lanes()}")
+        return self.receive(max_messages, wait_seconds)
 
     @abstractmethod
     def receive(self, max_messages: int, wait_seconds: float) -> list[Delivery]:

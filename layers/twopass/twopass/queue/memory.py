@@ -15,8 +15,10 @@ from twopass.queue.base import Delivery, JobMessage, JobPublisher, MessageSource
 class MemoryQueue(JobPublisher, MessageSource):
     """FIFO, at-least-once within the process: unacked deliveries come back after ``visibility``."""
 
-    def __init__(self, visibility: float = 60.0, max_receive_count: int | None = None) -> None:
+    def __init__(self, visibility: float = 60.0, max_receive_count: int | None = None, name: str = "m") -> None:
         self.visibility = visibility
+        #: Prefix of message ids, so two queues in one process never hand out the same one.
+        self.name = name
         self.max_receive_count = max_receive_count
         self._ready: collections.deque[tuple[str, JobMessage, int]] = collections.deque()
         self._in_flight: dict[str, tuple[str, JobMessage, int, float]] = {}
@@ -27,7 +29,7 @@ class MemoryQueue(JobPublisher, MessageSource):
 
     def publish(self, message: JobMessage) -> str:
         with self._cond:
-            message_id = f"m{next(self._ids)}"
+            message_id = f"{self.name}{next(self._ids)}"
             self._ready.append((message_id, message, 0))
             self._cond.notify()
             return message_id

@@ -9,8 +9,8 @@ timeout and is then redelivered: delayed, never lost.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +20,7 @@ import numpy as np
 
 from twopass.backoff import Backoff
 from twopass.config import Settings
+from twopass.exceptions import ConfigError
 from twopass.queue.base import Delivery, JobMessage, MessageSource
 from twopass.worker.leases import Leases
 from twopass.worker.stats import WorkerStats
@@ -42,8 +43,76 @@ class Item:
     tensor: Future[np.ndarray]
 
 
+class Share:
+    """Which lane the batcher serves next: the most urgent lane with work, except that while the
+    normal lane has work too it is owed ``normal_share`` of the jobs taken, so it never starves.
+
+    Credit-based: each take made while both lanes wait earns the normal lane ``normal_share``; a
+    whole credit buys it the next take. With 0.25 that is three high-priority jobs, then a normal one.
+    """
+
+    def __init__(self, lanes: Sequence[str], normal_share: float) -> None:
+        if not 0 < normal_share < 1:
+            raise ConfigError(f"TWOPASS_NORMAL_SHARE={normal_share} must lie between 0 and 1 (exclusive)")
+        self.lanes = tuple(lanes)
+        self.normal_share = normal_share
+        self._credit = 0.0
+
+    def choose(self, waiting: Sequence[str]) -> str:
+        """The lane to take from, among the non-empty ``waiting`` ones (in :attr:`lanes` order)."""
+        if len(waiting) == 1:
+            return waiting[0]  # only one lane has work: no share is owed while the other is empty
+        self._credit += self.normal_share
+        if self._credit >= 1:
+            self._credit -= 1
+            return waiting[-1]  # the normal lane's turn
+        return waiting[0]
+
+
+class Pending:
+    """Received jobs waiting for the batcher: one bounded queue per lane, taken from by :class:`Share`."""
+
+    def __init__(self, lanes: Sequence[str], capacity: int, share: Share) -> None:
+        self._queues: dict[str, collections.deque[Item]] = {lane: collections.deque() for lane in lanes}
+        self._capacity = capacity
+        self._share = share
+        self._cond = threading.Condition()
+
+    def put(self, lane: str, item: Item, timeout: float) -> bool:
+        """Add ``item`` when its lane has room within ``timeout``; ``False`` if it never had."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._queues[lane]) < self._capacity, timeout):
+                return False
+            self._queues[lane].append(item)
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout: float = 0.0) -> Item | None:
+        """The next job by priority and share, waiting up to ``timeout`` for one; ``None`` if none came."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: any(self._queues.values()), timeout):
+                return None
+            lane = self._share.choose([name for name, q in self._queues.items() if q])
+            item = self._queues[lane].popleft()
+            self._cond.notify_all()
+            return item
+
+    def clear(self) -> list[Item]:
+        """Everything still waiting, in lane order; the lanes are left empty."""
+        with self._cond:
+            items = [item for q in self._queues.values() for item in q]
+            for q in self._queues.values():
+                q.clear()
+            self._cond.notify_all()
+            return items
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+
 class Intake:
-    """Receivers → decode pool → :attr:`pending`, the bounded queue the batcher reads."""
+    """Receivers (per lane) → decode pool → :attr:`pending`, the bounded lanes the batcher reads."""
 
     def __init__(
         self,
@@ -62,18 +131,27 @@ class Intake:
         self.poll_wait_seconds = settings.poll_wait_seconds
         self._decode = decode
         self._stop = stop
-        self.pending: queue.Queue[Item] = queue.Queue(maxsize=max(2 * settings.max_batch_size, 20))
-        #: Whether the last receive came back short (the queue had nothing more); read by the batcher.
-        self.drained = True
+        self.lanes = source.lanes()
+        self.pending = Pending(
+            self.lanes, max(2 * settings.max_batch_size, 20), Share(self.lanes, settings.normal_share)
+        )
+        self._drained = dict.fromkeys(self.lanes, True)
         self._decode_pool = ThreadPoolExecutor(max(1, settings.decode_threads), thread_name_prefix="decode")
         self._gate = threading.Condition()
         self._closed = False
         self._handing_off = 0
 
+    @property
+    def drained(self) -> bool:
+        """Whether the last receive of every lane came back short (nothing more queued); read by the batcher."""
+        return all(self._drained.values())
+
     def start(self) -> None:
-        for i in range(self.receivers):
-            # Daemon threads: a receiver blocked in a long poll must not hold up the process's exit.
-            threading.Thread(target=self._receive_loop, name=f"receiver-{i}", daemon=True).start()
+        for lane in self.lanes:
+            for i in range(self.receivers):
+                # Daemon threads: a receiver blocked in a long poll must not hold up the process's exit.
+                name = f"receiver-{i}" if len(self.lanes) == 1 else f"receiver-{lane}-{i}"
+                threading.Thread(target=self._receive_loop, args=(lane,), name=name, daemon=True).start()
 
     def close(self) -> list[Delivery]:
         """Stop taking messages in; returns those received but never handed to the model.
@@ -84,33 +162,28 @@ class Intake:
             self._closed = True
             if not self._gate.wait_for(lambda: self._handing_off == 0, timeout=_CLOSE_TIMEOUT):
                 logger.error("%d receiver(s) still handing off after %.0fs", self._handing_off, _CLOSE_TIMEOUT)
-        leftovers = []
-        while True:
-            try:
-                leftovers.append(self.pending.get_nowait().delivery)
-            except queue.Empty:
-                break
+        leftovers = [item.delivery for item in self.pending.clear()]
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         return leftovers
 
-    def _receive_loop(self) -> None:
+    def _receive_loop(self, lane: str) -> None:
         backoff = Backoff(base=0.5, cap=20.0)
         while not self._stop.is_set():
             try:
-                deliveries = self.source.receive(RECEIVE_BATCH, self.poll_wait_seconds)
+                deliveries = self.source.receive_lane(lane, RECEIVE_BATCH, self.poll_wait_seconds)
             except Exception as exc:  # noqa: BLE001 - network, throttling, credentials: keep trying, slower
-                logger.warning("receive failed (%s); retrying with backoff", exc)
+                logger.warning("receive (%s) failed (%s); retrying with backoff", lane, exc)
                 backoff.wait(self._stop)
                 continue
             backoff.reset()
             if not deliveries:
-                self.drained = True
+                self._drained[lane] = True
                 continue
             self.stats.add(received=len(deliveries))
             if not self._admit(deliveries):
                 return
             try:
-                self._hand_off(deliveries)
+                self._hand_off(lane, deliveries)
             finally:
                 with self._gate:
                     self._handing_off -= 1
@@ -127,22 +200,20 @@ class Intake:
             self.leases.release(deliveries)  # a poll that came back after shutdown began
         return admitted
 
-    def _hand_off(self, deliveries: Sequence[Delivery]) -> None:
-        self.drained = False  # more is on its way into pending
+    def _hand_off(self, lane: str, deliveries: Sequence[Delivery]) -> None:
+        self._drained[lane] = False  # more is on its way into pending
         for i, delivery in enumerate(deliveries):
             item = Item(delivery, self._decode_pool.submit(self._decode, delivery.message))
-            if not self._put(item):
+            if not self._put(lane, item):
                 self.leases.release(deliveries[i:])
                 break
         # Set after the hand-off, so the batcher never sees "drained" with these still in hand.
-        self.drained = len(deliveries) < RECEIVE_BATCH
+        self._drained[lane] = len(deliveries) < RECEIVE_BATCH
 
-    def _put(self, item: Item) -> bool:
-        """Bounded hand-off: a full pipeline slows receiving down. ``False`` when stopping meanwhile."""
+    def _put(self, lane: str, item: Item) -> bool:
+        """Bounded hand-off: a full lane slows its receivers down. ``False`` when stopping meanwhile."""
         while True:
-            try:
-                self.pending.put(item, timeout=_HAND_OFF_TICK)
+            if self.pending.put(lane, item, _HAND_OFF_TICK):
                 return True
-            except queue.Full:
-                if self._stop.is_set():
-                    return False
+            if self._stop.is_set():
+                return False

@@ -24,7 +24,7 @@ class Leases:
     def __init__(self, source: MessageSource, visibility_seconds: int) -> None:
         self.source = source
         self.visibility_seconds = visibility_seconds
-        self._held: dict[str, Delivery] = {}
+        self._held: dict[tuple[str, str], Delivery] = {}
         self._held_lock = threading.Lock()
         # One visibility change at a time, so an extension computed before a release can never
         # land after it (that would hide a released message for a whole visibility timeout).
@@ -33,13 +33,13 @@ class Leases:
     def hold(self, deliveries: Sequence[Delivery]) -> None:
         with self._held_lock:
             for d in deliveries:
-                self._held[d.receipt] = d
+                self._held[d.key] = d
 
     def drop(self, deliveries: Sequence[Delivery]) -> None:
         """Stop extending: the messages come back after their visibility timeout."""
         with self._held_lock:
             for d in deliveries:
-                self._held.pop(d.receipt, None)
+                self._held.pop(d.key, None)
 
     def last_attempt(self, delivery: Delivery) -> bool:
         """Whether a failure now sends the message to the dead-letter queue."""

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from twopass.worker.events import WorkerEvents
 from twopass.worker.intake import Intake, Item
 from twopass.worker.leases import Leases
 from twopass.worker.recorder import Recorder
+from twopass.worker.rollout import SlowModels
 from twopass.worker.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,11 @@ class Pipeline:
         stats: WorkerStats,
         settings: Settings,
         stop: threading.Event,
+        models: SlowModels | None = None,
     ) -> None:
         self.classifier = classifier
+        #: The serving model and a rollout's candidate (``twopass.worker.rollout``).
+        self.models = models or SlowModels(classifier)
         self.intake = intake
         self.recorder = recorder
         self.leases = leases
@@ -109,28 +112,26 @@ class Pipeline:
     # -- batching ------------------------------------------------------------------------------
 
     def next_batch(self) -> list[Item]:
-        try:
-            first = self.intake.pending.get(timeout=_TICK)
-        except queue.Empty:
+        """Jobs for one batch, taken by priority (high-priority first, normal work's share kept)."""
+        first = self.intake.pending.take(timeout=_TICK)
+        if first is None:
             return []
         batch = [first]
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch_size:
-            try:
-                batch.append(self.intake.pending.get_nowait())
+            item = self.intake.pending.take()
+            if item is not None:
+                batch.append(item)
                 continue
-            except queue.Empty:
-                pass
             if self.intake.drained and self._model_slots.idle():
                 break  # the queue is empty and the model free: waiting would only add latency
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                # Short waits, re-checking: a receiver may find the queue drained, the model free up.
-                batch.append(self.intake.pending.get(timeout=min(remaining, _BATCH_TICK)))
-            except queue.Empty:
-                continue
+            # Short waits, re-checking: a receiver may find the queue drained, the model free up.
+            item = self.intake.pending.take(timeout=min(remaining, _BATCH_TICK))
+            if item is not None:
+                batch.append(item)
         return batch
 
     def process(self, batch: list[Item]) -> None:
@@ -147,8 +148,8 @@ class Pipeline:
             return
         running, final = self.recorder.start([d for d, _ in ready])
         self.leases.ack(done + final)
-        started = {d.receipt for d in running}
-        runnable = [(d, t) for d, t in ready if d.receipt in started]
+        started = {d.key for d in running}
+        runnable = [(d, t) for d, t in ready if d.key in started]
         if not runnable:
             self._model_slots.release()
             self.events.flush()
@@ -183,22 +184,25 @@ class Pipeline:
     # -- the model thread ----------------------------------------------------------------------
 
     def _infer(self, runnable: list[tuple[Delivery, np.ndarray]]) -> None:
-        """One ``session.run``, then the results go to the finisher."""
+        """One ``session.run`` (two while a candidate serves or shadows part of it), then the results go to
+        the finisher."""
         deliveries, size = [d for d, _ in runnable], len(runnable)
+        messages = [d.message for d in deliveries]
         started = time.perf_counter()
         try:
-            predictions = self.classifier.predict_batch([t for _, t in runnable])
+            answers = self.models.predict(messages, [t for _, t in runnable])
         except Exception as exc:
             logger.exception("inference failed for a batch of %d", size)
             self.recorder.inference_failed(deliveries, f"inference failed: {exc}")
             return
         elapsed = time.perf_counter() - started
         self.stats.add_batch(size, elapsed)
-        batch_ms, now, model = elapsed * 1000, time.time(), self.classifier.name
-        results = [
-            (d, p.result(model, batch_ms, batch_size=size, queue_wait_ms=_queue_wait_ms(d, now, batch_ms)))
-            for d, p in zip(deliveries, predictions, strict=True)
-        ]
+        batch_ms, now = elapsed * 1000, time.time()
+        results = []
+        for d, a in zip(deliveries, answers, strict=True):
+            wait = _queue_wait_ms(d, now, batch_ms)
+            base = a.prediction.result(a.model.name, batch_ms, batch_size=size, queue_wait_ms=wait)
+            results.append((d, self.models.result(a, d.message, base)))
         self.events.batch(size, round(batch_ms, 3), [r["queue_wait_ms"] for _, r in results])
         self._finish_slots.acquire()  # back-pressure when the table is slower than the model
         future = self._finisher.submit(self._guarded, self.recorder.succeed_all, results)
