@@ -7,7 +7,9 @@ lay them out; tests/e2e/test_oip_clients.py calls the same routes with tritoncli
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
+import importlib.util
 import json
 import struct
 import zlib
@@ -20,12 +22,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import CAT_LABELS
+from tests.conftest import CAT_LABELS, EVENTS
 from twopass.api.app import create_app
 from twopass.api.service import TwopassService
-from twopass.config import Settings
+from twopass.config import REPO_ROOT, Settings
 from twopass.imaging import load_tensor
 from twopass.jobs.dynamodb import DynamoJobStore
+from tests.lambda_context import LambdaContext
 from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 from twopass.models.runtime import Classifier
@@ -413,3 +416,33 @@ def test_routes_are_in_the_openapi_schema(client: TestClient) -> None:
     } <= set(paths)
     infer = paths["/v2/models/{model_name}/infer"]["post"]
     assert {"application/json", "application/octet-stream"} <= set(infer["requestBody"]["content"])
+
+
+def test_binary_infer_through_the_lambda_handler(aws: Settings, cat_jpeg: bytes, photo: Photo) -> None:
+    """Behind API Gateway: the binary body arrives base64-encoded, the binary answer leaves base64-encoded
+    with its Inference-Header-Content-Length, and the job's owner is the gateway's API key id."""
+    spec = importlib.util.spec_from_file_location("api_handler_oip", REPO_ROOT / "functions/api/app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    body, headers = binary_request(cat_jpeg, photo("coffee.jpg"), parameters={"binary_data_output": True})
+    event: dict[str, Any] = copy.deepcopy(json.loads((EVENTS / "rest_predict_binary.json").read_text()))
+    event.update(resource=INFER, path=INFER, body=base64.b64encode(body).decode(), isBase64Encoded=True)
+    event["requestContext"].update(resourcePath=INFER, path=f"/dev{INFER}")
+    for name, value in {
+        **headers,
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(len(body)),
+    }.items():
+        event["headers"][name] = value
+        event["multiValueHeaders"][name] = [value]
+    response = module.handler(event, LambdaContext())
+    assert response["statusCode"] == 200 and response["isBase64Encoded"] is True, response
+    raw = base64.b64decode(response["body"])
+    size = int(response["headers"]["inference-header-content-length"])
+    head = json.loads(raw[:size])
+    probabilities = np.frombuffer(raw[size:], dtype="<f4").reshape(2, 1000)
+    assert imagenet_labels()[int(probabilities[1].argmax())] == "espresso"
+    job_id = head["parameters"]["twopass_job_id"].split(",")[0]
+    record = DynamoJobStore(aws.table_name).get(job_id)
+    assert record is not None and record.owner == "apikey:k1a2b3"
