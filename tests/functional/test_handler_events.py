@@ -12,8 +12,8 @@ import boto3
 import pytest
 
 from tests.conftest import CAT_LABELS, EVENTS
+from tests.lambda_context import LambdaContext
 from twopass.config import REPO_ROOT, Settings
-from twopass.local.lambda_context import LambdaContext
 from twopass.queue.base import JobMessage
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

@@ -26,12 +26,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CAT_LABELS, EVENTS
+from tests.lambda_context import LambdaContext
 from twopass.aws import reset_clients
 from twopass.config import REPO_ROOT, Settings
 from twopass.imaging import ALLOWED_FORMATS
 from twopass.local import samlocal
 from twopass.local import template as tpl
-from twopass.local.lambda_context import LambdaContext
 from twopass.local.provision import API_FUNCTION, Provisioned, provision
 from twopass.local.stack import free_port
 

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from twopass.exceptions import ModelLoadError
 from twopass.imaging import load_tensor
-from twopass.models.card import ModelCard, card_path, sha256_file
+from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 from twopass.models.source import resolve
 
@@ -119,17 +119,13 @@ class Classifier:
         *,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
-        verify_sha256: bool = False,
         top_k: int = 5,
-        warmup: bool = True,
     ) -> None:
         self.path = path
         try:
             self.card = ModelCard.load(card_path(path))
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise ModelLoadError(f"bad or missing model card for {path}: {exc}") from exc
-        if verify_sha256 and sha256_file(path) != self.card.sha256:
-            raise ModelLoadError(f"{path} does not match the sha256 in its card")
         started = time.perf_counter()
         try:
             chosen = available_providers(providers)
@@ -146,18 +142,24 @@ class Classifier:
         self.top_k = top_k
         self._input = self.card.input_name
         self._output = self.card.output_name
-        if warmup:
-            # The first run allocates buffers and picks kernels (~10x a normal run): pay it at
-            # load time (Lambda init, worker start), not on the first request.
-            size = self.card.input_size
-            self.logits(np.zeros((1, 3, size, size), dtype=np.float32))
+        # The first run allocates buffers and picks kernels (~10x a normal run): pay it at load time
+        # (Lambda init, worker start), not on the first request.
+        size = self.card.input_size
+        self.logits(np.zeros((1, 3, size, size), dtype=np.float32))
         self.load_seconds = time.perf_counter() - started
         logger.info("loaded %s (%s) on %s in %.3fs", self.name, path.name, self.providers[0], self.load_seconds)
 
     @classmethod
-    def from_location(cls, location: str, **kwargs: object) -> Classifier:
+    def from_location(
+        cls,
+        location: str,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        top_k: int = 5,
+    ) -> Classifier:
         """Load from a local path or any registered scheme (``s3://…``)."""
-        return cls(resolve(location), **kwargs)  # type: ignore[arg-type]
+        return cls(resolve(location), providers=providers, intra_op_threads=intra_op_threads, top_k=top_k)
 
     @property
     def name(self) -> str:
