@@ -21,7 +21,7 @@ import numpy as np
 from bench.common import latency_summary, log, median, median_of_runs, photos, ratio
 from twopass.config import Settings
 from twopass.imaging import load_tensor
-from twopass.jobs.base import JobRecord, JobStore, new_job_id
+from twopass.jobs.base import JobRecord, JobStore, Start, new_job_id
 from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
 from twopass.payloads import PayloadStore
@@ -122,8 +122,8 @@ class CountingStore(MemoryJobStore):
         super().__init__()
         self.finished = Finished(target)
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        wrote = super().succeed(job_id, result)
+    def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
+        wrote = super().succeed(job_id, result, start=start)
         self.finished.record(job_id, result, wrote)
         return wrote
 
@@ -339,8 +339,8 @@ def moto_measurements(
             super().__init__(table)
             self.finished = Finished(target)
 
-        def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-            wrote = super().succeed(job_id, result)
+        def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
+            wrote = super().succeed(job_id, result, start=start)
             self.finished.record(job_id, result, wrote)
             return wrote
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import CAT_LABELS
 from twopass.config import Settings
 from twopass.exceptions import DependencyError
-from twopass.jobs.base import JobRecord, JobStatus, new_job_id
+from twopass.jobs.base import JobRecord, JobStatus, Start, new_job_id
 from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
 from twopass.queue.base import Delivery, JobMessage
@@ -132,11 +132,11 @@ class FlakyStore(MemoryJobStore):
         super().__init__()
         self.outages = outages
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+    def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
         if self.outages > 0:
             self.outages -= 1
             raise DependencyError("table unreachable")
-        return super().succeed(job_id, result)
+        return super().succeed(job_id, result, start=start)
 
 
 def test_table_outage_retries_then_succeeds_without_losing_the_job(

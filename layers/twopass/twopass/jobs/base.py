@@ -165,6 +165,20 @@ class WorkerBeat:
         return (time.time() if now is None else now) - self.at
 
 
+@dataclass(frozen=True)
+class Start:
+    """A start folded into the job's final write, instead of a write of its own.
+
+    The worker marks a short batch's jobs running only in their final write: ``attempts`` + 1,
+    ``started_at`` = ``at`` (when the batch was taken), ``worker`` = ``worker_id``, under the same
+    condition as :meth:`JobStore.start` (a queued job past its deadline at ``at`` is refused). One
+    write per job instead of two; the conditional final write keeps every other guarantee.
+    """
+
+    worker_id: str
+    at: float
+
+
 class JobStore(ABC):
     """Where job records live. Transitions return ``False`` when the job's state forbids them."""
 
@@ -198,11 +212,14 @@ class JobStore(ABC):
         it is still queued past its ``deadline_at`` (the caller then calls :meth:`expire`)."""
 
     @abstractmethod
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        """queued|running → succeeded with ``result``; ``False`` if it was already final."""
+    def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
+        """queued|running → succeeded with ``result``; ``False`` if it was already final.
+
+        With ``start``, the same write also records what :meth:`start` would have (see :class:`Start`).
+        """
 
     @abstractmethod
-    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
+    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False, start: Start | None = None) -> bool:
         """queued|running (or only queued) → failed with ``error``; ``False`` if not allowed."""
 
     @abstractmethod

@@ -35,6 +35,7 @@ from twopass.jobs.base import (
     JobRecord,
     JobStatus,
     JobStore,
+    Start,
     WorkerBeat,
     check_page_size,
     decode_cursor,
@@ -236,29 +237,48 @@ class DynamoJobStore(JobStore):
         )
         return None if attrs is None else self._record(attrs)
 
-    def _finish(self, job_id: str, sets: str, condition: str, values: dict[str, Any], names: dict[str, str]) -> bool:
-        """A conditional write of a final state: ``sets`` plus the timestamps, out of the pending index."""
+    def _finish(
+        self,
+        job_id: str,
+        sets: str,
+        condition: str,
+        values: dict[str, Any],
+        names: dict[str, str],
+        start: Start | None = None,
+    ) -> bool:
+        """A conditional write of a final state: ``sets`` plus the timestamps, out of the pending index.
+
+        With ``start``, the write also does what :meth:`start` does, under its deadline condition.
+        """
         values = {**values, ":now": time.time(), ":one": 1}
         remove = "pending, #e" if "#e = " not in sets else "pending"
-        expression = f"SET {sets}, finished_at = :now, updated_at = :now REMOVE {remove} ADD final_writes :one"
+        adds = "final_writes :one"
+        if start is not None:
+            sets += ", started_at = :started, worker = :w"
+            adds += ", attempts :one"
+            values.update({":started": start.at, ":w": start.worker_id, ":running": "running"})
+            in_time = "#s = :running OR attribute_not_exists(deadline_at) OR deadline_at > :started"
+            condition = f"({condition}) AND ({in_time})"
+        expression = f"SET {sets}, finished_at = :now, updated_at = :now REMOVE {remove} ADD {adds}"
         return self._update(job_id, expression, condition, values, {"#e": "error", **names}) is not None
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+    def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
         return self._finish(
             job_id,
             "#s = :done, #r = :result",
             _OPEN,
             {":done": "succeeded", ":queued": "queued", ":running": "running", ":result": result},
             {"#r": "result"},
+            start,
         )
 
-    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
+    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False, start: Start | None = None) -> bool:
         values: dict[str, Any] = {":failed": "failed", ":queued": "queued", ":error": error[:2000]}
         condition = "attribute_exists(job_id) AND #s = :queued"
         if not only_if_queued:
             values[":running"] = "running"
             condition = _OPEN
-        return self._finish(job_id, "#s = :failed, #e = :error", condition, values, {})
+        return self._finish(job_id, "#s = :failed, #e = :error", condition, values, {}, start)
 
     def reopen(self, job_id: str) -> bool:
         return (

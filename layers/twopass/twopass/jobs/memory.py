@@ -21,6 +21,7 @@ from twopass.jobs.base import (
     JobRecord,
     JobStatus,
     JobStore,
+    Start,
     WorkerBeat,
     check_page_size,
     decode_cursor,
@@ -69,13 +70,26 @@ class MemoryJobStore(JobStore):
             record.attempts += 1
             return copy.deepcopy(record)
 
-    def _finish(self, job_id: str, status: JobStatus, *, only_if_queued: bool = False, **values: Any) -> bool:
+    def _finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        only_if_queued: bool = False,
+        start: Start | None = None,
+        **values: Any,
+    ) -> bool:
         """A conditional write of a final state: only from queued|running (or from queued alone)."""
         with self._lock:
             record = self._jobs.get(job_id)
             allowed = {JobStatus.QUEUED} if only_if_queued else OPEN_STATUSES
             if record is None or record.status not in allowed:
                 return False
+            if start is not None:
+                if record.status is JobStatus.QUEUED and record.past_deadline(start.at):
+                    return False
+                record.started_at, record.worker = start.at, start.worker_id
+                record.attempts += 1
             now = time.time()
             record.status, record.finished_at, record.updated_at = status, now, now
             for name, value in values.items():
@@ -83,11 +97,11 @@ class MemoryJobStore(JobStore):
             self.final_writes[job_id] = self.final_writes.get(job_id, 0) + 1
             return True
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        return self._finish(job_id, JobStatus.SUCCEEDED, result=copy.deepcopy(result), error=None)
+    def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
+        return self._finish(job_id, JobStatus.SUCCEEDED, start=start, result=copy.deepcopy(result), error=None)
 
-    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False) -> bool:
-        return self._finish(job_id, JobStatus.FAILED, only_if_queued=only_if_queued, error=error)
+    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False, start: Start | None = None) -> bool:
+        return self._finish(job_id, JobStatus.FAILED, only_if_queued=only_if_queued, start=start, error=error)
 
     def cancel(self, job_id: str) -> bool:
         return self._finish(job_id, JobStatus.CANCELLED)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,8 @@ from twopass import aws
 
 #: (service id as botocore names it, e.g. ``"DynamoDB"``, operation name, e.g. ``"PutItem"``).
 Call = tuple[str, str]
+#: Sorts a call into a group of the caller's choosing from ``(service, operation, parameters)``.
+Tagger = Callable[[str, str, Mapping[str, Any]], str]
 
 #: Operations that write to DynamoDB (billed in write request units) and that read from it.
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
@@ -46,29 +48,46 @@ class CallCounter:
     entries: Counter[Call] = field(default_factory=Counter)
     #: Bytes of message bodies sent (SQS bills each 64 KiB of a request as one request).
     message_bytes: int = 0
+    #: When set, every call is also counted under its tag in :attr:`tagged` (e.g. per-job work
+    #: apart from periodic chores), and empty receives in :attr:`empty_by_tag`.
+    tagger: Tagger | None = None
+    tagged: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    empty_by_tag: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _detach: list[Any] = field(default_factory=list, repr=False)
 
     # -- hooks -----------------------------------------------------------------------------------
 
-    def _before_call(self, model: Any, params: Mapping[str, Any], **_: Any) -> None:
+    def _before_call(
+        self, model: Any, params: Mapping[str, Any], context: dict[str, Any] | None = None, **_: Any
+    ) -> None:
         key = _key(model)
         entries = params.get("Entries") or params.get("TransactItems") or params.get("RequestItems")
+        tag = None if self.tagger is None else self.tagger(*key, params)
+        if tag is not None and context is not None:
+            context["twopass_call_tag"] = tag  # the same dict reaches after-call
         with self._lock:
             self.calls[key] += 1
+            if tag is not None:
+                self.tagged[(tag, *key)] += 1
             if isinstance(entries, list | dict):
                 self.entries[key] += len(entries)
             body = params.get("MessageBody")
             if isinstance(body, str):
                 self.message_bytes += len(body.encode())
 
-    def _after_call(self, model: Any, parsed: Mapping[str, Any], **_: Any) -> None:
+    def _after_call(
+        self, model: Any, parsed: Mapping[str, Any], context: Mapping[str, Any] | None = None, **_: Any
+    ) -> None:
         if model.name != "ReceiveMessage":
             return
         got = len(parsed.get("Messages") or [])
+        tag = (context or {}).get("twopass_call_tag")
         with self._lock:
             self.received += got
             self.empty_receives += int(got == 0)
+            if tag is not None and not got:
+                self.empty_by_tag[str(tag)] += 1
 
     # -- attaching -------------------------------------------------------------------------------
 
@@ -114,6 +133,8 @@ class CallCounter:
         with self._lock:
             self.calls.clear()
             self.entries.clear()
+            self.tagged.clear()
+            self.empty_by_tag.clear()
             self.received = self.empty_receives = self.message_bytes = 0
 
     def total(self, service: str | None = None, operations: frozenset[str] | None = None) -> int:
@@ -124,6 +145,11 @@ class CallCounter:
                 for (svc, op), n in self.calls.items()
                 if (service is None or svc == service) and (operations is None or op in operations)
             )
+
+    def by_tag(self, tag: str) -> dict[Call, int]:
+        """Calls the tagger put under ``tag``."""
+        with self._lock:
+            return {(svc, op): n for (t, svc, op), n in self.tagged.items() if t == tag}
 
     def per_job(self, jobs: int) -> dict[str, float]:
         """``{"SQS SendMessage": calls / jobs, …}``, sorted by service then operation."""

@@ -3,21 +3,32 @@
 Every write is conditional in the store, so a redelivered or duplicated message is harmless; a
 message is acknowledged only once its job's final state is durable. A write the table refuses even
 after a few retries leaves the message to be redelivered.
+
+A short batch's jobs are not marked running with a write of their own: the start (attempts + 1,
+``started_at``, the worker) is folded into the final write, one write per job instead of two (see
+:class:`~twopass.jobs.base.Start`). Jobs are marked running up front, as before, when the batch is
+expected to take long (so ``GET /job`` says ``running`` while it matters) and when the message is a
+redelivery (a job that may be final already is then checked before it costs a model run). A job
+that ran but whose result cannot be written has its attempt recorded by a start write when it is
+left for redelivery, so ``attempts`` counts it either way.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from twopass.backoff import Backoff, retry
 from twopass.exceptions import DependencyError, TwopassError
-from twopass.jobs.base import JobStatus, JobStore
+from twopass.jobs.base import JobStatus, JobStore, Start
 from twopass.payloads import PayloadStore
 from twopass.queue.base import Delivery
+from twopass.worker.caching import CacheFiller
 from twopass.worker.events import WorkerEvents
 from twopass.worker.leases import Leases
 from twopass.worker.stats import WorkerStats
@@ -26,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 #: Store writes in flight at once (each is one network round trip).
 STORE_THREADS = 16
+#: A batch expected to take longer than this from being taken to its results (it may wait behind
+#: the batch on the model) has its jobs marked running up front; shorter ones fold the start in.
+RUNNING_MARK_SECONDS = 2.0
+#: What an expired job's error says when its deadline had passed before the batch took it.
+LATE_REASON = "its deadline passed before a worker started it"
 
 
 class Recorder:
@@ -41,8 +57,11 @@ class Recorder:
         *,
         worker_id: str,
         stop: threading.Event,
+        cache: CacheFiller | None = None,
     ) -> None:
         self.store = store
+        #: Stores each succeeded result in the result cache, when it is on.
+        self.cache = cache
         self.leases = leases
         self.payloads = payloads
         self.events = events
@@ -50,6 +69,9 @@ class Recorder:
         self.worker_id = worker_id
         self._stop = stop
         self._pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+        #: Starts folded into the final write, by receipt, from :meth:`start` until the job is done.
+        self._folded: dict[str, Start] = {}
+        self._folded_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -63,19 +85,49 @@ class Recorder:
         """Not the job's fault (a dependency is down): leave the message to be redelivered."""
         logger.warning("job %s: %s; will be redelivered", delivery.message.job_id, why)
         self.stats.add(retried=1)
+        if self._take_start(delivery) is not None:
+            self._record_attempt(delivery)
         self.leases.drop([delivery])
+
+    def _record_attempt(self, delivery: Delivery) -> None:
+        """The job ran without a running mark and its outcome could not be written: count the attempt."""
+        try:
+            self.store.start(delivery.message.job_id, self.worker_id)
+        except DependencyError as exc:  # the table is down: the attempt goes uncounted, nothing else is lost
+            logger.info("job %s: attempt not recorded (%s)", delivery.message.job_id, exc)
+
+    def _take_start(self, delivery: Delivery) -> Start | None:
+        with self._folded_lock:
+            return self._folded.pop(delivery.receipt, None)
+
+    def _fold(self, deliveries: Sequence[Delivery]) -> bool:
+        """Whether this batch folds its jobs' starts into their final writes (a short batch)."""
+        jobs, seconds = self.stats.batched_jobs, self.stats.inference_seconds
+        # Taken now, it may wait for the batch on the model before its own run: twice its own time.
+        expected = 2 * len(deliveries) * seconds / jobs if jobs else 0.0
+        return expected <= RUNNING_MARK_SECONDS
 
     # -- running -------------------------------------------------------------------------------
 
     def start(self, deliveries: Sequence[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
-        """Mark each job running, in parallel: ``(to run, already final)``.
+        """Start each job: ``(to run, already final)``.
 
-        A job that is already final (a duplicate delivery) or unknown is not run; its message may be
-        acked. One the table could not mark is left for redelivery and is in neither list.
+        First deliveries of a short batch start without a write (their start is folded into the final
+        write). The others are marked running, in parallel: a job that is already final (a duplicate
+        delivery) or unknown is not run, and its message may be acked; one the table could not mark
+        is left for redelivery and is in neither list.
         """
-        outcomes = list(self._pool.map(self._start_one, deliveries))
-        running = [d for d, outcome in zip(deliveries, outcomes, strict=True) if outcome is True]
-        final = [d for d, outcome in zip(deliveries, outcomes, strict=True) if outcome is False]
+        fold = self._fold(deliveries)
+        folded = [d for d in deliveries if fold and d.receive_count <= 1]
+        if folded:
+            start = Start(self.worker_id, time.time())
+            with self._folded_lock:
+                self._folded.update((d.receipt, start) for d in folded)
+        taken = {d.receipt for d in folded}
+        marked = [d for d in deliveries if d.receipt not in taken]
+        outcomes = dict(zip((d.receipt for d in marked), self._pool.map(self._start_one, marked), strict=True))
+        running = [d for d in deliveries if d.receipt in taken or outcomes.get(d.receipt) is True]
+        final = [d for d in marked if outcomes[d.receipt] is False]
         return running, final
 
     def _start_one(self, delivery: Delivery) -> bool | None:
@@ -101,13 +153,19 @@ class Recorder:
     def _succeed_one(self, item: tuple[Delivery, dict[str, Any]]) -> Delivery | None:
         delivery, result = item
         job_id = delivery.message.job_id
-        ok = self._finish(delivery, JobStatus.SUCCEEDED, lambda: self.store.succeed(job_id, result), result=result)
+        write = partial(self.store.succeed, job_id, result, start=self._folded_start(delivery))
+        ok = self._finish(delivery, JobStatus.SUCCEEDED, write, result=result)
         return delivery if ok else None
 
     def fail(self, delivery: Delivery, reason: str) -> bool:
         """Record a permanent failure; ``True`` when the message may be acked."""
         job_id = delivery.message.job_id
-        return self._finish(delivery, JobStatus.FAILED, lambda: self.store.fail(job_id, reason), error=reason)
+        write = partial(self.store.fail, job_id, reason, start=self._folded_start(delivery))
+        return self._finish(delivery, JobStatus.FAILED, write, error=reason)
+
+    def _folded_start(self, delivery: Delivery) -> Start | None:
+        with self._folded_lock:
+            return self._folded.get(delivery.receipt)
 
     def _finish(
         self,
@@ -124,15 +182,28 @@ class Recorder:
         except DependencyError as exc:
             self.retry_later(delivery, f"could not record {status.value} ({exc})")
             return False
-        if not wrote:  # final already: a duplicate delivery
+        folded = self._take_start(delivery)
+        if not wrote:  # final already (a duplicate delivery), or still queued past its deadline
+            if folded is not None:
+                self._expire_if_late(delivery.message.job_id)
             self.stats.add(duplicates=1)
             return True
         self.stats.add(succeeded=int(status is JobStatus.SUCCEEDED), failed=int(status is JobStatus.FAILED))
         self.events.final(delivery.message, status, result, error)
+        if status is JobStatus.SUCCEEDED and result is not None and self.cache is not None:
+            self.cache(delivery.message, result)
         # A failed job keeps its claim-checked image, for a redrive after a fix.
         if status is JobStatus.SUCCEEDED and delivery.message.image_ref:
             self._drop_payload(delivery.message.image_ref)
         return True
+
+    def _expire_if_late(self, job_id: str) -> None:
+        """A folded start was refused: if the job is still queued, its deadline passed before the batch took it."""
+        try:
+            if self.store.expire(job_id, LATE_REASON):
+                logger.info("job %s expired: %s", job_id, LATE_REASON)
+        except DependencyError as exc:  # it stays queued; its message is acked, the reconciler sees it later
+            logger.warning("job %s: could not mark expired (%s)", job_id, exc)
 
     def _drop_payload(self, ref: str) -> None:
         try:
