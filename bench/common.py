@@ -124,7 +124,6 @@ def timed(fn: Callable[[], object]) -> float:
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(FAKE_AWS)
-    env["ORT_DISABLE_TELEMETRY"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "layers" / "twopass"), str(REPO)]))
     env.pop("AWS_ENDPOINT_URL", None)
     env.update(extra or {})

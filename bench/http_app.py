@@ -7,10 +7,6 @@ Every other setting comes from the environment (``TWOPASS_*``), as in production
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
 from fastapi import FastAPI
 
 from twopass.api.app import create_app as create_twopass_app

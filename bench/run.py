@@ -25,8 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# onnxruntime must not phone home; set before anything imports it.
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 for entry in (str(REPO / "layers" / "twopass"), str(REPO)):
     if entry not in sys.path:

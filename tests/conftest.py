@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports onnxruntime or boto3: no telemetry, no real AWS, ever.
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+# Before anything imports boto3: no real AWS, ever. (twopass itself turns onnxruntime's telemetry off.)
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

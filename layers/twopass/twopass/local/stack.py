@@ -50,7 +50,6 @@ EMULATOR_ENV = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
-    "ORT_DISABLE_TELEMETRY": "1",
 }
 
 
