@@ -38,8 +38,10 @@ logger = logging.getLogger(__name__)
 #: Store writes in flight at once (each is one network round trip).
 STORE_THREADS = 16
 #: A batch expected to take longer than this from being taken to its results (it may wait behind
-#: the batch on the model) has its jobs marked running up front; shorter ones fold the start in.
-RUNNING_MARK_SECONDS = 2.0
+#: the batch on the model) has its jobs marked running up front, so a client polling GET /job sees
+#: them running; shorter ones fold the start in (a GPU batch takes tens of milliseconds, a CPU batch
+#: of 32 a second or two).
+RUNNING_MARK_SECONDS = 10.0
 #: What an expired job's error says when its deadline had passed before the batch took it.
 LATE_REASON = "its deadline passed before a worker started it"
 
