@@ -32,6 +32,15 @@ class SlowMode(StrEnum):
 SlowModeName = Literal["auto", "always", "never"]
 
 
+#: Keys of a job message's ``context`` (strings) that the worker reads: the fast answer, to compare the
+#: slow one with (agreement), and the result cache key's parts (only while the cache is on).
+FAST_CLASS_ID = "fast_class_id"
+FAST_LABEL = "fast_label"
+FAST_VERSION = "fast_version"
+OWNER = "owner"
+IMAGE_SHA256 = "image_sha256"
+
+
 class Route(StrEnum):
     """Where a job goes once the fast model has answered."""
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from twopass.cascade import Cascade
+from twopass.cascade import FAST_CLASS_ID, FAST_LABEL, FAST_VERSION, IMAGE_SHA256, OWNER, Cascade
 from twopass.exceptions import DependencyError
 from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus
 from twopass.jobs.cache import CachedResult, CacheKey, ResultCache, cache_for
@@ -28,14 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: How long the API trusts what it learnt of the serving slow model's version (a worker's heartbeat).
 SLOW_VERSION_SECONDS = 30.0
-
-# What the queue message carries for the worker (its ``context``, all strings): the fast answer, to
-# compare with the slow one (agreement), and what the worker needs to fill the result cache.
-FAST_CLASS_ID = "fast_class_id"
-FAST_LABEL = "fast_label"
-FAST_VERSION = "fast_version"
-IMAGE_SHA256 = "image_sha256"
-OWNER = "owner"
 
 
 def fast_context(prediction: Prediction, fast_version: str) -> dict[str, str]:

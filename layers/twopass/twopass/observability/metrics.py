@@ -59,6 +59,7 @@ class MetricsSink:
         from aws_lambda_powertools import Metrics
 
         self._metrics = Metrics(namespace=NAMESPACE, service=service)
+        self.service = service
         self._lock = threading.Lock()
         self._pending = 0
 
@@ -69,6 +70,17 @@ class MetricsSink:
         with self._lock:
             self._metrics.add_metric(name=metric.value, unit=unit, value=value)
             self._pending += 1
+
+    def add_dimensioned(self, metric: Metric, value: float, dimensions: dict[str, str]) -> None:
+        """One value with dimensions of its own beside ``service`` (e.g. ``model_version``), printed at once:
+        EMF puts one dimension set on a whole blob, and the batch's other metrics must keep theirs."""
+        from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+        unit = MetricUnit(_UNITS.get(metric, "Count"))
+        dims = {"service": self.service, **dimensions}
+        with self._lock, single_metric(name=metric.value, unit=unit, value=value, namespace=NAMESPACE,
+                                       default_dimensions=dims):  # fmt: skip
+            pass
 
     def add_metadata(self, key: str, value: Any) -> None:
         with self._lock:

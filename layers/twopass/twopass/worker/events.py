@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("twopass.worker.jobs")
 
+#: The metric each final state counts in (a cancel is counted by the API, which takes it).
+_FINAL_METRICS = {JobStatus.SUCCEEDED: Metric.JOBS_SUCCEEDED, JobStatus.EXPIRED: Metric.JOBS_EXPIRED}
+
 
 class WorkerEvents:
     """Hooks the worker calls; this base does nothing but log."""
@@ -33,7 +36,7 @@ class WorkerEvents:
         if status is JobStatus.SUCCEEDED and result is not None:
             logger.info("job succeeded: %s", result.get("label"), extra=extra)
         else:
-            logger.warning("job failed: %s", error, extra=extra)
+            logger.warning("job %s: %s", status.value, error, extra=extra)
 
     def dead_lettered(self, count: int) -> None:
         """``count`` dead-lettered jobs were marked failed."""
@@ -63,12 +66,27 @@ class ObservedEvents(WorkerEvents):
     def final(self, message: JobMessage, status: JobStatus, result: dict[str, Any] | None, error: str | None) -> None:
         super().final(message, status, result, error)
         if self.metrics is not None:
-            self.metrics.add(Metric.JOBS_SUCCEEDED if status is JobStatus.SUCCEEDED else Metric.JOBS_FAILED, 1)
+            self.metrics.add(_FINAL_METRICS.get(status, Metric.JOBS_FAILED), 1)
+            if result is not None:
+                self._quality(result)
         url = message.context.get("callback_url")
         if url and self.callbacks is not None:
             payload: dict[str, Any] = {"job_id": message.job_id, "status": status.value}
-            payload.update({"prediction": result.get("label"), "slow": result} if result else {"error": error})
+            # A shadow candidate's answer is never served, callbacks included.
+            served = {k: v for k, v in result.items() if k != "shadow"} if result else None
+            payload.update({"prediction": served.get("label"), "slow": served} if served else {"error": error})
             self.callbacks.submit(url, payload)
+
+    def _quality(self, result: dict[str, Any]) -> None:
+        """Agreement with the fast top-1 (a drift signal without labels), the shadow's, and who served."""
+        assert self.metrics is not None
+        if result.get("agreement") is not None:
+            self.metrics.add(Metric.FAST_SLOW_AGREEMENT, int(bool(result["agreement"])))
+        shadow = result.get("shadow")
+        if isinstance(shadow, dict) and shadow.get("agreement") is not None:
+            self.metrics.add(Metric.CANDIDATE_AGREEMENT, int(bool(shadow["agreement"])))
+        if result.get("version"):
+            self.metrics.add_dimensioned(Metric.SLOW_ANSWERS, 1, {"model_version": str(result["version"])})
 
     def dead_lettered(self, count: int) -> None:
         if self.metrics is not None:

@@ -29,16 +29,19 @@ import numpy as np
 from twopass.config import Settings
 from twopass.exceptions import DependencyError
 from twopass.jobs.base import JobStore
+from twopass.jobs.cache import ResultCache, cache_for
 from twopass.models.runtime import Classifier
 from twopass.ops.reconcile import Reconciler
 from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, MessageSource
 from twopass.worker import background
+from twopass.worker.caching import CacheFiller
 from twopass.worker.events import WorkerEvents
 from twopass.worker.intake import Intake
 from twopass.worker.leases import Leases
 from twopass.worker.pipeline import Pipeline
 from twopass.worker.recorder import Recorder
+from twopass.worker.rollout import SlowModels
 from twopass.worker.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class Worker:
         events: WorkerEvents | None = None,
         payloads: PayloadStore | None = None,
         reconciler: Reconciler | None = None,
+        models: SlowModels | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.classifier = classifier
         self.source = source
@@ -81,13 +86,20 @@ class Worker:
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self.leases = Leases(source, settings.visibility_timeout_seconds)
+        #: The serving model and, while a rollout runs, the candidate (both loaded once, here).
+        self.models = models or SlowModels.from_settings(settings, classifier, image=self.payloads.image)
+        if cache is None and settings.result_cache:
+            cache = cache_for(store, settings.result_cache_ttl_hours * 3600)
+        filler = None if cache is None else CacheFiller(cache, classifier.card.version)
         self.recorder = Recorder(
-            store, self.leases, self.payloads, self.events, self.stats, worker_id=self.worker_id, stop=self._stop
-        )
+            store, self.leases, self.payloads, self.events, self.stats, worker_id=self.worker_id, stop=self._stop,
+            cache=filler,
+        )  # fmt: skip
         self.intake = Intake(source, self.leases, self.stats, settings, decode=self._decode, stop=self._stop)
         self.pipeline = Pipeline(
-            classifier, self.intake, self.recorder, self.leases, self.events, self.stats, settings, self._stop
-        )
+            classifier, self.intake, self.recorder, self.leases, self.events, self.stats, settings, self._stop,
+            self.models,
+        )  # fmt: skip
         self._chores: list[threading.Thread] = []
 
     def stop(self) -> None:
@@ -120,6 +132,8 @@ class Worker:
     def _start_chores(self) -> None:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "model": self.classifier.name,
                 "provider": self.classifier.providers[0], "model_card": self.classifier.card.to_dict()}  # fmt: skip
+        if self.models.candidate is not None:  # operators see a rollout in /health/all's worker figures
+            info.update(rollout=str(self.models.rollout), candidate_version=self.models.candidate.card.version)
         s, stop = self.settings, self._stop
         self._spawn(
             "heartbeat",
