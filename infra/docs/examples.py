@@ -231,4 +231,44 @@ EXAMPLES: tuple[Example, ...] = (
             Step('twopass --url http://127.0.0.1:9 health; echo "exit $?"'),
         ),
     ),
+    Example(
+        CLIENTS,
+        "jobs",
+        (
+            Step(
+                f"curl -s {KEY} -X POST -H 'Content-Type: image/jpeg' --data-binary @tests/data/coffee.jpg \\\n"
+                f"      '{DOC_URL}/predict?priority=high&deadline_seconds=300'",
+                show="json",
+                remember="urgent",
+                elide=("fast",),
+                facts=(JsonFact("fast", "coffee", (), label="efficientnet-lite0", prob=""),),
+            ),
+            # Newest first: the job just queued is the first succeeded one once it has finished.
+            Step(
+                f"curl -s {KEY} '{DOC_URL}/jobs?status=succeeded&limit=1' | python -m json.tool",
+                show="pretty",
+                after_job="urgent",
+                facts=(JsonFact("slow", "coffee", ("jobs", 0, "slow", "top_k", 0)),),
+            ),
+            Step(f"curl -s -i {KEY} -X DELETE {DOC_URL}/job/<job:urgent>", show="http"),
+        ),
+    ),
+    Example(
+        CLIENTS,
+        "jobs-cli",
+        (
+            Step(
+                "twopass jobs --status succeeded --limit 1",
+                facts=(
+                    LineFact(
+                        "slow",
+                        r"^[0-9a-f]{32} +succeeded +high +\S+ +(?P<label>[^()]+?) \((?P<prob>\d\.\d+)\)",
+                        photo="coffee",
+                    ),
+                ),
+            ),
+            Step('twopass cancel <job:urgent>; echo "exit $?"'),
+            Step('twopass retry <job:urgent>; echo "exit $?"'),
+        ),
+    ),
 )

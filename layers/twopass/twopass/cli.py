@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "job", parents=[common], help="show a job", description="Show a job's status and the slow model's result."
     )
     job.add_argument("job_id", metavar="ID")
-    job.add_argument("--wait", action="store_true", help="wait until the job succeeded or failed")
+    job.add_argument("--wait", action="store_true", help="wait until the job ended (succeeded, failed, cancelled…)")
     job.add_argument("--timeout", type=_non_negative_float, default=120.0, help="with --wait: seconds (default 120)")
     job.add_argument("--json", action="store_true", help="print the server's JSON")
 

@@ -257,9 +257,8 @@ class TwopassService:
         """
         record = self.job(job_id, owner)
         if record.status not in RETRYABLE_STATUSES:
-            raise JobNotRetryableError(
-                f"job {job_id} is {record.status.value}: only failed, expired and cancelled jobs can be retried"
-            )
+            state = "has succeeded" if record.status is JobStatus.SUCCEEDED else f"is {record.status.value}"
+            raise JobNotRetryableError(f"job {job_id} {state}: only failed, expired and cancelled jobs can be retried")
         if not record.image_ref or not self.payloads.exists(record.image_ref):
             raise ImageGoneError(f"job {job_id}'s image is no longer kept, so it cannot run again; submit it anew")
         if not self.store.retry(job_id):
