@@ -23,12 +23,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import CAT_LABELS, EVENTS
+from tests.lambda_context import LambdaContext
 from twopass.api.app import create_app
 from twopass.api.service import TwopassService
 from twopass.config import REPO_ROOT, Settings
 from twopass.imaging import load_tensor
 from twopass.jobs.dynamodb import DynamoJobStore
-from tests.lambda_context import LambdaContext
 from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 from twopass.models.runtime import Classifier
