@@ -85,7 +85,10 @@ def _wait_final(table: str, job_ids: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for job_id in list(pending):
-            item = db.get_item(TableName=table, Key={"job_id": {"S": job_id}}).get("Item") or {}
+            try:
+                item = db.get_item(TableName=table, Key={"job_id": {"S": job_id}}).get("Item") or {}
+            except RuntimeError:  # moto's in-process table, read while a worker thread updates the item
+                continue
             if item.get("status", {}).get("S") in ("succeeded", "failed"):
                 pending.discard(job_id)
         time.sleep(0.05)

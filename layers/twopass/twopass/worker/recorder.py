@@ -11,6 +11,10 @@ expected to take long (so ``GET /job`` says ``running`` while it matters) and wh
 redelivery (a job that may be final already is then checked before it costs a model run). A job
 that ran but whose result cannot be written has its attempt recorded by a start write when it is
 left for redelivery, so ``attempts`` counts it either way.
+
+A write the store refuses is explained by :class:`~twopass.worker.control.JobControl` (a cancelled
+job, one past its deadline, or a duplicate), which also keeps the image of every job that did not
+succeed, for a retry.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from twopass.jobs.base import JobStatus, JobStore, Start
 from twopass.payloads import PayloadStore
 from twopass.queue.base import Delivery
 from twopass.worker.caching import CacheFiller
+from twopass.worker.control import JobControl
 from twopass.worker.events import WorkerEvents
 from twopass.worker.leases import Leases
 from twopass.worker.stats import WorkerStats
@@ -37,13 +42,10 @@ logger = logging.getLogger(__name__)
 
 #: Store writes in flight at once (each is one network round trip).
 STORE_THREADS = 16
-#: A batch expected to take longer than this from being taken to its results (it may wait behind
-#: the batch on the model) has its jobs marked running up front, so a client polling GET /job sees
-#: them running; shorter ones fold the start in (a GPU batch takes tens of milliseconds, a CPU batch
-#: of 32 a second or two).
+#: A batch expected to run longer than this on the model has its jobs marked running up front, so a
+#: client polling GET /job sees them running; shorter ones fold the start in (a GPU batch takes tens
+#: of milliseconds, a CPU batch of 32 a second or two).
 RUNNING_MARK_SECONDS = 10.0
-#: What an expired job's error says when its deadline had passed before the batch took it.
-LATE_REASON = "its deadline passed before a worker started it"
 
 
 class Recorder:
@@ -71,6 +73,8 @@ class Recorder:
         self.worker_id = worker_id
         self._stop = stop
         self._pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+        #: Deadlines, cancelled jobs and kept images (see :mod:`twopass.worker.control`).
+        self.control = JobControl(store, payloads, events, stats, retry=self._retry)
         #: Starts folded into the final write, by receipt, from :meth:`start` until the job is done.
         self._folded: dict[str, Start] = {}
         self._folded_lock = threading.Lock()
@@ -105,8 +109,7 @@ class Recorder:
     def _fold(self, deliveries: Sequence[Delivery]) -> bool:
         """Whether this batch folds its jobs' starts into their final writes (a short batch)."""
         jobs, seconds = self.stats.batched_jobs, self.stats.inference_seconds
-        # Taken now, it may wait for the batch on the model before its own run: twice its own time.
-        expected = 2 * len(deliveries) * seconds / jobs if jobs else 0.0
+        expected = len(deliveries) * seconds / jobs if jobs else 0.0  # this worker's own time per image
         return expected <= RUNNING_MARK_SECONDS
 
     # -- running -------------------------------------------------------------------------------
@@ -139,8 +142,8 @@ class Recorder:
         except DependencyError as exc:
             self.retry_later(delivery, f"could not mark running ({exc})")
             return None
-        if record is None:
-            self.stats.add(duplicates=1)
+        if record is None:  # final (a duplicate delivery, a cancel), or still queued past its deadline
+            self.control.refused(delivery, ran=False)
             return False
         return True
 
@@ -184,28 +187,20 @@ class Recorder:
         except DependencyError as exc:
             self.retry_later(delivery, f"could not record {status.value} ({exc})")
             return False
-        folded = self._take_start(delivery)
-        if not wrote:  # final already (a duplicate delivery), or still queued past its deadline
-            if folded is not None:
-                self._expire_if_late(delivery.message.job_id)
-            self.stats.add(duplicates=1)
+        self._take_start(delivery)  # done with it, whatever the write's outcome
+        if not wrote:  # final already (a duplicate delivery, a cancel), or still queued past its deadline
+            self.control.refused(delivery, ran=True)
             return True
         self.stats.add(succeeded=int(status is JobStatus.SUCCEEDED), failed=int(status is JobStatus.FAILED))
         self.events.final(delivery.message, status, result, error)
         if status is JobStatus.SUCCEEDED and result is not None and self.cache is not None:
             self.cache(delivery.message, result)
-        # A failed job keeps its claim-checked image, for a redrive after a fix.
+        # A job that did not succeed keeps its image, for a retry or a redrive after a fix.
         if status is JobStatus.SUCCEEDED and delivery.message.image_ref:
             self._drop_payload(delivery.message.image_ref)
+        elif status is not JobStatus.SUCCEEDED:
+            self.control.keep_image(delivery)
         return True
-
-    def _expire_if_late(self, job_id: str) -> None:
-        """A folded start was refused: if the job is still queued, its deadline passed before the batch took it."""
-        try:
-            if self.store.expire(job_id, LATE_REASON):
-                logger.info("job %s expired: %s", job_id, LATE_REASON)
-        except DependencyError as exc:  # it stays queued; its message is acked, the reconciler sees it later
-            logger.warning("job %s: could not mark expired (%s)", job_id, exc)
 
     def _drop_payload(self, ref: str) -> None:
         try:
