@@ -366,7 +366,7 @@ def test_deadline_from_json_query_or_default_within_the_queue_retention(
         assert raw.status_code == 200
         message = next(m for m in messages(aws.queue_url) if m["job_id"] == raw.json()["job_id"])
         assert isinstance(message["deadline_at"], float) and message["deadline_at"] < time.time() + 6
-        for seconds in (0, 0.5, 3601, -1):
+        for seconds in (0, 0.5, 3601, -1, True, "30"):
             refused = client.post(
                 "/predict", headers=KEY_A, json={"image_data": b64(cat_jpeg), "deadline_seconds": seconds}
             )

@@ -60,6 +60,8 @@ class PredictRequest(BaseModel):
     )
     deadline_seconds: float | None = Field(
         default=None,
+        # Strict: a JSON number only (true or "30" would otherwise pass as 1.0 and 30.0).
+        strict=True,
         description="Seconds (1 to the queue's retention) within which a worker must start the slow job; a job "
         "not started by then is never run and ends expired. Default: the service's (none unless configured). "
         "For raw image bodies, pass it as the deadline_seconds query parameter.",
