@@ -269,12 +269,24 @@ def test_gzip_and_deflate_bodies(client: TestClient, photo: Photo) -> None:
     assert refused.status_code == 415 and "br" in error_of(refused)
 
 
-def test_fast_only_when_twopass_slow_is_false(client: TestClient, service: TwopassService, cat_jpeg: bytes) -> None:
-    response = client.post(INFER, json=json_request(cat_jpeg, cat_jpeg, parameters={"twopass_slow": False}))
+@pytest.mark.parametrize("never", [False, "never"])
+def test_fast_only_when_twopass_slow_is_false(
+    client: TestClient, service: TwopassService, cat_jpeg: bytes, never: object
+) -> None:
+    response = client.post(INFER, json=json_request(cat_jpeg, cat_jpeg, parameters={"twopass_slow": never}))
     body = response.json()
     assert response.status_code == 200 and "parameters" not in body
     assert body["outputs"][0]["shape"] == [2, 1000]
+    np.testing.assert_allclose(body["outputs"][0]["data"][:1000], expected(service.classifier, cat_jpeg), atol=1e-6)
     assert queued(service.settings) == 0
+
+
+def test_twopass_slow_always_queues_like_predicts_slow_field(
+    client: TestClient, service: TwopassService, cat_jpeg: bytes
+) -> None:
+    response = client.post(INFER, json=json_request(cat_jpeg, parameters={"twopass_slow": "always"}))
+    job_id = response.json()["parameters"]["twopass_job_id"]
+    assert client.get(f"/job/{job_id}").json()["status"] == "queued" and queued(service.settings) == 1
 
 
 def test_inference_on_the_slow_model_points_at_the_job(
@@ -339,7 +351,8 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
         400,
         "binary_data",
     ),
-    ("twopass_slow not a flag", {**_tensor(), "parameters": {"twopass_slow": "no"}}, 400, "twopass_slow"),
+    ("twopass_slow a number", {**_tensor(), "parameters": {"twopass_slow": 0}}, 400, "twopass_slow"),
+    ("twopass_slow no mode", {**_tensor(), "parameters": {"twopass_slow": "no"}}, 400, "auto, always, never"),
 ]
 
 

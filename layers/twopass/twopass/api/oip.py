@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from twopass.api.body import parse_json
 from twopass.api.errors import HTTPProblemError
+from twopass.cascade import SlowMode, parse_mode
 from twopass.exceptions import ImageTooLargeError, InvalidImageError, InvalidRequestError
 from twopass.imaging import ALLOWED_FORMATS
 
@@ -111,8 +112,9 @@ class InferRequest(BaseModel):
     id: str | None = Field(default=None, description="Echoed in the response.")
     parameters: dict[str, Any] | None = Field(
         default=None,
-        description=f"{SLOW_PARAMETER}: false answers with the fast model only (no slow job); classification: k "
-        "and binary_data_output: bool apply to every output when outputs is absent.",
+        description=f"{SLOW_PARAMETER}: false (or never) answers with the fast model only, no slow job; true (the "
+        "default, or auto) and always as /predict's slow field. classification: k and binary_data_output: bool "
+        "apply to every output when outputs is absent.",
     )
     inputs: list[RequestInput] = Field(min_length=1, max_length=1)
     outputs: list[RequestOutput] | None = None
@@ -180,8 +182,8 @@ class InferCall:
 
     images: list[bytes]
     outputs: list[OutputSpec]
-    #: Queue a slow job per image (``parameters.twopass_slow``, default true).
-    slow: bool = True
+    #: What to ask of the slow model for each image (``parameters.twopass_slow``), as ``/predict``'s ``slow``.
+    slow: SlowMode = SlowMode.AUTO
     request_id: str | None = None
 
 
@@ -245,8 +247,18 @@ def parse_infer(json_part: bytes, binary: bytes, max_image_bytes: int) -> InferC
         outputs = [_output(o, classification, binary_output) for o in request.outputs]
         if len(outputs) != 1:
             raise bad_request(f"one output may be requested ({OUTPUT_NAME!r}); got {len(outputs)}")
-    slow = _flag(parameters, SLOW_PARAMETER, "parameters", default=True)
-    return InferCall(images, outputs, slow=slow, request_id=request.id)
+    return InferCall(images, outputs, slow=_slow_mode(parameters.get(SLOW_PARAMETER)), request_id=request.id)
+
+
+def _slow_mode(value: Any) -> SlowMode:
+    """``twopass_slow``: true/false as the protocol's clients send flags, or /predict's own mode names."""
+    if value is None or value is True:
+        return SlowMode.AUTO
+    if value is False:
+        return SlowMode.NEVER
+    if isinstance(value, str):
+        return parse_mode(value)
+    raise bad_request(f"parameters.{SLOW_PARAMETER} must be true, false, auto, always or never, not {value!r}")
 
 
 def _output(output: RequestOutput, classification: int, binary: bool) -> OutputSpec:

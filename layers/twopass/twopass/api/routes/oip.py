@@ -35,6 +35,7 @@ from twopass.api.context import ApiContext, Context
 from twopass.api.errors import RETRY_AFTER, HTTPProblemError, problem_for
 from twopass.api.service import TwopassService
 from twopass.api.submit import Caller, submit
+from twopass.cascade import SlowMode
 from twopass.exceptions import TwopassError
 from twopass.models.labels import imagenet_labels
 from twopass.models.runtime import Prediction
@@ -307,49 +308,48 @@ async def _infer(
     body = oip.decompress(await read_capped(request, limit), request.headers.get("content-encoding"), limit)
     json_part, binary = oip.split_body(body, request.headers.get("inference-header-content-length"))
     call = oip.parse_infer(json_part, binary, settings.max_image_bytes)
-    if call.slow:
-        answers = await _submit_all(context, call.images, owner, _request_id(request), idempotency_key)
-    else:
-        answers = await _each(call.images, lambda _, image: _fast_only(context, image))
+    answers = await _submit_all(context, call, owner, _request_id(request), idempotency_key)
     service = context.service
+    queued = call.slow is not SlowMode.NEVER
     encoded = oip.encode_response(
         call,
         np.stack([a.distribution for a in answers]),
         service.classifier.labels,
         model_name=model.name,
         model_version=model.version,
-        job_ids=[a.job_id or "" for a in answers] if call.slow and any(a.job_id for a in answers) else None,
+        job_ids=[a.job_id or "" for a in answers] if queued else None,
     )
     headers = {}
     if encoded.header_length is not None:
         headers["Inference-Header-Content-Length"] = str(encoded.header_length)
-    if call.slow and all(a.replayed for a in answers):
+    if queued and all(a.replayed for a in answers):
         headers["Idempotent-Replayed"] = "true"
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)
 
 
 async def _submit_all(
-    context: ApiContext, images: list[bytes], owner: str, request_id: str, key: str | None
+    context: ApiContext, call: oip.InferCall, owner: str, request_id: str, key: str | None
 ) -> list[Answer]:
-    """One ``submit`` per image (one slow job each), side by side.
+    """One ``submit`` per image (one slow job each, unless ``twopass_slow`` says none), side by side.
 
     With several images, all are first checked from their headers, so one bad image fails the call
     before any job exists; each gets its own Idempotency-Key derived from the call's.
     """
     service = context.service
-    if len(images) > 1:
+    images = call.images
+    if len(images) > 1 and call.slow is not SlowMode.NEVER:
         for index, image in enumerate(images):
             oip.probe(index, image, context.settings.max_image_pixels)
     keys = _image_keys(service, key, owner, len(images))
 
     async def one(index: int, image: bytes) -> Answer:
-        submitted = await submit(context, Submission(image), Caller(owner, request_id, keys[index]))
+        submitted = await submit(context, Submission(image, slow=call.slow), Caller(owner, request_id, keys[index]))
         if submitted.prediction is not None:
             distribution = _distribution(submitted.prediction)
         else:
             # A replay: the first answer was kept, not every class's probability. The model is
             # deterministic, so running it again on the same image gives the same tensor.
-            distribution = (await _fast_only(context, image)).distribution
+            distribution = await _classify_again(context, image)
         return Answer(distribution, submitted.response.job_id, submitted.replayed)
 
     return await _each(images, one)
@@ -367,15 +367,15 @@ def _image_keys(service: TwopassService, key: str | None, owner: str, count: int
     return [f"oip:{digest}:{index}" for index in range(count)]
 
 
-async def _fast_only(context: ApiContext, image: bytes) -> Answer:
-    """The fast model alone (``twopass_slow: false``): no job, no backend, nothing to wait for."""
+async def _classify_again(context: ApiContext, image: bytes) -> np.ndarray:
+    """Every class's probability for an image whose answer was replayed (no job, no metrics: a lookup)."""
     service = context.service
 
     def decode_and_classify() -> Prediction:
         prediction, _ = service.classify(service.decode(image))
         return prediction
 
-    return Answer(_distribution(await context.infer(decode_and_classify)))
+    return _distribution(await context.infer(decode_and_classify))
 
 
 async def _each(images: list[bytes], work: Callable[[int, bytes], Coroutine[Any, Any, Answer]]) -> list[Answer]:
