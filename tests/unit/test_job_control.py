@@ -29,6 +29,7 @@ from twopass.jobs.base import (
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
+from twopass.ops.calls import CallCounter
 from twopass.queue.sqs import SqsPublisher
 
 RESULT = {"model": "m", "label": "tabby", "top_k": [{"label": "tabby", "probability": 0.75, "class_id": 281}]}
@@ -452,3 +453,20 @@ def test_backlog_gauge_reads_once_per_ttl_and_fails_open() -> None:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def test_the_backlog_limit_costs_one_depth_read_per_cache_period_not_one_per_request(
+    aws: Settings, fast_classifier: Classifier
+) -> None:
+    high_url = boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="high-count")["QueueUrl"]
+    with (
+        api(
+            aws, fast_classifier, max_backlog=1000, backlog_cache_seconds=60, high_priority_queue_url=high_url
+        ) as client,
+        CallCounter.everywhere() as counter,
+    ):
+        for _ in range(20):
+            assert client.get("/predict/test", headers=KEY_A).json()["status"] == "queued"
+    calls = counter.snapshot()
+    assert calls[("SQS", "GetQueueAttributes")] == 2, "one read of each queue for all twenty requests"
+    assert calls[("SQS", "SendMessage")] == 20
