@@ -41,7 +41,9 @@ class CrashingWorkers(LocalStack):
 
 
 def child(stack: LocalStack, name: str, marks: Path, *, ignore_term: bool = False) -> subprocess.Popen[bytes]:
-    proc = stack._spawn(name, [sys.executable, "-c", CHILD, str(marks / name), "ignore" if ignore_term else "exit"], {})
+    proc = stack.children.spawn(
+        name, [sys.executable, "-c", CHILD, str(marks / name), "ignore" if ignore_term else "exit"], {}
+    )
     deadline = time.monotonic() + 10
     while not (marks / name).exists():  # its SIGTERM handler is installed
         assert time.monotonic() < deadline

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from twopass.config import REPO_ROOT
+from twopass.local.foreground import Foreground
 from twopass.local.stack import DEFAULT_API_KEY, STOP_TIMEOUT, LocalStack
 
 #: Seconds between two supervision rounds (how soon a dead worker or API is noticed).
@@ -71,7 +70,7 @@ def _configure_logging() -> None:
     log.propagate = False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m twopass.local",
         description="Start the AWS emulator (moto server), create the queues and table from template.yaml, "
@@ -89,9 +88,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"key the API requires in the x-api-key header (default {DEFAULT_API_KEY!r}); several keys "
         "comma-separated; '' turns auth off",
     )
-    args = parser.parse_args(argv)
-    _configure_logging()
+    return parser
 
+
+def _supervised(stack: LocalStack) -> str | None:
+    """One round of supervision; why everything must stop, if it must."""
+    fatal = stack.supervise()
+    if not fatal:
+        return None
+    where = f" (logs in {stack.log_dir})" if stack.log_dir else ""
+    return f"{'; '.join(fatal)}: stopping everything{where}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _configure_logging()
     stack = LocalStack(
         api_port=args.api_port,
         emulator_port=args.emulator_port,
@@ -99,46 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=args.log_dir,
         api_key=args.api_key or None,
     )
-    stopping: list[str] = []
-
-    def while_starting(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signal.Signals(signum).name)
-        if len(stopping) == 1:  # once: a second Ctrl-C must not cut short the clean-up of the first
-            raise KeyboardInterrupt(stopping[0])
-
-    def while_running(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signal.Signals(signum).name)
-
-    # SIGHUP too: a closed terminal must not leave the children (in their own process groups) behind.
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    for signum in signals:
-        signal.signal(signum, while_starting)
+    foreground = Foreground(interrupted="stopped while starting", failed="could not start the local stack")
     print(f"starting twopass locally (emulator on {stack.endpoint_url}) …", file=sys.stderr)
-    try:
-        stack.start()  # stops what it started if it fails or is interrupted
-    except KeyboardInterrupt:
-        print("stopped while starting", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback (the children are stopped)
-        print(f"could not start the local stack: {exc}", file=sys.stderr)
-        return 1
-    for signum in signals:
-        signal.signal(signum, while_running)
+    failed = foreground.start(stack.start)  # the stack stops what it started if it fails or is interrupted
+    if failed is not None:
+        return failed
     print(banner(stack), flush=True)
-
-    return_code = 0
     try:
-        while not stopping:
-            fatal = stack.supervise()
-            if fatal:
-                where = f" (logs in {stack.log_dir})" if stack.log_dir else ""
-                print(f"{'; '.join(fatal)}: stopping everything{where}", file=sys.stderr)
-                return_code = 1
-                break
-            time.sleep(SUPERVISE_EVERY)
+        return foreground.watch(lambda: _supervised(stack), SUPERVISE_EVERY)
     finally:
         started = time.monotonic()
         print("stopping: workers, API, emulator …", file=sys.stderr, flush=True)
         stack.stop()
         print(f"stopped in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return return_code

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,14 +26,24 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from twopass.config import REPO_ROOT
 from twopass.exceptions import TwopassError
 from twopass.local import template as tpl
+from twopass.local.foreground import Foreground
+from twopass.local.processes import Children
 from twopass.local.provision import API_FUNCTION, Provisioned, provision
-from twopass.local.stack import DEFAULT_API_KEY, EMULATOR_ENV, LOCAL_DEFAULTS, LOCAL_FORCED, STACK_NAME, wait_http
+from twopass.local.services import (
+    DEFAULT_API_KEY,
+    EMULATOR_ENV,
+    LOCAL_DEFAULTS,
+    LOCAL_FORCED,
+    STACK_NAME,
+    WORKER_COMMAND,
+    Emulator,
+    service_environment,
+)
 
 BUILD_DIR = REPO_ROOT / ".aws-sam" / "build"
 ENV_FILE = REPO_ROOT / ".aws-sam" / "env.local.json"
@@ -243,38 +252,26 @@ class SamLocal:
     sam_args: Sequence[str] = ()
     log_dir: Path | None = None
 
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    #: The running children by name: ``emulator``, ``sam``, ``worker-0`` …
+    children: Children = field(init=False)
     provisioned: Provisioned | None = field(default=None, init=False)
     function_vars: dict[str, str] = field(default_factory=dict, init=False)
-    _logs: list[IO[bytes]] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.children = Children(self.log_dir)
 
     @property
-    def endpoint_url(self) -> str:
-        """The emulator as this host sees it."""
-        return f"http://{self.emulator_host}:{self.emulator_port}"
+    def emulator(self) -> Emulator:
+        """The emulator, as this host sees it."""
+        return Emulator(self.emulator_host, self.emulator_port)
 
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
 
-    def child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(EMULATOR_ENV)
-        env["AWS_ENDPOINT_URL"] = self.endpoint_url
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO_ROOT / "layers" / "twopass"), env.get("PYTHONPATH")])
-        )
-        return env
-
     def worker_env(self) -> dict[str, str]:
         """The worker's environment, as ``make run`` gives it (the emulator seen from this host)."""
-        env = self.child_env()
-        env.update(self.provisioned.api_env if self.provisioned else {})
-        for key, value in LOCAL_DEFAULTS.items():
-            env.setdefault(key, value)
-        env.update(LOCAL_FORCED)
-        return env
+        return service_environment(self.emulator.child_env(), self.provisioned.api_env if self.provisioned else {})
 
     def start(self) -> SamLocal:
         try:
@@ -283,7 +280,7 @@ class SamLocal:
             self.sam_build()
             self.start_api()
             for i in range(self.workers):
-                self._spawn(f"worker-{i}", [sys.executable, "-m", "twopass.worker"], self.worker_env())
+                self.children.spawn(f"worker-{i}", list(WORKER_COMMAND), self.worker_env())
             self.wait_api()
         except BaseException:
             self.stop()
@@ -291,25 +288,10 @@ class SamLocal:
         return self
 
     def start_emulator(self) -> None:
-        self._spawn(
-            "emulator",
-            [sys.executable, "-m", "twopass.local.emulator", "-H", self.emulator_host, "-p", str(self.emulator_port)],
-            self.child_env(),
-            quiet=True,
-        )
-        wait_http(f"{self.endpoint_url}/moto-api/", 60, self.procs["emulator"])
+        self.emulator.start(self.children)
 
     def client(self, service: str) -> Any:
-        import boto3
-
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint_url,
-            region_name=EMULATOR_ENV["AWS_REGION"],
-            aws_access_key_id=EMULATOR_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=EMULATOR_ENV["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=EMULATOR_ENV["AWS_SESSION_TOKEN"],
-        )
+        return self.emulator.client(service)
 
     def create_resources(self) -> Path:
         """Create the template's data plane in the emulator and write the env-vars file for it."""
@@ -336,21 +318,12 @@ class SamLocal:
             region=EMULATOR_ENV["AWS_REGION"],
             extra=self.sam_args,
         )
-        self._spawn("sam", args, sam_environment())
+        self.children.spawn("sam", args, sam_environment())
 
     def wait_api(self, timeout: float = 300) -> float:
         """Wait for SAM's port, then for the first answer (a cold start); returns its seconds."""
         deadline = time.monotonic() + timeout
-        sam = self.procs["sam"]
-        while True:
-            if sam.poll() is not None:
-                raise SamLocalError(f"sam local start-api exited with code {sam.returncode}")
-            with socket.socket() as s:
-                if s.connect_ex((self.api_host, self.api_port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise SamLocalError(f"sam local start-api did not open {self.api_url} within {timeout:.0f} s")
-            time.sleep(0.25)
+        self._wait_port(deadline, timeout)
         # One request at a time: each retry of a slow first call would start another container.
         started = time.monotonic()
         try:
@@ -360,56 +333,33 @@ class SamLocal:
             raise SamLocalError(f"the function did not answer GET /health: {exc}") from exc
         return time.monotonic() - started
 
+    def _wait_port(self, deadline: float, timeout: float) -> None:
+        sam = self.children.procs["sam"]
+        while True:
+            if sam.poll() is not None:
+                raise SamLocalError(f"sam local start-api exited with code {sam.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex((self.api_host, self.api_port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise SamLocalError(f"sam local start-api did not open {self.api_url} within {timeout:.0f} s")
+            time.sleep(0.25)
+
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM SAM first (it removes its containers), then the workers, then the emulator."""
-        workers = [n for n in self.procs if n.startswith("worker")]
-        for group in (["sam"], workers, ["emulator"]):
-            live = [self.procs[n] for n in group if n in self.procs and self.procs[n].poll() is None]
-            for proc in live:
-                proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            for proc in live:
-                try:
-                    proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self.procs.clear()
-        for fh in self._logs:
-            fh.close()
-        self._logs.clear()
+        """SIGTERM SAM first (it removes its containers), then the workers, then the emulator; each
+        group gets ``timeout`` seconds before SIGKILL."""
+        for group in (["sam"], self.children.workers(), ["emulator"]):
+            self.children.terminate(group, time.monotonic() + timeout)
+        self.children.close()
 
     def alive(self) -> dict[str, bool]:
-        return {name: proc.poll() is None for name, proc in self.procs.items()}
-
-    def _spawn(self, name: str, args: list[str], env: Mapping[str, str], *, quiet: bool = False) -> None:
-        out: IO[bytes] | int | None = subprocess.DEVNULL if quiet else None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log = (self.log_dir / f"{name}.log").open("ab")
-            self._logs.append(log)
-            out = log
-        self.procs[name] = subprocess.Popen(
-            args,
-            env=dict(env),
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-            # Its own process group: Ctrl-C reaches this process only, which then stops the
-            # children in order (SAM must remove its containers before the emulator goes).
-            start_new_session=True,
-        )
+        return self.children.alive()
 
 
 # ---------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    sam_args: list[str] = []
-    if "--" in args_list:
-        cut = args_list.index("--")
-        args_list, sam_args = args_list[:cut], args_list[cut + 1 :]
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m twopass.local.samlocal",
         description="Serve the API with `sam local start-api` (Docker) against the local emulator: start the "
@@ -441,19 +391,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--no-build", dest="build", action="store_false", help="never run `sam build`")
     parser.add_argument("--log-dir", type=Path, help="write each process's log here instead of the terminal")
     parser.add_argument("--check-docker", action="store_true", help="only check that Docker answers, then exit")
-    args = parser.parse_args(args_list)
+    return parser
 
-    problem = docker_problem()
-    if problem is None and not args.check_docker:
-        problem = sam_problem(args.sam)
-    if problem is not None:
-        print(f"make sam-local: {problem}", file=sys.stderr)
-        return 2
-    if args.check_docker:
-        return 0
 
+def _split_sam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(our arguments, those after ``--``, which go to ``sam local start-api``)."""
+    args = list(argv)
+    if "--" not in args:
+        return args, []
+    cut = args.index("--")
+    return args[:cut], args[cut + 1 :]
+
+
+def _runner(args: argparse.Namespace, sam_args: Sequence[str]) -> SamLocal:
     host, endpoint = default_addresses(args.emulator_port)
-    runner = SamLocal(
+    return SamLocal(
         sam=args.sam,
         api_port=args.port,
         emulator_port=args.emulator_port,
@@ -466,43 +418,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         sam_args=sam_args,
         log_dir=args.log_dir,
     )
-    stopping = False
 
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+def _exited(runner: SamLocal) -> str | None:
+    """Which children exited, if any: the end of the set."""
+    dead = [name for name, alive in runner.alive().items() if not alive]
+    return f"process(es) exited: {', '.join(dead)}; stopping" if dead else None
 
-    # While starting (a build can take minutes), a signal unwinds start(), which stops what it
-    # started: the children run in their own sessions and would otherwise outlive this process.
-    signal.signal(signal.SIGTERM, interrupt)
-    print(f"starting the emulator on {runner.endpoint_url} and sam local start-api …", file=sys.stderr, flush=True)
-    try:
-        runner.start()
-    except KeyboardInterrupt:
-        print("interrupted; stopped", file=sys.stderr)
-        return 130
-    except (SamLocalError, RuntimeError, TimeoutError) as exc:
-        print(f"make sam-local: {exc}", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    own, sam_args = _split_sam_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(own)
+    problem = docker_problem()
+    if problem is None and not args.check_docker:
+        problem = sam_problem(args.sam)
+    if problem is not None:
+        print(f"make sam-local: {problem}", file=sys.stderr)
+        return 2
+    if args.check_docker:
+        return 0
+
+    runner = _runner(args, sam_args)
+    # A build can take minutes: a signal meanwhile unwinds start(), which stops what it started.
+    foreground = Foreground(interrupted="interrupted; stopped", failed="make sam-local")
+    print(f"starting the emulator on {runner.emulator.url} and sam local start-api …", file=sys.stderr, flush=True)
+    failed = foreground.start(runner.start)
+    if failed is not None:
+        return failed
     _banner(runner)
-    return_code = 0
     try:
-        while not stopping:
-            dead = [name for name, alive in runner.alive().items() if not alive]
-            if dead:
-                print(f"process(es) exited: {', '.join(dead)}; stopping", file=sys.stderr)
-                return_code = 1
-                break
-            time.sleep(0.5)
+        return foreground.watch(lambda: _exited(runner), 0.5)
     finally:
         print("stopping …", file=sys.stderr)
         runner.stop()
-    return return_code
 
 
 def _banner(runner: SamLocal) -> None:
@@ -516,7 +464,7 @@ twopass is running under sam local start-api on {url}
   queue    {vars_.get("TWOPASS_QUEUE_URL")}
   table    {vars_.get("TWOPASS_TABLE_NAME")}
   api key  {runner.api_key or "(none: auth off)"}  (checked by the function; /health and /docs are open)
-  workers  {runner.workers}, on this host (emulator {runner.endpoint_url})
+  workers  {runner.workers}, on this host (emulator {runner.emulator.url})
 
 Try:
   curl {url}/health
