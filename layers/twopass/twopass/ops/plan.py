@@ -1,0 +1,512 @@
+"""Capacity planner: a discrete-event simulation of arrivals, the queue, batching workers and the
+template's autoscaling, to say how many GPU tasks a load needs and what latency it then sees.
+
+What is simulated, and how it maps onto ``template.yaml``:
+
+* **Arrivals**: Poisson at ``rate`` jobs/s, with optional bursts (another rate for a while).
+* **Queue**: one FIFO of waiting jobs (SQS standard is close enough to FIFO at these depths).
+* **Workers**: each running task takes every waiting job up to ``max_batch_size`` as soon as it is
+  free (the worker closes a batch at once when the queue is drained and the model idle), and is busy
+  for ``curve.seconds(batch)``. A job's latency is its wait plus its batch's service time plus a fixed
+  ``overhead_seconds`` (receive, decode ahead of the batch, result write).
+* **Autoscaling**, evaluated every ``metric_period`` on metrics ``metric_delay`` old, as the template's
+  three policies do: target tracking on visible messages per running task (``WorkerTargetBacklogPerTask``;
+  out after 3 breaching minutes, ``ScaleOutCooldown`` 60 s; in after 15 minutes under 90 % of the
+  target, ``ScaleInCooldown`` 300 s, never below one task); scale from zero to
+  ``WorkerScaleFromZeroTasks`` when jobs are visible and no task is desired; scale to zero after
+  ``WorkerIdleMinutes`` with nothing visible or in flight; never more than ``WorkerMaxTasks``.
+* **A new task** serves ``task_start_seconds`` after it is asked for (GPU instance boot, image pull,
+  model load: an input, it is not measured here); its instance is paid from that request until
+  ``instance_linger_seconds`` after the task stops (the capacity provider scales instances in late).
+
+Standard library only, deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServiceCurve:
+    """Seconds one task takes for a batch, by batch size (linear between the measured points)."""
+
+    points: tuple[tuple[int, float], ...]
+    #: Where the figures come from ("measured on …" or "input: …"); printed beside every result.
+    source: str = "input"
+
+    def __post_init__(self) -> None:
+        if not self.points or any(b < 1 or s <= 0 for b, s in self.points):
+            raise ValueError("a service curve needs batch sizes ≥ 1 and positive seconds")
+        object.__setattr__(self, "points", tuple(sorted(self.points)))
+
+    @classmethod
+    def from_throughput(cls, images_per_second: float, batch: int = 32, source: str = "input") -> ServiceCurve:
+        """A flat curve: every batch size runs at ``images_per_second`` (what an input figure gives)."""
+        if images_per_second <= 0:
+            raise ValueError("images per second must be positive")
+        return cls(((1, 1 / images_per_second), (batch, batch / images_per_second)), source)
+
+    @classmethod
+    def parse(cls, text: str, source: str = "input") -> ServiceCurve:
+        """``"1:0.036,8:0.21,32:0.8"``: batch size and seconds per batch, comma-separated."""
+        try:
+            pairs = [item.split(":") for item in text.split(",") if item.strip()]
+            return cls(tuple((int(b), float(s)) for b, s in pairs), source)
+        except ValueError as exc:
+            raise ValueError(f"not a service curve (batch:seconds,...): {text!r}") from exc
+
+    def seconds(self, batch: int) -> float:
+        sizes = [b for b, _ in self.points]
+        if batch <= sizes[0]:
+            b0, s0 = self.points[0]
+            return s0 * batch / b0
+        if batch >= sizes[-1]:
+            # Beyond the largest measured batch: the same time per image as there.
+            b1, s1 = self.points[-1]
+            return s1 * batch / b1
+        i = bisect.bisect_left(sizes, batch)
+        (b0, s0), (b1, s1) = self.points[i - 1], self.points[i]
+        return s0 + (s1 - s0) * (batch - b0) / (b1 - b0)
+
+    def throughput(self, batch: int) -> float:
+        """Images per second of one task running batches of ``batch`` back to back."""
+        return batch / self.seconds(batch)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The template's worker scaling (parameter names in the comments), plus what AWS adds."""
+
+    target_backlog_per_task: float = 200.0  # WorkerTargetBacklogPerTask
+    max_tasks: int = 4  # WorkerMaxTasks
+    scale_from_zero_tasks: int = 1  # WorkerScaleFromZeroTasks
+    idle_minutes: int = 15  # WorkerIdleMinutes
+    scale_out_cooldown: float = 60.0
+    scale_in_cooldown: float = 300.0
+    #: CloudWatch's period for the SQS and ECS metrics, and how stale they are when an alarm reads them.
+    metric_period: float = 60.0
+    metric_delay: float = 60.0
+    #: Target tracking's alarms: out after 3 breaching datapoints, in after 15 under 90 % of the target.
+    out_datapoints: int = 3
+    in_datapoints: int = 15
+    #: Request → serving: GPU instance boot, worker image pull, model load (an input, not measured here).
+    task_start_seconds: float = 240.0
+    #: A stopped task's instance is paid until the capacity provider terminates it.
+    instance_linger_seconds: float = 900.0
+    #: Tasks running (ready) when the simulation starts; ``None``: enough for ``rate`` (a warm service).
+    initial_tasks: int | None = None
+    #: Switch autoscaling off: ``initial_tasks`` for the whole run (the validation against a fixed stack).
+    fixed: bool = False
+    #: The scalable target's MinCapacity: 0 in the template (scale to zero); a floor keeps a steady
+    #: load from being scaled in below what it needs (see :func:`plan`).
+    min_tasks: int = 0
+
+
+@dataclass(frozen=True)
+class Worker:
+    max_batch_size: int = 32  # WorkerMaxBatchSize
+    #: Receive + result write around each job, not overlapped with the model (measured locally).
+    overhead_seconds: float = 0.02
+
+
+@dataclass(frozen=True)
+class Burst:
+    start: float
+    duration: float
+    rate: float
+
+    @classmethod
+    def parse(cls, text: str) -> Burst:
+        """``RATE:START:DURATION`` (jobs/s from START for DURATION seconds)."""
+        try:
+            rate, start, duration = (float(x) for x in text.split(":"))
+        except ValueError as exc:
+            raise ValueError(f"a burst is RATE:START:DURATION, got {text!r}") from exc
+        if rate < 0 or start < 0 or duration <= 0:
+            raise ValueError(f"a burst needs rate ≥ 0, start ≥ 0 and duration > 0: {text!r}")
+        return cls(start, duration, rate)
+
+
+@dataclass(frozen=True)
+class Load:
+    rate: float
+    duration: float = 3600.0
+    bursts: tuple[Burst, ...] = ()
+    seed: int = 1
+    #: Latencies of jobs that arrived before this many seconds are left out of the percentiles
+    #: (a warm start's first minutes), unless the run starts from zero on purpose.
+    warmup: float = 0.0
+
+    def rate_at(self, t: float) -> float:
+        for burst in self.bursts:
+            if burst.start <= t < burst.start + burst.duration:
+                return burst.rate
+        return self.rate
+
+    def arrivals(self) -> Iterator[float]:
+        """Poisson arrival times; a rate change takes effect at its boundary (thinning by segments)."""
+        rng = random.Random(self.seed)
+        bounds = {0.0, self.duration, *(b.start for b in self.bursts), *(b.start + b.duration for b in self.bursts)}
+        edges = sorted(e for e in bounds if e <= self.duration)
+        for lo, hi in itertools.pairwise(edges):
+            rate = self.rate_at(lo)
+            if rate <= 0:
+                continue
+            t = lo + rng.expovariate(rate)
+            while t < hi:
+                yield t
+                t += rng.expovariate(rate)
+
+
+@dataclass
+class _Task:
+    ready_at: float
+    requested_at: float
+    busy_until: float = 0.0
+    stop: bool = False
+    stopped_at: float | None = None
+
+
+@dataclass
+class Result:
+    """What one simulation run saw."""
+
+    latencies: list[float]
+    completed: int
+    arrived: int
+    #: Waiting jobs at the end: a load over capacity leaves a growing queue.
+    final_queue: int
+    max_queue: int
+    #: (time, waiting jobs, tasks serving, tasks asked for) at every metric period.
+    timeline: list[tuple[float, int, int, int]]
+    #: Instance-seconds paid (request to stop plus linger), over the run.
+    instance_seconds: float
+    duration: float
+    batches: int
+    mean_batch: float
+    first_latencies: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        return percentile(self.latencies, q)
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
+    @property
+    def mean_tasks(self) -> float:
+        """Instances paid for on average (instance-hours per hour)."""
+        return self.instance_seconds / self.duration
+
+    @property
+    def peak_tasks(self) -> int:
+        return max((asked for _, _, _, asked in self.timeline), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p50_s": round(self.p50, 4) if self.latencies else None,
+            "p99_s": round(self.p99, 4) if self.latencies else None,
+            "completed": self.completed,
+            "arrived": self.arrived,
+            "final_queue": self.final_queue,
+            "max_queue": self.max_queue,
+            "mean_tasks": round(self.mean_tasks, 3),
+            "peak_tasks": self.peak_tasks,
+            "batches": self.batches,
+            "mean_batch": round(self.mean_batch, 2),
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0…100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def steady_tasks(rate: float, curve: ServiceCurve, worker: Worker, utilisation: float = 0.8) -> int:
+    """Tasks that serve ``rate`` with full batches at ``utilisation`` of their throughput (at least 1)."""
+    per_task = curve.throughput(worker.max_batch_size)
+    return max(1, math.ceil(rate / (per_task * utilisation)))
+
+
+def simulate(load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling) -> Result:
+    """Run the simulation; deterministic for ``load.seed``."""
+    initial = scaling.initial_tasks
+    if initial is None:
+        initial = min(scaling.max_tasks, steady_tasks(load.rate, curve, worker)) if load.rate > 0 else 0
+    tasks: list[_Task] = [_Task(ready_at=0.0, requested_at=0.0) for _ in range(initial)]
+    idle: set[int] = set(range(initial))  # serving and free
+    waiting: deque[float] = deque()
+    latencies: list[float] = []
+    first: list[float] = []
+    # (time, order, kind, task index): "done" frees a task, "ready" brings a new one into service.
+    events: list[tuple[float, int, str, int]] = []
+    counts = {"order": 0, "batches": 0, "batched": 0, "completed": 0, "max_queue": 0, "arrived": 0}
+    timeline: list[tuple[float, int, int, int]] = []
+    samples: list[tuple[float, int, int]] = []  # (time, visible, serving): the metrics, read late
+    state = _ScalerState(desired=initial)
+
+    def push(at: float, kind: str, i: int) -> None:
+        counts["order"] += 1
+        heapq.heappush(events, (at, counts["order"], kind, i))
+
+    def start_batch(i: int, now: float) -> None:
+        size = min(len(waiting), worker.max_batch_size)
+        done = now + curve.seconds(size)
+        tasks[i].busy_until = done
+        counts["batches"] += 1
+        counts["batched"] += size
+        if done <= load.duration:
+            counts["completed"] += size
+        for _ in range(size):
+            arrived_at = waiting.popleft()
+            latency = done + worker.overhead_seconds - arrived_at
+            if arrived_at >= load.warmup:
+                latencies.append(latency)
+            if len(first) < 20:
+                first.append(latency)
+        push(done, "done", i)
+
+    def free(i: int, now: float) -> None:
+        """Task ``i`` has nothing running: stop it if asked to, else work or wait."""
+        task = tasks[i]
+        if task.stop:
+            task.stopped_at = now
+            idle.discard(i)
+        elif waiting:
+            idle.discard(i)
+            start_batch(i, now)
+        else:
+            idle.add(i)
+
+    def rescale(now: float) -> None:
+        live = [i for i, t in enumerate(tasks) if t.stopped_at is None and not t.stop]
+        if state.desired > len(live):
+            for _ in range(state.desired - len(live)):
+                tasks.append(_Task(ready_at=now + scaling.task_start_seconds, requested_at=now))
+                push(now + scaling.task_start_seconds, "ready", len(tasks) - 1)
+        elif state.desired < len(live):
+            # Idle tasks go first, then those still starting, then busy ones (after their batch).
+            ranked = sorted(live, key=lambda i: (i not in idle, tasks[i].ready_at <= now))
+            for i in ranked[: len(live) - state.desired]:
+                tasks[i].stop = True
+                if i in idle or tasks[i].ready_at > now:
+                    tasks[i].stopped_at = now
+                    idle.discard(i)
+
+    next_tick = scaling.metric_period
+    arrivals = load.arrivals()
+    next_arrival = next(arrivals, math.inf)
+    now = 0.0
+    while True:
+        next_event = events[0][0] if events else math.inf
+        now = min(next_arrival, next_event, next_tick)
+        if now > load.duration:
+            break
+        if now == next_arrival:
+            if idle:
+                counts["arrived"] += 1
+                waiting.append(now)
+                next_arrival = next(arrivals, math.inf)
+                start_batch(idle.pop(), now)
+                continue
+            # Every serving task is busy: take in the arrivals up to the next event in one go.
+            horizon = min(next_event, next_tick, load.duration)
+            taken = 0
+            while next_arrival <= horizon:
+                waiting.append(next_arrival)
+                taken += 1
+                next_arrival = next(arrivals, math.inf)
+            counts["arrived"] += taken
+            counts["max_queue"] = max(counts["max_queue"], len(waiting))
+        elif now == next_event:
+            _, _, kind, i = heapq.heappop(events)
+            if kind == "done" or not tasks[i].stop:
+                free(i, now)
+        else:
+            next_tick += scaling.metric_period
+            up = sum(1 for t in tasks if t.stopped_at is None and not t.stop and t.ready_at <= now)
+            samples.append((now, len(waiting), up))
+            busy = sum(1 for t in tasks if t.stopped_at is None and t.busy_until > now)
+            if not scaling.fixed:
+                _autoscale(now, samples, busy, scaling, state)
+                rescale(now)
+            timeline.append((now, len(waiting), up, state.desired))
+    end = load.duration
+    paid = 0.0
+    for task in tasks:
+        if task.stopped_at is None:
+            paid += max(0.0, end - task.requested_at)
+        else:
+            paid += max(0.0, min(end, task.stopped_at + scaling.instance_linger_seconds) - task.requested_at)
+    batches = counts["batches"]
+    return Result(
+        latencies=latencies,
+        completed=counts["completed"],
+        arrived=counts["arrived"],
+        final_queue=len(waiting),
+        max_queue=counts["max_queue"],
+        timeline=timeline,
+        instance_seconds=paid,
+        duration=end,
+        batches=batches,
+        mean_batch=counts["batched"] / batches if batches else 0.0,
+        first_latencies=first,
+    )
+
+
+@dataclass
+class _ScalerState:
+    desired: int
+    last_out: float = -math.inf
+    last_in: float = -math.inf
+    last_zero: float = -math.inf
+    high: int = 0
+    low: int = 0
+    idle: int = 0
+
+
+def _autoscale(now: float, samples: list[tuple[float, int, int]], busy: int, s: Scaling, st: _ScalerState) -> None:
+    """One evaluation of the template's three policies on metrics ``metric_delay`` old."""
+    seen = [x for x in samples if x[0] <= now - s.metric_delay + 1e-9]
+    if not seen:
+        return
+    _, visible, running = seen[-1]
+    # Scale to zero: nothing visible or in flight for idle_minutes (in flight: a task mid-batch).
+    st.idle = st.idle + 1 if visible == 0 and busy == 0 else 0
+    if st.idle >= s.idle_minutes and st.desired > s.min_tasks and now - st.last_zero >= 300.0:
+        st.desired, st.last_zero, st.high, st.low = s.min_tasks, now, 0, 0
+        return
+    # Scale from zero: jobs visible, no task desired.
+    if st.desired == 0:
+        if visible > 0 and now - st.last_out >= s.scale_out_cooldown:
+            st.desired, st.last_out = min(s.max_tasks, s.scale_from_zero_tasks), now
+        return
+    if running == 0:
+        return  # backlog per task undefined while the first tasks start
+    per_task = visible / running
+    wanted = max(1, s.min_tasks, min(s.max_tasks, math.ceil(running * per_task / s.target_backlog_per_task)))
+    st.high = st.high + 1 if per_task > s.target_backlog_per_task else 0
+    st.low = st.low + 1 if per_task < 0.9 * s.target_backlog_per_task else 0
+    if st.high >= s.out_datapoints and wanted > st.desired and now - st.last_out >= s.scale_out_cooldown:
+        st.desired, st.last_out, st.high = wanted, now, 0
+    elif st.low >= s.in_datapoints and wanted < st.desired and now - st.last_in >= s.scale_in_cooldown:
+        st.desired, st.last_in, st.low = wanted, now, 0
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+#: Backlog-per-task targets the planner tries, as seconds of one task's work.
+TARGET_SECONDS = (2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    scaling: Scaling
+    result: Result
+    tasks_needed: int
+    meets_p99: bool | None
+    parameters: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tasks_needed": self.tasks_needed,
+            "meets_p99": self.meets_p99,
+            "parameters": self.parameters,
+            "result": self.result.to_dict(),
+        }
+
+
+def plan(
+    load: Load,
+    curve: ServiceCurve,
+    worker: Worker,
+    scaling: Scaling,
+    *,
+    p99: float | None = None,
+) -> Plan:
+    """Template parameters for ``load``: the largest backlog target (fewest tasks) that meets ``p99``.
+
+    Without ``p99``, the template's target as given. ``WorkerMaxTasks`` is raised to what the peak
+    rate needs at 80 % utilisation when the given maximum is lower.
+    """
+    peak = max([load.rate, *(b.rate for b in load.bursts)])
+    needed = steady_tasks(peak, curve, worker)
+    scaling = replace(
+        scaling,
+        max_tasks=max(scaling.max_tasks, needed),
+        scale_from_zero_tasks=max(scaling.scale_from_zero_tasks, min(needed, steady_tasks(load.rate, curve, worker))),
+    )
+    per_task = curve.throughput(worker.max_batch_size)
+    candidates = [scaling]
+    if p99 is not None:
+        candidates = [replace(scaling, target_backlog_per_task=max(1.0, round(per_task * s))) for s in TARGET_SECONDS]
+    chosen: tuple[Scaling, Result] | None = None
+    fallback: tuple[Scaling, Result] | None = None
+    for candidate in candidates:
+        result = simulate(load, curve, worker, candidate)
+        if fallback is None or result.p99 < fallback[1].p99:
+            fallback = (candidate, result)
+        if p99 is None or result.p99 <= p99:
+            chosen = (candidate, result)  # later candidates have larger targets: fewer, busier tasks
+    best, result = chosen or fallback or (scaling, simulate(load, curve, worker, scaling))
+    return Plan(
+        scaling=best,
+        result=result,
+        tasks_needed=needed,
+        meets_p99=None if p99 is None else result.p99 <= p99,
+        parameters=template_parameters(best, worker),
+    )
+
+
+def template_parameters(scaling: Scaling, worker: Worker) -> dict[str, Any]:
+    """The template parameters a plan sets (``sam deploy --parameter-overrides``)."""
+    return {
+        "WorkerMaxTasks": scaling.max_tasks,
+        "WorkerTargetBacklogPerTask": round(scaling.target_backlog_per_task),
+        "WorkerScaleFromZeroTasks": scaling.scale_from_zero_tasks,
+        "WorkerIdleMinutes": scaling.idle_minutes,
+        "WorkerMaxBatchSize": worker.max_batch_size,
+    }
+
+
+def latency_curve(
+    rates: Sequence[float],
+    curve: ServiceCurve,
+    worker: Worker,
+    scaling: Scaling,
+    *,
+    duration: float = 600.0,
+    seed: int = 1,
+) -> list[dict[str, float]]:
+    """p50/p99 against arrival rate with a fixed number of tasks (the plot's data)."""
+    out = []
+    for rate in rates:
+        result = simulate(Load(rate, duration=duration, seed=seed), curve, worker, replace(scaling, fixed=True))
+        out.append({"rate": rate, "p50_s": result.p50, "p99_s": result.p99, "final_queue": result.final_queue})
+    return out
+
+
+def parse_curve(spec: Mapping[str, float] | str) -> ServiceCurve:
+    """A curve from ``{"1": 0.036, "8": 0.2}`` (as stored in JSON) or ``"1:0.036,8:0.2"``."""
+    if isinstance(spec, str):
+        return ServiceCurve.parse(spec)
+    return ServiceCurve(tuple((int(b), float(s)) for b, s in spec.items()))
