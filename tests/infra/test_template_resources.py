@@ -482,9 +482,9 @@ def test_worker_task_role_is_exactly_what_the_worker_calls() -> None:
         json.dumps({"Fn::GetAtt": ["HighPriorityJobsQueue", "Arn"]}): consume,
         json.dumps({"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}): {"sqs:GetQueueUrl", "sqs:ReceiveMessage"},
         json.dumps({"Fn::GetAtt": ["HighPriorityJobsDeadLetterQueue", "Arn"]}): {"sqs:GetQueueUrl", "sqs:ReceiveMessage"},
-        json.dumps({"Fn::GetAtt": ["JobsTable", "Arn"]}): {"dynamodb:UpdateItem"},
+        json.dumps({"Fn::GetAtt": ["JobsTable", "Arn"]}): {"dynamodb:UpdateItem", "dynamodb:GetItem"},
         json.dumps({"Fn::Sub": "${JobsTable.Arn}/index/pending-created"}): {"dynamodb:Query"},
-        json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/payloads/*"}): {"s3:GetObject", "s3:DeleteObject"},
+        json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/payloads/*"}): {"s3:GetObject", "s3:DeleteObject", "s3:PutObject"},
         json.dumps({"Fn::GetAtt": ["PayloadBucket", "Arn"]}): {"s3:ListBucket"},
     }  # fmt: skip
     assert "ManagedPolicyArns" not in _props("WorkerTaskRole")

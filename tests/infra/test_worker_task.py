@@ -121,8 +121,8 @@ GRANTED_NOT_CALLED = {"s3:ListBucket"}
 #: Methods of the source, the store and the payload store this test drives; the worker may call no other.
 EXERCISED = {
     "source": {"receive", "receive_lane", "lanes", "ack", "release", "extend", "last_attempt"},
-    "store": {"start", "succeed", "fail", "beat", "forget_worker"},
-    "payloads": {"image", "delete"},
+    "store": {"start", "succeed", "fail", "expire", "get", "keep_image", "beat", "forget_worker"},
+    "payloads": {"image", "delete", "put"},
 }
 
 
@@ -195,7 +195,8 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     image = CAT.read_bytes()
 
     # What the API does (not recorded): records, one inline job, one claim check, one lost payload,
-    # one high-priority job, and one whose message an outage lost (the reconciler republishes it).
+    # one high-priority job, one whose message an outage lost (the reconciler republishes it), one
+    # cancelled before a worker saw it and one past its deadline (both keep their inline image).
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
     publisher = SqsPublisher(settings.queue_url)
     inline, claimed, lost, urgent, orphan = (new_job_id() for _ in range(5))
@@ -207,6 +208,12 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     publisher.publish(JobMessage(job_id=lost, image_ref=f"s3://{bucket}/{payloads.PREFIX}{lost}"))
     SqsPublisher(settings.high_priority_queue_url).publish(JobMessage(job_id=urgent, image=image, priority="high"))
     store.create(JobRecord(job_id=orphan, image_ref=payloads.put(bucket, orphan, image), created_at=time.time() - 60))
+    cancelled, late = new_job_id(), new_job_id()
+    store.create(JobRecord(job_id=cancelled))
+    assert store.cancel(cancelled)
+    publisher.publish(JobMessage(job_id=cancelled, image=image))
+    store.create(JobRecord(job_id=late, deadline_at=time.time() - 1))
+    publisher.publish(JobMessage(job_id=late, image=image, deadline_at=time.time() - 1))
 
     recorder.on = True
     worker = build_worker(settings)
@@ -219,7 +226,8 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
         for job_id in (inline, claimed, lost, urgent):
             item = table.get_item(TableName=settings.table_name, Key={"job_id": {"S": job_id}})["Item"]
             statuses[job_id] = item["status"]["S"]
-        if all(s in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value) for s in statuses.values()):
+        seen = worker.stats.cancelled + worker.stats.discarded + worker.stats.expired
+        if seen == 2 and all(s in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value) for s in statuses.values()):
             break
         time.sleep(0.1)
     worker.stop()
@@ -251,6 +259,10 @@ def test_worker_calls_only_what_its_task_role_allows(stack: Stack, monkeypatch: 
     recorder.on = False
 
     assert statuses == {inline: "succeeded", claimed: "succeeded", lost: "failed", urgent: "succeeded"}
+    for job_id, status in ((cancelled, JobStatus.CANCELLED), (late, JobStatus.EXPIRED)):
+        record = store.get(job_id)
+        assert record is not None and record.status is status
+        assert record.image_ref == f"s3://{bucket}/{payloads.PREFIX}{job_id}"
     with pytest.raises(Exception, match=r"404|Not Found|NoSuchKey"):
         boto3.client("s3", region_name=REGION).head_object(Bucket=bucket, Key=f"{payloads.PREFIX}{claimed}")
 

@@ -1,7 +1,8 @@
 """Claim checks: images too big for a queue message travel through an S3 bucket instead.
 
 The message then carries ``s3://bucket/key``; the worker fetches the bytes and, once the job has
-succeeded, deletes them (the bucket's lifecycle rule removes anything left behind). This module is
+succeeded, deletes them (the bucket's lifecycle rule removes anything left behind). The image of a
+job that did not succeed is kept for a retry: the worker puts an inline one into the bucket too. This module is
 the only code that puts, fetches or deletes them: :class:`~twopass.queue.base.JobMessage` is plain data.
 """
 
@@ -34,8 +35,10 @@ class PayloadStore:
     job, not an outage) and :class:`~twopass.exceptions.DependencyError` when the bucket is unavailable.
     """
 
-    def __init__(self, client: Any | None = None) -> None:
+    def __init__(self, client: Any | None = None, bucket: str = "") -> None:
         self._client = client
+        #: Where the worker keeps the inline image of a job that did not succeed ("": it keeps none).
+        self.bucket = bucket
 
     @property
     def client(self) -> Any:
@@ -72,6 +75,35 @@ class PayloadStore:
         except MissingObjectError:
             return False
         return True
+
+    def presign_put(self, ref: str, content_type: str, expires_seconds: int, content_length: int | None = None) -> str:
+        """A URL through which a client PUTs the object behind ``ref`` itself, signed for ``content_type``
+        (and ``content_length`` when given). No call to S3: the client's credentials sign it locally."""
+        bucket, key = _split(ref)
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "ContentType": content_type}
+        if content_length is not None:
+            params["ContentLength"] = content_length
+        with translate_errors(f"presign image upload {ref}"):
+            url: str = self.client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=expires_seconds, HttpMethod="PUT"
+            )
+        return url
+
+    def head(self, ref: str) -> tuple[int, str] | None:
+        """``(size in bytes, content type)`` of the object behind ``ref``; ``None`` when there is none."""
+        bucket, key = _split(ref)
+        try:
+            with translate_errors(f"image payload {ref}"):
+                meta = self.client.head_object(Bucket=bucket, Key=key)
+        except MissingObjectError:
+            return None
+        return int(meta.get("ContentLength", 0)), str(meta.get("ContentType", ""))
+
+    def put_ref(self, ref: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Store ``data`` at a reference the caller chose (an upload's ticket)."""
+        bucket, key = _split(ref)
+        with translate_errors(f"store {ref}"):
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     def image(self, message: JobMessage) -> bytes:
         """A job's image: inline in the message, or fetched from the bucket for a claim check."""

@@ -238,6 +238,11 @@ class JobStore(ABC):
         """queued → expired with ``reason`` as its error; ``False`` when the job is not queued."""
 
     @abstractmethod
+    def keep_image(self, job_id: str, ref: str) -> bool:
+        """Record ``ref`` (``s3://…``) as the job's kept image, so it can be retried; only for a job that
+        has none yet and did not succeed. ``False`` when refused."""
+
+    @abstractmethod
     def retry(self, job_id: str) -> bool:
         """failed|expired|cancelled → queued under the same id; ``False`` from any other state.
 

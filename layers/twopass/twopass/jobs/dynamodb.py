@@ -305,6 +305,17 @@ class DynamoJobStore(JobStore):
             {},
         )
 
+    def keep_image(self, job_id: str, ref: str) -> bool:
+        return (
+            self._update(
+                job_id,
+                "SET image_ref = :ref",
+                "attribute_exists(job_id) AND attribute_not_exists(image_ref) AND #s <> :succeeded",
+                {":ref": ref, ":succeeded": "succeeded"},
+            )
+            is not None
+        )
+
     def retry(self, job_id: str) -> bool:
         # The ended run's outcome goes into `history`, and an update expression cannot copy attributes
         # into a new list element: read it, then write only if nothing changed in between.

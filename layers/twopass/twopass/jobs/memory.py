@@ -109,6 +109,14 @@ class MemoryJobStore(JobStore):
     def expire(self, job_id: str, reason: str) -> bool:
         return self._finish(job_id, JobStatus.EXPIRED, only_if_queued=True, error=reason)
 
+    def keep_image(self, job_id: str, ref: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.image_ref is not None or record.status is JobStatus.SUCCEEDED:
+                return False
+            record.image_ref = ref
+            return True
+
     def retry(self, job_id: str) -> bool:
         with self._lock:
             record = self._jobs.get(job_id)

@@ -65,7 +65,7 @@ def build_worker(settings: Settings) -> Worker:
         settings,
         sweeper=sweeper,
         events=build_events(settings),
-        payloads=PayloadStore(),
+        payloads=PayloadStore(bucket=settings.payload_bucket),
         reconciler=build_reconciler(settings, store),
     )
 

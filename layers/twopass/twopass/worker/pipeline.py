@@ -136,7 +136,13 @@ class Pipeline:
 
     def process(self, batch: list[Item]) -> None:
         """Fail undecodable images, mark the rest running and hand them to the model thread."""
-        ready, done = self._tensors(batch)
+        # A job past its deadline is never run: expired (and acked) before it costs a model slot.
+        start, done = self.recorder.control.expire_late([item.delivery for item in batch])
+        if done:
+            keep = {d.key for d in start}
+            batch = [item for item in batch if item.delivery.key in keep]
+        ready, failed = self._tensors(batch)
+        done += failed
         if not ready:
             self.leases.ack(done)
             self.events.flush()

@@ -16,6 +16,12 @@ class WorkerStats:
     failed: int = 0
     duplicates: int = 0
     retried: int = 0
+    #: Jobs never run because their deadline had passed (ended ``expired``).
+    expired: int = 0
+    #: Cancelled jobs whose message was deleted without running them.
+    cancelled: int = 0
+    #: Results thrown away because the job was cancelled while it ran.
+    discarded: int = 0
     batches: int = 0
     #: Jobs that went through the model, over all batches (their mean size is ``batched_jobs / batches``).
     batched_jobs: int = 0
@@ -24,7 +30,16 @@ class WorkerStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(
-        self, *, received: int = 0, succeeded: int = 0, failed: int = 0, duplicates: int = 0, retried: int = 0
+        self,
+        *,
+        received: int = 0,
+        succeeded: int = 0,
+        failed: int = 0,
+        duplicates: int = 0,
+        retried: int = 0,
+        expired: int = 0,
+        cancelled: int = 0,
+        discarded: int = 0,
     ) -> None:
         with self._lock:
             self.received += received
@@ -32,6 +47,9 @@ class WorkerStats:
             self.failed += failed
             self.duplicates += duplicates
             self.retried += retried
+            self.expired += expired
+            self.cancelled += cancelled
+            self.discarded += discarded
 
     def add_batch(self, size: int, seconds: float) -> None:
         """One ``session.run`` of ``size`` jobs that took ``seconds``."""
@@ -50,6 +68,9 @@ class WorkerStats:
                 "failed": self.failed,
                 "duplicates": self.duplicates,
                 "retried": self.retried,
+                "expired": self.expired,
+                "cancelled": self.cancelled,
+                "discarded": self.discarded,
                 "batches": self.batches,
                 "mean_batch_size": round(self.batched_jobs / self.batches, 2) if self.batches else 0.0,
                 "largest_batch": self.largest_batch,
