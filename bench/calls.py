@@ -96,6 +96,15 @@ def _wait_final(table: str, job_ids: list[str], timeout: float) -> None:
         raise TimeoutError(f"{len(pending)} job(s) not final after {timeout} s")
 
 
+def _item(table: str, job_id: str) -> dict[str, Any]:
+    import boto3
+
+    out: dict[str, Any] = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=table, Key={"job_id": {"S": job_id}}
+    )["Item"]
+    return out
+
+
 def item_bytes(item: Mapping[str, Any]) -> int:
     """DynamoDB's size of an item (attribute names + values, its sizing rules, approximately)."""
     return sum(len(name.encode()) + _value_bytes(value) for name, value in item.items())
@@ -138,6 +147,7 @@ def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
                 if response.status_code != 200:
                     raise RuntimeError(f"POST /predict answered {response.status_code}: {response.text}")
                 job_ids.append(response.json()["job_id"])
+            created = _item(settings.table_name, job_ids[0])
             api = dict(counter.by_tag("job"))
             api_chores = dict(counter.by_tag("chore"))
             api_bytes = counter.message_bytes
@@ -158,11 +168,7 @@ def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
             stats = worker.stats.summary()
         finally:
             counter.detach()
-        import boto3
-
-        item = boto3.client("dynamodb", region_name="us-east-1").get_item(
-            TableName=settings.table_name, Key={"job_id": {"S": job_ids[0]}}
-        )["Item"]
+        item = _item(settings.table_name, job_ids[0])
     return {
         "batch_size": batch_size,
         "jobs": jobs,
@@ -174,6 +180,7 @@ def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
         "batches": stats.get("batches"),
         "drain_seconds": round(drained, 2),
         "message_bytes_per_job": round(api_bytes / jobs),
+        "item_bytes_created": item_bytes(created),
         "item_bytes_final": item_bytes(item),
     }
 

@@ -98,3 +98,12 @@ def test_steady_tasks_and_plan_parameters_name_the_template_parameters() -> None
     names = set(re.findall(r"^  (Worker\w+):", TEMPLATE.read_text(), re.MULTILINE))
     assert set(result.parameters) <= names, set(result.parameters) - names
     assert result.parameters["WorkerMaxTasks"] >= 4
+
+
+def test_spread_in_service_times_widens_the_tail_not_the_arrivals() -> None:
+    load = Load(2, duration=600, seed=4)
+    steady = simulate(load, CURVE, WORKER, ONE_TASK)
+    noisy = simulate(load, CURVE, replace(WORKER, cv=1.0), ONE_TASK)
+    assert steady.arrived == noisy.arrived  # the same arrivals: the noise has its own generator
+    assert noisy.p99 > 1.5 * steady.p99
+    assert noisy.p50 == pytest.approx(steady.p50, rel=0.3)

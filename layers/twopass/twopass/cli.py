@@ -210,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--table", default=None, help="job table name (default: TWOPASS_TABLE_NAME)")
     redrive.add_argument("--max", type=_positive_int, default=None, help="move at most this many messages")
 
+    # Everything after `cost` / `plan` goes to twopass.ops.capacity_cli untouched, --help included.
+    sub.add_parser(
+        "cost",
+        add_help=False,
+        help="dollars per million images by AWS component, beside SageMaker async (`twopass cost --help`)",
+    )
+    sub.add_parser(
+        "plan",
+        add_help=False,
+        help="GPU tasks, latency and template parameters for a load, by simulation (`twopass plan --help`)",
+    )
     # Everything after `calibrate` goes to twopass.ops.calibrate untouched, --help included.
     sub.add_parser(
         "calibrate",
@@ -266,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
-        if args.command not in ("local", "calibrate") and extras:
+        if args.command not in ("local", "calibrate", "cost", "plan") and extras:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         if args.command is None:
             parser.print_help(sys.stderr)
@@ -278,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _local(extras)
         if args.command == "calibrate":
             return _calibrate(extras)
+        if args.command in ("cost", "plan"):
+            from twopass.ops import capacity_cli  # standard library only, like this module
+
+            return (capacity_cli.cost_main if args.command == "cost" else capacity_cli.plan_main)(extras)
         if args.command == "predict":
             return _predict(args)
         if args.command == "job":

@@ -116,6 +116,15 @@ class Worker:
     max_batch_size: int = 32  # WorkerMaxBatchSize
     #: Receive + result write around each job, not overlapped with the model (measured locally).
     overhead_seconds: float = 0.02
+    #: Spread of a batch's time and a job's overhead around the curve (coefficient of variation of a
+    #: log-normal factor with mean 1): 0 makes every batch of a size take exactly the same time.
+    cv: float = 0.0
+
+    def factor(self, rng: random.Random) -> float:
+        if self.cv <= 0:
+            return 1.0
+        sigma = math.sqrt(math.log(1 + self.cv**2))
+        return rng.lognormvariate(-(sigma**2) / 2, sigma)
 
 
 @dataclass(frozen=True)
@@ -263,6 +272,7 @@ def simulate(load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling) 
     timeline: list[tuple[float, int, int, int]] = []
     samples: list[tuple[float, int, int]] = []  # (time, visible, serving): the metrics, read late
     state = _ScalerState(desired=initial)
+    noise = random.Random(load.seed + 7919)  # apart from the arrivals' generator: same arrivals for any cv
 
     def push(at: float, kind: str, i: int) -> None:
         counts["order"] += 1
@@ -270,7 +280,7 @@ def simulate(load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling) 
 
     def start_batch(i: int, now: float) -> None:
         size = min(len(waiting), worker.max_batch_size)
-        done = now + curve.seconds(size)
+        done = now + curve.seconds(size) * worker.factor(noise)
         tasks[i].busy_until = done
         counts["batches"] += 1
         counts["batched"] += size
@@ -278,7 +288,7 @@ def simulate(load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling) 
             counts["completed"] += size
         for _ in range(size):
             arrived_at = waiting.popleft()
-            latency = done + worker.overhead_seconds - arrived_at
+            latency = done + worker.overhead_seconds * worker.factor(noise) - arrived_at
             if arrived_at >= load.warmup:
                 latencies.append(latency)
             if len(first) < 20:

@@ -1,0 +1,439 @@
+"""Cost model: measured figures (AWS calls per job, handler time, bytes) and list prices → dollars per
+million images, broken down by where the money goes, beside SageMaker Asynchronous Inference.
+
+Inputs come in three kinds, and every line of the breakdown says which it rests on:
+
+* **measured** on this machine by ``make bench`` (``twopass/data/measured.json``): AWS calls per job by
+  operation, queue message and table item sizes, the API handler's duration, log bytes per job;
+* **input**, a figure nobody measured here: above all a GPU task's throughput (images/s), and the
+  traffic's shape (image size, ``GET /job`` polls per job, share of images over the claim-check size);
+* **price**, from the committed table ``twopass/data/prices.json`` (its date, region and sources).
+
+Standard library only: ``twopass cost`` runs from a client-only install.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+MILLION = 1_000_000
+GB = 1_000_000_000
+#: SQS bills each 64 KiB chunk of a request's payload as one request.
+SQS_CHUNK = 64 * 1024
+#: DynamoDB: a write request unit covers 1 KB of item, a strongly consistent read unit 4 KB.
+WRU_BYTES = 1024
+RRU_BYTES = 4096
+#: Hours in a month, as AWS prices monthly items.
+MONTH_HOURS = 730.0
+#: Lambda's own log lines per invocation (START, END, REPORT), estimated from their format.
+LAMBDA_PLATFORM_LOG_BYTES = 330
+
+
+def _data(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(resources.files("twopass").joinpath("data", name).read_text())
+    return loaded
+
+
+@dataclass(frozen=True)
+class Prices:
+    """The committed price table: ``price(name)`` per item, instance-hours by type."""
+
+    region: str
+    as_of: str
+    note: str
+    items: dict[str, dict[str, Any]]
+    ec2: dict[str, float]
+    sagemaker: dict[str, float]
+    sources: dict[str, str]
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Prices:
+        data = json.loads(path.read_text()) if path is not None else _data("prices.json")
+        ec2, sm = data["ec2_on_demand_per_hour"], data["sagemaker_inference_per_hour"]
+        sources = {name: item["source"] for name, item in data["items"].items()}
+        sources.update(ec2=ec2["source"], sagemaker=sm["source"])
+        return cls(data["region"], data["as_of"], data["note"], data["items"], ec2["prices"], sm["prices"], sources)
+
+    def price(self, name: str) -> float:
+        return float(self.items[name]["price"])
+
+    def instance(self, instance_type: str) -> float:
+        try:
+            return float(self.ec2[instance_type])
+        except KeyError:
+            raise ValueError(f"no price for {instance_type}; known: {', '.join(sorted(self.ec2))}") from None
+
+    def sagemaker_instance(self, instance_type: str) -> float | None:
+        return self.sagemaker.get(f"ml.{instance_type}")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What ``make bench`` measured (defaults: the committed ``measured.json``)."""
+
+    #: Where and when: the dated summary that holds these figures.
+    source: str
+    #: AWS calls per job by "Service Operation", API and worker, at ``batch_size``.
+    api_calls: dict[str, float]
+    worker_calls: dict[str, float]
+    batch_size: int
+    #: Bytes of one job's queue message (the image inline, base64, and its JSON).
+    message_bytes: int
+    #: The job item's size as created by the API and once final (DynamoDB's sizing).
+    item_bytes_created: int
+    item_bytes_final: int
+    #: API handler (Lambda, REST event → answer) p50 ms for POST /predict and GET /job.
+    handler_ms_predict: float
+    handler_ms_job: float
+    #: Log bytes written per job by the API and by the worker (EMF metric lines included).
+    log_bytes_api: float
+    log_bytes_worker: float
+    #: Calls an idle worker makes per hour (heartbeat, polls, sweeps), whatever the load.
+    worker_calls_per_hour: dict[str, float]
+    #: The image the figures were measured with.
+    image_bytes: int
+    #: Slow-model throughput of one worker on this machine's CPU (images/s) — an example, not a GPU.
+    cpu_images_per_second: float
+    cpu_description: str
+    #: That worker's model seconds by batch size (``{"1": 0.04, …}``) and its overhead per job.
+    cpu_service_curve: dict[str, float]
+    worker_overhead_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Measured:
+        data = json.loads(path.read_text()) if path is not None else _data("measured.json")
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**{k: v for k, v in data.items() if k in known}, extra=extra)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The load's shape (inputs)."""
+
+    #: Encoded image size; the queue message and the SageMaker payload scale with it.
+    image_bytes: int = 35_000
+    #: ``GET /job`` calls per job (0 with completion callbacks; each is an API request and a Lambda run).
+    polls_per_job: float = 1.0
+    #: Share of images over the claim-check size (256 KiB): they travel through S3.
+    claim_check_share: float = 0.0
+    #: Share of API requests X-Ray traces (the template's ApiTracing is on; Lambda samples ~5 %).
+    traced_share: float = 0.05
+    #: Size of a slow result as SageMaker would write it (JSON, top 5).
+    result_bytes: int = 600
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The GPU side: the instance and one task's throughput."""
+
+    instance_type: str = "g4dn.xlarge"
+    #: Images per second one worker task sustains. **An input** unless measured on that GPU.
+    images_per_second: float = 0.0
+    throughput_source: str = "input"
+    #: Average tasks paid per task needed at full utilisation (1.0: perfectly packed; the planner's
+    #: ``mean_tasks`` / load gives the real figure for a given rate and scaling).
+    overprovision: float = 1.0
+    root_volume_gib: int = 60  # WorkerRootVolumeGiB
+    lambda_memory_mb: int = 2048  # ApiMemorySize
+
+
+@dataclass(frozen=True)
+class Line:
+    component: str
+    service: str
+    usd_per_million: float
+    basis: str
+    #: "measured", "input" or "estimate": what the quantity (not the price) rests on.
+    kind: str
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    title: str
+    lines: list[Line]
+
+    @property
+    def total(self) -> float:
+        return sum(line.usd_per_million for line in self.lines)
+
+    def share(self, line: Line) -> float:
+        return line.usd_per_million / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        lines = [
+            {**line.__dict__, "usd_per_million": round(line.usd_per_million, 4), "share": round(self.share(line), 4)}
+            for line in self.lines
+        ]
+        return {"title": self.title, "total_usd_per_million": round(self.total, 4), "lines": lines}
+
+
+def _calls(calls: dict[str, float], service: str, ops: set[str] | None = None) -> float:
+    return sum(n for name, n in calls.items() if name.split()[0] == service and (ops is None or name.split()[1] in ops))
+
+
+def message_bytes(measured: Measured, traffic: Traffic) -> float:
+    """The queue message for ``traffic``'s image, scaled from the measured one (base64 is 4/3)."""
+    overhead = max(0.0, measured.message_bytes - measured.image_bytes * 4 / 3)
+    return overhead + traffic.image_bytes * 4 / 3
+
+
+def twopass(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> Breakdown:
+    """Dollars per million images through twopass, by component."""
+    p = prices.price
+    lines: list[Line] = []
+
+    def add(component: str, service: str, usd: float, basis: str, kind: str) -> None:
+        lines.append(Line(component, service, usd, basis, kind))
+
+    requests = 1 + traffic.polls_per_job
+    add(
+        "API requests (POST /predict + GET /job polls)",
+        "API Gateway",
+        requests * p("api_gateway_rest_per_million_requests"),
+        f"{requests:g} REST requests per image",
+        "input",
+    )
+    gb = fleet.lambda_memory_mb / 1024
+    lambda_ms = measured.handler_ms_predict + traffic.polls_per_job * measured.handler_ms_job
+    add(
+        "API handler compute",
+        "Lambda",
+        lambda_ms / 1000 * gb * MILLION * p("lambda_x86_per_gb_second"),
+        f"{lambda_ms:.1f} ms at {fleet.lambda_memory_mb} MB per image (handler p50 "
+        f"{measured.handler_ms_predict:.1f} ms POST, {measured.handler_ms_job:.1f} ms GET)",
+        "measured",
+    )
+    add("API invocations", "Lambda", requests * p("lambda_per_million_requests"), f"{requests:g} per image", "input")
+
+    # SQS: each call billed by its payload's 64 KiB chunks; a receive carries its messages' bodies.
+    msg = message_bytes(measured, traffic)
+    calls = dict(measured.worker_calls)
+    for name, n in measured.api_calls.items():
+        calls[name] = calls.get(name, 0.0) + n
+    sends = _calls(calls, "SQS", {"SendMessage"})
+    receives = _calls(calls, "SQS", {"ReceiveMessage"})
+    others = _calls(calls, "SQS") - sends - receives
+    billed = sends * math.ceil(msg / SQS_CHUNK) + max(receives, msg / SQS_CHUNK) + others
+    add(
+        "queue requests (send, receive, delete)",
+        "SQS",
+        billed * p("sqs_standard_per_million_requests"),
+        f"{sends + receives + others:.2f} calls per image, {billed:.2f} billed with {msg / 1024:.0f} KiB messages",
+        "measured",
+    )
+
+    puts = _calls(calls, "DynamoDB", {"PutItem", "TransactWriteItems", "BatchWriteItem"})
+    updates = _calls(calls, "DynamoDB", {"UpdateItem", "DeleteItem"})
+    # An update is sized by the larger of the item before and after: the final item.
+    wru = puts * math.ceil(measured.item_bytes_created / WRU_BYTES)
+    wru += updates * math.ceil(measured.item_bytes_final / WRU_BYTES)
+    add(
+        "job record writes (create + final)",
+        "DynamoDB",
+        wru * p("dynamodb_on_demand_per_million_wru"),
+        f"{puts + updates:.2f} writes, {wru:.2f} WRU per image "
+        f"(items {measured.item_bytes_created} → {measured.item_bytes_final} B)",
+        "measured",
+    )
+    rru = traffic.polls_per_job * math.ceil(measured.item_bytes_final / RRU_BYTES)
+    rru += _calls(calls, "DynamoDB", {"GetItem", "Query"})
+    add(
+        "job reads (GET /job)",
+        "DynamoDB",
+        rru * p("dynamodb_on_demand_per_million_rru"),
+        f"{rru:.2f} strongly consistent RRU per image",
+        "input",
+    )
+    week = 7 / 30  # JobRetentionDays' default: an item lives a week
+    add(
+        "job record storage (7 days)",
+        "DynamoDB",
+        MILLION * measured.item_bytes_final / GB * week * p("dynamodb_storage_per_gb_month"),
+        f"{measured.item_bytes_final} B for 7 days",
+        "measured",
+    )
+    if traffic.claim_check_share:
+        add(
+            "claim checks (images over 256 KiB)",
+            "S3",
+            traffic.claim_check_share * (p("s3_put_per_thousand") + p("s3_get_per_thousand")) * 1000,
+            f"{traffic.claim_check_share:.0%} of images: PUT + GET (DELETE is free)",
+            "input",
+        )
+    log_bytes = measured.log_bytes_api + measured.log_bytes_worker + requests * LAMBDA_PLATFORM_LOG_BYTES
+    add(
+        "logs and EMF metrics",
+        "CloudWatch",
+        MILLION * log_bytes / GB * p("cloudwatch_logs_ingest_per_gb"),
+        f"{log_bytes:.0f} B per image (API {measured.log_bytes_api:.0f}, worker {measured.log_bytes_worker:.0f}, "
+        f"Lambda's own lines ~{LAMBDA_PLATFORM_LOG_BYTES} per invocation)",
+        "measured",
+    )
+    if traffic.traced_share:
+        add(
+            "traces",
+            "X-Ray",
+            requests * traffic.traced_share * p("xray_per_million_traces"),
+            f"{traffic.traced_share:.0%} of requests traced",
+            "input",
+        )
+    lines.extend(_gpu_lines(fleet, prices, prices.instance(fleet.instance_type), fleet.instance_type))
+    hourly = worker_hourly(measured, prices)
+    add(
+        "worker's periodic calls (heartbeat, polls, sweeps)",
+        "SQS + DynamoDB",
+        hourly / _images_per_hour(fleet) * MILLION,
+        f"${hourly:.4f} per task-hour",
+        "measured",
+    )
+    return Breakdown(f"twopass on {fleet.instance_type}", lines)
+
+
+def _images_per_hour(fleet: Fleet) -> float:
+    if fleet.images_per_second <= 0:
+        raise ValueError("a task's throughput (images/s) is needed: give it (an input unless measured on the GPU)")
+    return fleet.images_per_second * 3600 / fleet.overprovision
+
+
+def _gpu_lines(fleet: Fleet, prices: Prices, hourly: float, label: str, service: str = "EC2") -> list[Line]:
+    per_hour = _images_per_hour(fleet)
+    volume = fleet.root_volume_gib * prices.price("ebs_gp3_per_gb_month") / MONTH_HOURS
+    basis = f"${hourly:g}/h at {fleet.images_per_second:g} images/s per task ({fleet.throughput_source})"
+    if fleet.overprovision != 1.0:
+        basis += f", {fleet.overprovision:.2f} tasks paid per task busy"
+    kind = "input" if fleet.throughput_source.startswith("input") else "measured"
+    disk = f"{fleet.root_volume_gib} GiB gp3 while the instance runs"
+    return [
+        Line(f"GPU instance-hours ({label})", service, hourly / per_hour * MILLION, basis, kind),
+        Line("GPU instance root volume", "EBS", volume / per_hour * MILLION, disk, kind),
+    ]
+
+
+def worker_hourly(measured: Measured, prices: Prices) -> float:
+    """Dollars an idle worker's own calls cost per hour (they do not scale with jobs)."""
+    calls = measured.worker_calls_per_hour
+    sqs = _calls(calls, "SQS") * prices.price("sqs_standard_per_million_requests") / MILLION
+    # Heartbeat updates rewrite the workers item (a few hundred bytes a worker): 1 WRU each.
+    wru = _calls(calls, "DynamoDB", {"UpdateItem", "PutItem"}) * prices.price("dynamodb_on_demand_per_million_wru")
+    rru = _calls(calls, "DynamoDB", {"Query", "GetItem"}) * prices.price("dynamodb_on_demand_per_million_rru")
+    return sqs + (wru + rru) / MILLION
+
+
+def sagemaker_async(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> Breakdown:
+    """The same images through a SageMaker asynchronous endpoint on the equivalent instance.
+
+    Async inference takes its input from S3 and writes its output there; it has no fast answer, so a
+    fast label needs the same API and Lambda in front (:meth:`Comparison.to_dict` adds them).
+    """
+    hourly = prices.sagemaker_instance(fleet.instance_type)
+    if hourly is None:
+        known = ", ".join(sorted(prices.sagemaker))
+        raise ValueError(f"no SageMaker price for ml.{fleet.instance_type}; known: {known}")
+    p = prices.price
+    s3_pair = (p("s3_put_per_thousand") + p("s3_get_per_thousand")) * 1000
+    logs = MILLION * measured.log_bytes_worker / GB * p("cloudwatch_logs_ingest_per_gb")
+    lines = [
+        Line("input upload (client PUT) and read (endpoint GET)", "S3", s3_pair, "1 PUT + 1 GET per image", "input"),
+        Line("output write (endpoint PUT) and read (client GET)", "S3", s3_pair, "1 PUT + 1 GET per image", "input"),
+        Line(
+            "data processed in",
+            "SageMaker",
+            MILLION * traffic.image_bytes / GB * p("sagemaker_data_in_per_gb"),
+            f"{traffic.image_bytes / 1000:.0f} KB per image",
+            "input",
+        ),
+        Line(
+            "data processed out",
+            "SageMaker",
+            MILLION * traffic.result_bytes / GB * p("sagemaker_data_out_per_gb"),
+            f"{traffic.result_bytes} B per result",
+            "input",
+        ),
+        Line("success notification", "SNS", p("sns_per_million_publishes"), "1 publish per image", "input"),
+        Line(
+            "endpoint logs",
+            "CloudWatch",
+            logs,
+            f"{measured.log_bytes_worker:.0f} B per image, as the worker's",
+            "measured",
+        ),
+    ]
+    lines.extend(_gpu_lines(fleet, prices, hourly, f"ml.{fleet.instance_type}", "SageMaker")[:1])
+    return Breakdown(f"SageMaker async on ml.{fleet.instance_type}", lines)
+
+
+def fast_path_lines(breakdown: Breakdown) -> list[Line]:
+    """The lines of a twopass breakdown that give the fast answer (API Gateway, Lambda, X-Ray)."""
+    return [line for line in breakdown.lines if line.service in ("API Gateway", "Lambda", "X-Ray")]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    twopass: Breakdown
+    sagemaker: Breakdown | None
+    prices: Prices
+    measured: Measured
+    traffic: Traffic
+    fleet: Fleet
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prices": {"region": self.prices.region, "as_of": self.prices.as_of},
+            "measured": self.measured.source,
+            "traffic": self.traffic.__dict__,
+            "fleet": self.fleet.__dict__,
+            "twopass": self.twopass.to_dict(),
+        }
+        if self.sagemaker is not None:
+            fast = sum(line.usd_per_million for line in fast_path_lines(self.twopass))
+            out["sagemaker_async"] = self.sagemaker.to_dict()
+            out["sagemaker_async_with_fast_path_usd_per_million"] = round(self.sagemaker.total + fast, 4)
+        return out
+
+
+def compare(
+    traffic: Traffic, fleet: Fleet, *, measured: Measured | None = None, prices: Prices | None = None
+) -> Comparison:
+    measured = measured or Measured.load()
+    prices = prices or Prices.load()
+    if fleet.images_per_second <= 0:
+        source = f"measured on CPU, not a GPU: {measured.cpu_description}"
+        fleet = replace(fleet, images_per_second=measured.cpu_images_per_second, throughput_source=source)
+    sm = sagemaker_async(measured, traffic, fleet, prices) if prices.sagemaker_instance(fleet.instance_type) else None
+    return Comparison(twopass(measured, traffic, fleet, prices), sm, prices, measured, traffic, fleet)
+
+
+def markdown(comparison: Comparison) -> str:
+    """The breakdown as Markdown tables, twopass beside SageMaker async."""
+    c = comparison
+    out = [
+        f"Prices: {c.prices.region}, list prices as of {c.prices.as_of} (`twopass/data/prices.json`, sources there). "
+        f"Measured figures: {c.measured.source}. GPU throughput: {c.fleet.images_per_second:g} images/s per task "
+        f"({c.fleet.throughput_source}).",
+        "",
+        "| component | service | $ per million images | share | basis |",
+        "|---|---|---|---|---|",
+    ]
+    for line in sorted(c.twopass.lines, key=lambda x: -x.usd_per_million):
+        out.append(
+            f"| {line.component} | {line.service} | {line.usd_per_million:.3f} | {c.twopass.share(line):.1%} "
+            f"| {line.basis} ({line.kind}) |"
+        )
+    out.append(f"| **total: {c.twopass.title}** | | **{c.twopass.total:.2f}** | 100% | |")
+    if c.sagemaker is not None:
+        fast = sum(line.usd_per_million for line in fast_path_lines(c.twopass))
+        out += ["", "| SageMaker async component | service | $ per million images | basis |", "|---|---|---|---|"]
+        for line in sorted(c.sagemaker.lines, key=lambda x: -x.usd_per_million):
+            usd = f"{line.usd_per_million:.3f}"
+            out.append(f"| {line.component} | {line.service} | {usd} | {line.basis} ({line.kind}) |")
+        out.append(f"| **total: {c.sagemaker.title}** (no fast answer) | | **{c.sagemaker.total:.2f}** | |")
+        with_fast = c.sagemaker.total + fast
+        out.append(f"| **with the same fast path in front** (API Gateway + Lambda) | | **{with_fast:.2f}** | |")
+    return "\n".join(out)
