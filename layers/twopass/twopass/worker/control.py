@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from twopass.exceptions import DependencyError, TwopassError
 from twopass.jobs.base import JobRecord, JobStatus, JobStore
+from twopass.observability.logs import job_extra
 from twopass.payloads import PayloadStore
 from twopass.queue.base import Delivery
 from twopass.worker.events import WorkerEvents
@@ -98,6 +99,7 @@ class JobControl:
         its deadline (expired now), or final already (a duplicate delivery). The message may be acked.
         """
         job_id = delivery.message.job_id
+        extra = job_extra(job_id, delivery.message.context.get("request_id"))
         try:
             record = self._retry(lambda: self.store.get(job_id))
         except DependencyError as exc:  # it is final or unknown either way: only the bookkeeping is lost
@@ -112,10 +114,10 @@ class JobControl:
         elif record.status is JobStatus.CANCELLED:
             if ran:
                 self.stats.add(discarded=1)
-                logger.info("job %s was cancelled while it ran; its result is discarded", job_id)
+                logger.info("job %s was cancelled while it ran; its result is discarded", job_id, extra=extra)
             else:
                 self.stats.add(cancelled=1)
-                logger.info("job %s was cancelled; skipped", job_id)
+                logger.info("job %s was cancelled; skipped", job_id, extra=extra)
             self.keep_image(delivery, record)
         else:
             self.stats.add(duplicates=1)  # final already: another delivery of the same job finished it
