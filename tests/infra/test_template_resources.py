@@ -257,6 +257,7 @@ def test_every_queue_is_encrypted() -> None:
         "JobsDeadLetterQueue",
         "HighPriorityJobsQueue",
         "HighPriorityJobsDeadLetterQueue",
+        "JobEventsQueue",
     }
     for props in (q["Properties"] for q in queues.values()):
         assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props
@@ -486,6 +487,7 @@ def test_worker_task_role_is_exactly_what_the_worker_calls() -> None:
         json.dumps({"Fn::Sub": "${JobsTable.Arn}/index/pending-created"}): {"dynamodb:Query"},
         json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/payloads/*"}): {"s3:GetObject", "s3:DeleteObject", "s3:PutObject"},
         json.dumps({"Fn::GetAtt": ["PayloadBucket", "Arn"]}): {"s3:ListBucket"},
+        json.dumps({"Fn::GetAtt": ["JobEventsBus", "Arn"]}): {"events:PutEvents"},
     }  # fmt: skip
     assert "ManagedPolicyArns" not in _props("WorkerTaskRole")
 
@@ -521,6 +523,8 @@ def test_api_function_role_only_touches_the_job_queue_and_table() -> None:
         # GET /jobs reads the owner index; retry's HEAD needs ListBucket to see a missing image as 404.
         json.dumps({"Fn::Sub": "${JobsTable.Arn}/index/owner-created"}),
         json.dumps({"Fn::GetAtt": ["PayloadBucket", "Arn"]}),
+        # Completion events of the final states the API writes.
+        json.dumps({"Fn::GetAtt": ["JobEventsBus", "Arn"]}),
     }
     (listing,) = [s for s in _role_statements("ApiFunctionRole") if "s3:ListBucket" in _as_list(s["Action"])]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["payloads/*"]}}
@@ -549,7 +553,8 @@ def test_outputs() -> None:
 def test_data_plane_for_the_local_stack_is_only_queues_the_table_and_the_bucket() -> None:
     plane = tpl.data_plane(_cfn())
     assert set(plane["Resources"]) == {"JobsQueue", "JobsDeadLetterQueue", "HighPriorityJobsQueue",
-                                       "HighPriorityJobsDeadLetterQueue", "JobsTable", "PayloadBucket"}  # fmt: skip
+                                       "HighPriorityJobsDeadLetterQueue", "JobsTable", "PayloadBucket",
+                                       "JobEventsBus", "JobEventsRule", "JobEventsQueue"}  # fmt: skip
     assert {"QueueUrl", "DeadLetterQueueUrl", "HighPriorityQueueUrl", "HighPriorityDeadLetterQueueUrl", "TableName",
             "PayloadBucketName"} <= set(plane["Outputs"])  # fmt: skip
     # The emulator requires a value for every parameter: all have defaults.

@@ -67,6 +67,11 @@ class Settings:
     inline_image_bytes: int = field(default=256 * 1024, metadata={"env": "TWOPASS_INLINE_IMAGE_BYTES"})
     #: S3 bucket for claim-checked images (``PayloadBucket``); without it big images are refused.
     payload_bucket: str = field(default="", metadata={"env": "TWOPASS_PAYLOAD_BUCKET"})
+    #: API: largest image accepted through ``POST /uploads`` (a presigned PUT into the payload bucket), in bytes.
+    #: A presigned PUT cannot cap the size S3 takes, so the API checks the object's size before reading it.
+    upload_max_bytes: int = field(default=50 * 1024 * 1024, metadata={"env": "TWOPASS_UPLOAD_MAX_BYTES"})
+    #: API: minutes an upload's presigned URL stays valid; an upload not PUT by then is unknown (404).
+    upload_expiry_minutes: float = field(default=15.0, metadata={"env": "TWOPASS_UPLOAD_EXPIRY_MINUTES"})
     #: Comma-separated API keys the app itself checks in ``x-api-key`` (the local stack sets it;
     #: on AWS, API Gateway's usage plan checks keys before the function runs, so it stays empty).
     api_keys: str = field(default="", metadata={"env": "TWOPASS_API_KEYS"})
@@ -121,6 +126,8 @@ class Settings:
     dlq_sweep_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_DLQ_SWEEP_SECONDS"})
     #: API: a worker whose last heartbeat is older than this is reported as not alive.
     worker_stale_seconds: float = field(default=60.0, metadata={"env": "TWOPASS_WORKER_STALE_SECONDS"})
+    #: EventBridge bus that receives every job's final state (``JobEventsBus``); empty: no events.
+    event_bus: str = field(default="", metadata={"env": "TWOPASS_EVENT_BUS"})
     #: Secret that signs completion callbacks (on ECS injected from Secrets Manager).
     callback_secret: str = field(default="", metadata={"env": "TWOPASS_CALLBACK_SECRET"})
     #: Allow callbacks to private, loopback and link-local addresses (local stack and tests only).

@@ -75,9 +75,16 @@ class TwopassService:
         budget = aws.request_budget(settings.api_call_timeout_seconds)
         sqs = aws.client("sqs", budget)
         high = settings.high_priority_queue_url
+        store = DynamoJobStore(settings.table_name, settings.job_ttl_seconds, client=aws.client("dynamodb", budget))
+        if settings.event_bus:  # final states written here (cancel, cascade, abandon) are announced at once
+            from twopass.notify.events import attach
+            from twopass.observability.metrics import MetricsSink
+
+            metrics = MetricsSink(service="twopass-api")
+            attach(store, settings.event_bus, metrics=metrics, background=False, client=aws.client("events", budget))
         return cls(
             settings,
-            DynamoJobStore(settings.table_name, settings.job_ttl_seconds, client=aws.client("dynamodb", budget)),
+            store,
             SqsPublisher(settings.queue_url, client=sqs),
             payloads=PayloadStore(aws.client("s3", budget) if settings.payload_bucket else None),
             high_priority_publisher=SqsPublisher(high, client=sqs) if high else None,

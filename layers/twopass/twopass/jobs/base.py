@@ -12,16 +12,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
 from twopass.exceptions import InvalidRequestError, TwopassError
+
+logger = logging.getLogger(__name__)
 
 
 class JobStatus(StrEnum):
@@ -78,6 +82,11 @@ PENDING_SHARDS = 8
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+def new_batch_id() -> str:
+    """A batch id: like a job id, 32 hex characters of a random UUID4."""
+    return uuid.uuid4().hex
+
+
 def new_job_id() -> str:
     """A random UUID4 as 32 hex characters: 122 random bits, unguessable and collision-free."""
     return uuid.uuid4().hex
@@ -117,6 +126,8 @@ class JobRecord:
     #: Earlier outcomes of a retried job, oldest first: ``{"status", "error", "attempts", "finished_at",
     #: "retried_at"}`` each.
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The batch (``POST /batches``) the job was submitted in, if any.
+    batch_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,6 +150,36 @@ class JobRecord:
         if self.finished_at is not None:
             entry["finished_at"] = self.finished_at
         return entry
+
+
+#: Most items one batch holds (``POST /batches``), and so most jobs one ``get_many`` call reads.
+MAX_BATCH_ITEMS = 100
+
+
+@dataclass
+class BatchRecord:
+    """One ``POST /batches`` call: who made it and, in input order, each item's job id or its error.
+
+    ``items`` holds ``{"index", "job_id"}`` for an item that became a job and ``{"index", "error",
+    "detail"}`` for one that was refused; the jobs themselves are read back with :meth:`JobStore.get_many`.
+    """
+
+    batch_id: str
+    owner: str = ANONYMOUS
+    items: list[dict[str, Any]] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    expires_at: int | None = None
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [str(item["job_id"]) for item in self.items if item.get("job_id")]
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (time.time() if now is None else now)
+
+
+#: Called with a job's record each time a final state of it is written (see :meth:`JobStore.on_final`).
+FinalListener = Callable[[JobRecord], None]
 
 
 @dataclass(frozen=True)
@@ -180,7 +221,47 @@ class Start:
 
 
 class JobStore(ABC):
-    """Where job records live. Transitions return ``False`` when the job's state forbids them."""
+    """Where job records live. Transitions return ``False`` when the job's state forbids them.
+
+    Every final state, whoever writes it (the worker, a cancel in the API, an expiry, the dead-letter
+    sweep, the reconciler), is written through this interface; listeners registered with
+    :meth:`on_final` hear of each write that landed, with the record as written.
+    """
+
+    def on_final(self, listener: FinalListener) -> None:
+        """Call ``listener`` with the job's record after each final state written (never for a refused write).
+
+        Listeners must not block or raise: a listener's error is logged, never the writer's.
+        """
+        self.__dict__.setdefault("_final_listeners", []).append(listener)
+
+    def _announce(self, record: JobRecord) -> None:
+        """Tell the listeners that ``record`` was just written final (backends call this)."""
+        for listener in self.__dict__.get("_final_listeners", ()):
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("final-state listener failed for job %s", record.job_id)
+
+    @abstractmethod
+    def create_batch(self, batch: BatchRecord) -> None:
+        """Insert a batch record (its jobs are created on their own, before it)."""
+
+    @abstractmethod
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch record, or ``None`` when unknown or expired."""
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        """The records of ``job_ids`` that exist (and have not expired), by job id.
+
+        This default reads one at a time; backends override it with a batched read.
+        """
+        found = {}
+        for job_id in job_ids:
+            record = self.get(job_id)
+            if record is not None:
+                found[job_id] = record
+        return found
 
     @abstractmethod
     def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
@@ -318,6 +399,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 def pending_shard(job_id: str) -> str:
     """The shard of ``job_id`` in the "created, never started" index."""
     return str(int(job_id[:2], 16) % PENDING_SHARDS)
+
+
+def batch_key_id(batch_id: str) -> str:
+    """Table key of a batch record: never a valid job id, so ``GET /job`` cannot read it."""
+    return f"batch#{batch_id}"
 
 
 def idempotency_key_id(key_hash: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -25,18 +26,20 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from twopass.aws import client as aws_client
 from twopass.aws import translate_errors
-from twopass.exceptions import ConditionFailedError, IdempotencyConflictError
+from twopass.exceptions import ConditionFailedError, DependencyError, IdempotencyConflictError
 from twopass.jobs.base import (
     DEFAULT_PAGE,
     MAX_PAGE,
     PENDING_SHARDS,
     RETRYABLE_STATUSES,
+    BatchRecord,
     IdempotencyRecord,
     JobRecord,
     JobStatus,
     JobStore,
     Start,
     WorkerBeat,
+    batch_key_id,
     check_page_size,
     decode_cursor,
     encode_cursor,
@@ -56,8 +59,12 @@ _WORKER_PREFIX = "w_"
 _RECORD_FIELDS = (
     "status", "created_at", "updated_at", "started_at", "finished_at", "attempts",
     "fast", "result", "error", "expires_at", "worker", "owner", "image_ref", "context",
-    "deadline_at", "priority", "history",
+    "deadline_at", "priority", "history", "batch_id",
 )  # fmt: skip
+#: Keys one BatchGetItem call may ask for (DynamoDB's limit).
+_BATCH_GET_KEYS = 100
+#: Rounds of BatchGetItem for the keys DynamoDB left unprocessed (throttling) before giving up on them.
+_BATCH_GET_ROUNDS = 5
 _OPEN = "attribute_exists(job_id) AND #s IN (:queued, :running)"
 
 _serializer = TypeSerializer()
@@ -161,6 +168,8 @@ class DynamoJobStore(JobStore):
                 ConditionExpression=is_mine,
                 ExpressionAttributeValues={":token": {"S": token}},
             )
+            if record.final:  # answered at once (the result cache): final from its first write
+                self._announce(record)
             return
         claim = {
             "job_id": _to_dynamo(idempotency_key_id(idempotency.key_hash)),
@@ -184,6 +193,60 @@ class DynamoJobStore(JobStore):
             if len(exc.reasons) > 1 and exc.reasons[1] == "ConditionalCheckFailed":
                 raise IdempotencyConflictError("idempotency key already used for another job") from exc
             raise
+        if record.final:
+            self._announce(record)
+
+    def create_batch(self, batch: BatchRecord) -> None:
+        if batch.expires_at is None:
+            batch.expires_at = int(time.time() + self.ttl_seconds)
+        # No ``owner`` attribute: that would put the batch into the owner-created index of jobs.
+        item = {
+            "job_id": _to_dynamo(batch_key_id(batch.batch_id)),
+            "batch_owner": _to_dynamo(batch.owner),
+            "items": _to_dynamo(batch.items),
+            "created_at": _to_dynamo(batch.created_at),
+            "expires_at": _to_dynamo(batch.expires_at),
+        }
+        self._call("put_item", Item=item)
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        out = self._call("get_item", Key={"job_id": {"S": batch_key_id(batch_id)}}, ConsistentRead=True)
+        item = out.get("Item")
+        if not item:
+            return None
+        data = {k: _from_dynamo(v) for k, v in item.items()}
+        batch = BatchRecord(
+            batch_id=batch_id,
+            owner=str(data.get("batch_owner", "")),
+            items=list(data.get("items") or []),
+            created_at=float(data.get("created_at", 0.0)),
+            expires_at=data.get("expires_at"),
+        )
+        return None if batch.expired() else batch
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        """BatchGetItem, 100 keys a call, unprocessed keys asked again (a few rounds, then an error)."""
+        wanted = list(dict.fromkeys(job_ids))
+        found: dict[str, JobRecord] = {}
+        now = time.time()
+        for start in range(0, len(wanted), _BATCH_GET_KEYS):
+            keys: list[dict[str, Any]] = [{"job_id": {"S": j}} for j in wanted[start : start + _BATCH_GET_KEYS]]
+            for _ in range(_BATCH_GET_ROUNDS):
+                with translate_errors("job table batch_get_item"):
+                    out = self._db.batch_get_item(
+                        RequestItems={self.table_name: {"Keys": keys, "ConsistentRead": True}}
+                    )
+                for item in out.get("Responses", {}).get(self.table_name, []):
+                    record = self._record(item)
+                    if not record.expired(now):
+                        found[record.job_id] = record
+                keys = out.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
+                if not keys:
+                    break
+                time.sleep(0.05)
+            if keys:
+                raise DependencyError(f"the job table left {len(keys)} reads unprocessed (throttled)")
+        return found
 
     def idempotency(self, key_hash: str) -> IdempotencyRecord | None:
         out = self._call("get_item", Key={"job_id": {"S": idempotency_key_id(key_hash)}}, ConsistentRead=True)
@@ -260,7 +323,11 @@ class DynamoJobStore(JobStore):
             in_time = "#s = :running OR attribute_not_exists(deadline_at) OR deadline_at > :started"
             condition = f"({condition}) AND ({in_time})"
         expression = f"SET {sets}, finished_at = :now, updated_at = :now REMOVE {remove} ADD {adds}"
-        return self._update(job_id, expression, condition, values, {"#e": "error", **names}) is not None
+        attrs = self._update(job_id, expression, condition, values, {"#e": "error", **names})
+        if attrs is None:
+            return False
+        self._announce(self._record(attrs))
+        return True
 
     def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
         return self._finish(

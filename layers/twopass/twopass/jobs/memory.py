@@ -17,6 +17,7 @@ from twopass.jobs.base import (
     DEFAULT_PAGE,
     OPEN_STATUSES,
     RETRYABLE_STATUSES,
+    BatchRecord,
     IdempotencyRecord,
     JobRecord,
     JobStatus,
@@ -35,6 +36,7 @@ class MemoryJobStore(JobStore):
         self._jobs: dict[str, JobRecord] = {}
         self._beats: dict[str, WorkerBeat] = {}
         self._keys: dict[str, IdempotencyRecord] = {}
+        self._batches: dict[str, BatchRecord] = {}
         self._lock = threading.Lock()
         self.final_writes: dict[str, int] = {}
 
@@ -51,6 +53,8 @@ class MemoryJobStore(JobStore):
             if record.expires_at is None:
                 record.expires_at = int(now + self.ttl_seconds)
             self._jobs[record.job_id] = copy.deepcopy(record)
+        if record.final:  # answered at once (the result cache): final from its first write
+            self._announce(copy.deepcopy(record))
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -95,7 +99,20 @@ class MemoryJobStore(JobStore):
             for name, value in values.items():
                 setattr(record, name, value)
             self.final_writes[job_id] = self.final_writes.get(job_id, 0) + 1
-            return True
+            written = copy.deepcopy(record)
+        self._announce(written)  # outside the lock: a listener may read the store
+        return True
+
+    def create_batch(self, batch: BatchRecord) -> None:
+        with self._lock:
+            if batch.expires_at is None:
+                batch.expires_at = int(time.time() + self.ttl_seconds)
+            self._batches[batch.batch_id] = copy.deepcopy(batch)
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            return None if batch is None or batch.expired() else copy.deepcopy(batch)
 
     def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
         return self._finish(job_id, JobStatus.SUCCEEDED, start=start, result=copy.deepcopy(result), error=None)

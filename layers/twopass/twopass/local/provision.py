@@ -54,11 +54,16 @@ def provision(
     resources: dict[str, str] = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
         for r in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
-        if "LogicalResourceId" in r
+        # moto gives an event bus no physical id (its name is an output: JobEventsBusName).
+        if "LogicalResourceId" in r and "PhysicalResourceId" in r
     }
 
     def lookup(logical_id: str, attribute: str | None) -> str:
         if logical_id not in resources:
+            # A resource moto creates without a physical id (the event bus): from an output naming it.
+            for key, output in cfn.get("Outputs", {}).items():
+                if output.get("Value") == {"Fn::GetAtt": [logical_id, attribute]} and key in outputs:
+                    return str(outputs[key])
             raise KeyError(f"{logical_id} is not created locally")
         physical = resources[logical_id]
         if attribute is None:

@@ -24,7 +24,11 @@ ARTIFACT_BUCKET = "twopass-local-artifacts"
 #: Resource types the local emulator creates; the rest (API Gateway, Lambda, ECS, alarms, bucket
 #: policies, which moto's CloudFormation cannot create) is played by local processes or checked on
 #: the transformed template instead.
-DATA_PLANE_TYPES = frozenset({"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::S3::Bucket"})
+#: The completion-event bus and its example rule too (moto delivers PutEvents to a rule's SQS target);
+#: not the queue policy, which moto's CloudFormation cannot create (nor does it need one to deliver).
+DATA_PLANE_TYPES = frozenset(
+    {"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::Events::EventBus", "AWS::Events::Rule"}
+)
 
 _LOCAL_PATH_PROPS = {
     "AWS::Serverless::Function": "CodeUri",

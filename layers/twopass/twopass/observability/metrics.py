@@ -39,6 +39,12 @@ class Metric(StrEnum):
     CANDIDATE_AGREEMENT = "CandidateAgreement"
     #: Worker: slow answers, with a ``model_version`` dimension (which version served them).
     SLOW_ANSWERS = "SlowAnswers"
+    #: API and worker: completion events put on the EventBridge bus, and those given up after retries.
+    EVENTS_PUBLISHED = "EventsPublished"
+    EVENTS_FAILED = "EventsFailed"
+    #: API: images submitted in ``POST /batches`` calls, and items of them refused one by one.
+    BATCH_ITEMS = "BatchItems"
+    BATCH_ITEMS_REFUSED = "BatchItemsRefused"
 
 
 _UNITS = {

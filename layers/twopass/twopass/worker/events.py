@@ -7,7 +7,7 @@ the silent default.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twopass.jobs.base import JobStatus
@@ -44,8 +44,14 @@ class WorkerEvents:
     def flush(self) -> None:
         """End of a batch: emit what was recorded."""
 
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Call ``closer`` when the worker closes (e.g. the completion-event publisher's drain)."""
+        self.__dict__.setdefault("_closers", []).append(closer)
+
     def close(self) -> None:
         """Flush and stop whatever runs in the background."""
+        for closer in self.__dict__.get("_closers", ()):
+            closer()
 
 
 class ObservedEvents(WorkerEvents):
@@ -97,6 +103,7 @@ class ObservedEvents(WorkerEvents):
             self.metrics.flush()
 
     def close(self) -> None:
+        super().close()
         self.flush()
         if self.callbacks is not None:
             self.callbacks.close()

@@ -35,6 +35,7 @@ def build_worker(settings: Settings) -> Worker:
     """
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.models.runtime import Classifier
+    from twopass.notify.events import attach as attach_events
     from twopass.ops import deadletter
     from twopass.payloads import PayloadStore
     from twopass.queue.priority import PrioritySource
@@ -58,13 +59,18 @@ def build_worker(settings: Settings) -> Worker:
     store = DynamoJobStore(settings.table_name, ttl_seconds=settings.job_ttl_seconds)
     dlq_urls = [url for url in map(deadletter.dead_letter_queue_url, queues) if url is not None]
     sweeper = functools.partial(deadletter.sweep_all, dlq_urls, store) if dlq_urls else None
+    events = build_events(settings)
+    # On the store, so the sweep and the reconciler (same store) announce their final states too.
+    completion = attach_events(store, settings.event_bus, metrics=getattr(events, "metrics", None))
+    if completion is not None:
+        events.on_close(completion.close)
     return Worker(
         classifier,
         source,
         store,
         settings,
         sweeper=sweeper,
-        events=build_events(settings),
+        events=events,
         payloads=PayloadStore(bucket=settings.payload_bucket),
         reconciler=build_reconciler(settings, store),
     )
