@@ -37,6 +37,7 @@ class PayloadStore:
 
     def __init__(self, client: Any | None = None, bucket: str = "") -> None:
         self._client = client
+        self._signer: Any = None
         #: Where the worker keeps the inline image of a job that did not succeed ("": it keeps none).
         self.bucket = bucket
 
@@ -84,10 +85,23 @@ class PayloadStore:
         if content_length is not None:
             params["ContentLength"] = content_length
         with translate_errors(f"presign image upload {ref}"):
-            url: str = self.client.generate_presigned_url(
+            url: str = self._presigner().generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=expires_seconds, HttpMethod="PUT"
             )
         return url
+
+    def _presigner(self) -> Any:
+        # Signature version 4, whatever the client's default: botocore still presigns us-east-1 URLs
+        # with version 2, which signs neither Content-Length nor a session token's expiry.
+        if self._signer is None:
+            import boto3
+            from botocore.config import Config
+
+            # A session of its own: creating clients from a shared session is not thread-safe.
+            session = boto3.session.Session(region_name=self.client.meta.region_name)
+            config = Config(signature_version="s3v4")
+            self._signer = session.client("s3", endpoint_url=aws.endpoint_url(), config=config)
+        return self._signer
 
     def head(self, ref: str) -> tuple[int, str] | None:
         """``(size in bytes, content type)`` of the object behind ``ref``; ``None`` when there is none."""

@@ -9,7 +9,7 @@ from twopass import __version__
 from twopass.api import errors
 from twopass.api.context import ApiContext
 from twopass.api.docs import router as docs_router
-from twopass.api.routes import batches, jobs, meta, oip, predict
+from twopass.api.routes import batches, jobs, meta, oip, predict, uploads
 from twopass.api.service import TwopassService
 from twopass.config import Settings
 from twopass.observability import logs
@@ -37,6 +37,7 @@ def create_app(
         meta.open_router,
         meta.router,
         predict.router,
+        uploads.router,
         batches.router,
         jobs.router,
         oip.open_router,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from twopass.api.control import JobOptions
@@ -23,6 +23,7 @@ from twopass.api.schemas import PredictRequest
 from twopass.cascade import SlowMode, parse_mode
 from twopass.config import Settings
 from twopass.exceptions import ImageTooLargeError, InvalidRequestError
+from twopass.jobs.base import IdempotencyRecord
 from twopass.notify.guard import CallbackURLError, check_url
 
 #: Our JSON bodies are flat objects; anything with more arrays and objects than this is refused
@@ -40,6 +41,13 @@ class Submission:
     slow: SlowMode = SlowMode.AUTO
     #: The job's deadline, priority and what to do when the service is overloaded.
     options: JobOptions = field(default_factory=JobOptions)
+    #: ``{"upload_id"}`` of a JSON body: ``data`` is empty until the upload has been read
+    #: (``twopass.api.routes.uploads``).
+    upload_id: str | None = None
+    #: Where the image already is (an upload's object): the job refers to it instead of a copy.
+    image_ref: str | None = None
+    #: The idempotency claim the submission makes itself (an upload's), instead of an Idempotency-Key's.
+    claim: IdempotencyRecord | None = None
 
 
 def json_limit(settings: Settings) -> int:
@@ -95,7 +103,7 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequestError("invalid_json", f"the body is not valid JSON: {exc}") from None
 
 
-def model_from_json[M: PredictRequest](model: type[M], payload: Any) -> M:
+def model_from_json[M: BaseModel](model: type[M], payload: Any) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -158,10 +166,12 @@ async def read_submission(
     ctype = media_type(request)
     if ctype == "application/json" or ctype.endswith("+json") or (not ctype and body[:1] == b"{"):
         fields = model_from_json(PredictRequest, parse_json(body))
-        data = decode_image_data(fields.image_data, settings.max_image_bytes)
+        # The validator lets exactly one of the two through: no image_data means an upload_id.
+        data = b"" if fields.image_data is None else decode_image_data(fields.image_data, settings.max_image_bytes)
         mode = parse_mode(fields.slow or slow)
         asked = JobOptions(fields.deadline_seconds, fields.priority, fields.on_overload).over(options)
-        return Submission(data, await checked_callback(fields.callback_url or callback_url, settings), mode, asked)
+        url = await checked_callback(fields.callback_url or callback_url, settings)
+        return Submission(data, url, mode, asked, upload_id=fields.upload_id)
     if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         if len(body) > settings.max_image_bytes:
             raise ImageTooLargeError(f"the image is {len(body)} bytes; the limit is {settings.max_image_bytes} bytes")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from twopass.cascade import SlowModeName
 from twopass.jobs.base import JobRecord, JobStatus
@@ -46,7 +46,16 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_data: str = Field(description="The image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded.")
+    image_data: str | None = Field(
+        default=None,
+        description="The image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded. Exactly one of "
+        "image_data and upload_id.",
+    )
+    upload_id: str | None = Field(
+        default=None,
+        description="An upload from POST /uploads whose image was PUT: the API reads it from the bucket and the job "
+        "refers to it. The same upload_id again answers with the same job. Exactly one of image_data and upload_id.",
+    )
     callback_url: str | None = Field(
         default=None,
         description="https URL that receives a signed POST when the slow result is final "
@@ -78,6 +87,43 @@ class PredictRequest(BaseModel):
         'alone ("job_id": null, "status": "shed"); reject answers 429 with Retry-After instead, for clients '
         "that want the slow answer only. For raw image bodies, pass it as the on_overload query parameter.",
     )
+
+    @model_validator(mode="after")
+    def _one_image(self) -> PredictRequest:
+        if (self.image_data is None) == (self.upload_id is None):
+            raise ValueError("send exactly one of image_data and upload_id")
+        return self
+
+
+UploadContentType = Literal["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"]
+
+
+class UploadRequest(BaseModel):
+    """JSON body of ``POST /uploads``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content_type: UploadContentType = Field(
+        description="The image's type: the PUT must send it as its Content-Type (the URL is signed for it)."
+    )
+    content_length: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        description="The image's size in bytes, if known: over max_bytes is refused at once (413), and the URL is "
+        "signed for exactly this Content-Length.",
+    )
+
+
+class UploadResponse(BaseModel):
+    """``POST /uploads``: where and how to PUT the image, then ``POST /predict {"upload_id": ...}``."""
+
+    upload_id: str = Field(description="Names the upload in POST /predict (32 hexadecimal characters).")
+    url: str = Field(description="The presigned URL to PUT the image file to (the raw bytes, no encoding).")
+    method: Literal["PUT"] = Field(description="Always PUT.")
+    headers: dict[str, str] = Field(description="Headers the PUT must send as given (the URL is signed for them).")
+    expires_at: str = Field(description="When the URL stops working (ISO 8601 UTC); an upload not PUT by then is gone.")
+    max_bytes: int = Field(description="Largest image an upload takes; a bigger one is refused by POST /predict (413).")
 
 
 class LabelScore(BaseModel):
@@ -324,6 +370,11 @@ class InputContract(BaseModel):
     max_bytes: int = Field(description="Largest accepted image file, in bytes.")
     max_pixels: int = Field(description="Largest accepted image, in decoded pixels.")
     fast_model_input: str = Field(description="The tensor the fast model takes.")
+    uploads: dict[str, Any] | None = Field(
+        default=None,
+        description="Bigger images go through POST /uploads: its max_bytes, expiry_seconds and content_types "
+        "(null where the service has no payload bucket).",
+    )
 
 
 class MetadataResponse(BaseModel):

@@ -30,6 +30,7 @@ from twopass.models.card import ModelCard, card_path
 from twopass.models.runtime import Classifier, Prediction
 from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, JobPublisher
+from twopass.uploads import Uploads
 
 if TYPE_CHECKING:
     from twopass.api.shortcuts import Shortcuts
@@ -100,6 +101,18 @@ class TwopassService:
         )
 
     @cached_property
+    def uploads(self) -> Uploads | None:
+        """Presigned uploads into the payload bucket; ``None`` without one (``POST /uploads`` is then a 501)."""
+        if not self.settings.payload_bucket:
+            return None
+        return Uploads(
+            self.payloads,
+            self.settings.payload_bucket,
+            max_bytes=self.settings.upload_max_bytes,
+            expiry_seconds=round(self.settings.upload_expiry_minutes * 60),
+        )
+
+    @cached_property
     def shortcuts(self) -> Shortcuts:
         """The cascade and the result cache (jobs answered without a slow pass)."""
         from twopass.api.shortcuts import Shortcuts
@@ -116,12 +129,14 @@ class TwopassService:
 
     # -- fast path ---------------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Validate and preprocess; raises ``InvalidImageError`` / ``ImageTooLargeError``."""
-        if len(data) > self.settings.max_image_bytes:
-            raise ImageTooLargeError(
-                f"the image is {len(data)} bytes; the limit is {self.settings.max_image_bytes} bytes"
-            )
+    def decode(self, data: bytes, max_bytes: int | None = None) -> np.ndarray:
+        """Validate and preprocess; raises ``InvalidImageError`` / ``ImageTooLargeError``.
+
+        ``max_bytes``: the byte limit when not the request body's (an upload's is larger).
+        """
+        limit = self.settings.max_image_bytes if max_bytes is None else max_bytes
+        if len(data) > limit:
+            raise ImageTooLargeError(f"the image is {len(data)} bytes; the limit is {limit} bytes")
         return self.classifier.tensor(data, max_pixels=self.settings.max_image_pixels)
 
     def classify(self, tensor: np.ndarray) -> tuple[Prediction, float]:
@@ -148,8 +163,12 @@ class TwopassService:
         *,
         deadline_at: float | None = None,
         priority: str = Priority.NORMAL.value,
+        image_ref: str | None = None,
     ) -> JobMessage:
-        """The queue message for a job: the image inline, or a claim check for a big one."""
+        """The queue message for a job: the image inline, or a claim check for a big one.
+
+        ``image_ref``: the image is already in the bucket (an upload); the message refers to it as it is.
+        """
         context = dict(context or {})
 
         def build(image: bytes | None = None, image_ref: str | None = None) -> JobMessage:
@@ -162,6 +181,8 @@ class TwopassService:
                 priority=priority,
             )
 
+        if image_ref is not None:
+            return build(image_ref=image_ref)
         if len(data) <= self.settings.inline_image_bytes:
             return build(image=data)
         if self.settings.payload_bucket:
@@ -195,13 +216,16 @@ class TwopassService:
         data: bytes,
         context: dict[str, str] | None = None,
         idempotency: IdempotencyRecord | None = None,
+        image_ref: str | None = None,
     ) -> JobMessage:
         """:meth:`enqueue`'s first half: write the record; returns the message :meth:`publish` sends.
 
         The fast path writes the record while the fast model runs, and publishes (or, when the
         cascade answers, does not) once it has answered: see ``twopass.api.submit``.
         """
-        message = self.message(record.job_id, data, context, deadline_at=record.deadline_at, priority=record.priority)
+        message = self.message(
+            record.job_id, data, context, deadline_at=record.deadline_at, priority=record.priority, image_ref=image_ref
+        )
         record.image_ref, record.context = message.image_ref, message.context
         try:
             self.store.create(record, idempotency)

@@ -67,7 +67,7 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
         return await _fast_only(context, submission)
     options = submission.options
     deadline_at = options.deadline_at(context.settings)
-    claim = service.idempotency.claim(caller.idempotency_key, caller.owner, submission.data)
+    claim = submission.claim or service.idempotency.claim(caller.idempotency_key, caller.owner, submission.data)
     if claim is not None and (earlier := await context.io(service.idempotency.replay, claim)) is not None:
         return Submitted(PredictResponse.model_validate(earlier), replayed=True)
     if await _overloaded(context):
@@ -93,7 +93,7 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
         # Beside the decode: a cache hit needs no slow pass (``always`` asks for a fresh one).
         lookup = asyncio.ensure_future(context.io(shortcuts.lookup, caller.owner, submission.data))
     try:
-        classify = await _decoded(context, submission.data)
+        classify = await _decoded(context, submission)
         hit: CachedResult | None = await lookup if lookup is not None else None
     except BaseException:
         if lookup is not None:
@@ -105,7 +105,9 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
         if hit is not None:
             await context.io(shortcuts.record_cached, record, hit, claim)
         else:
-            message = await context.io(service.record_job, record, submission.data, job_context, claim)
+            message = await context.io(
+                service.record_job, record, submission.data, job_context, claim, submission.image_ref
+            )
         enqueue_ms = (time.perf_counter() - started) * 1000
     except IdempotencyConflictError:
         classify.cancel()
@@ -140,7 +142,7 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
 
 async def _fast_only(context: ApiContext, submission: Submission) -> Submitted:
     """``slow: never``: the fast model's answer and nothing else (no job, no queue, no store)."""
-    prediction, inference_ms = await (await _decoded(context, submission.data))
+    prediction, inference_ms = await (await _decoded(context, submission))
     if context.metrics is not None:
         context.metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
         context.metrics.add(Metric.FAST_ONLY, 1)
@@ -162,7 +164,7 @@ async def _overloaded(context: ApiContext) -> bool:
 async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> Submitted:
     """Over the backlog limit: the fast answer alone, no job, no slow pass (and the response says so)."""
     service = context.service
-    prediction, inference_ms = await (await _decoded(context, submission.data))
+    prediction, inference_ms = await (await _decoded(context, submission))
     limit = context.settings.max_backlog
     logger.info("slow pass shed (backlog over %d)", limit, extra={"request_id": caller.request_id})
     if context.metrics is not None:
@@ -173,7 +175,7 @@ async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> 
     return Submitted(response, prediction=prediction)
 
 
-async def _decoded(context: ApiContext, data: bytes) -> asyncio.Future[tuple[Prediction, float]]:
+async def _decoded(context: ApiContext, submission: Submission) -> asyncio.Future[tuple[Prediction, float]]:
     """Start decode+classify in one trip to the inference pool; return once the image has decoded.
 
     Raises why the image was refused; the returned future gives the fast prediction.
@@ -181,9 +183,12 @@ async def _decoded(context: ApiContext, data: bytes) -> asyncio.Future[tuple[Pre
     loop = asyncio.get_running_loop()
     decoded = asyncio.Event()
     service = context.service
+    data = submission.data
+    # An uploaded image came through the bucket, not the request body: the upload limit is its limit.
+    limit = context.settings.upload_max_bytes if submission.image_ref is not None else None
 
     def decode_and_classify() -> tuple[Prediction, float]:
-        tensor = service.decode(data)
+        tensor = service.decode(data, limit)
         loop.call_soon_threadsafe(decoded.set)  # a valid image: the enqueue may start now
         return service.classify(tensor)
 

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from twopass.api.auth import Owner
-from twopass.api.context import Context
+from twopass.api.context import ApiContext, Context
 from twopass.api.docs import ERRORS
 from twopass.api.schemas import JobListResponse, JobResponse, JobStatusName
 from twopass.exceptions import JobNotFoundError
-from twopass.jobs.base import DEFAULT_PAGE, MAX_PAGE, JobStatus, is_job_id
+from twopass.jobs.base import DEFAULT_PAGE, MAX_PAGE, JobRecord, JobStatus, is_job_id
 from twopass.observability.logs import job_extra
 from twopass.observability.metrics import Metric
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
+
+#: The longest ``GET /job/{id}?wait=`` (seconds): inside API Gateway's 29 s and the function's timeout.
+WAIT_MAX = 20.0
+#: The first re-read of a waiting job, doubling up to :data:`WAIT_MAX_DELAY`.
+WAIT_FIRST_DELAY = 0.05
+WAIT_MAX_DELAY = 1.0
+#: Under Lambda, a wait ends this long before the invocation would time out.
+WAIT_ANSWER_MARGIN = 1.0
+
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=WAIT_MAX,
+        description=f"Seconds (0 to {WAIT_MAX:g}) to hold the answer until the job is final (succeeded, failed, "
+        "cancelled or expired); the job as it is when they run out. 0: answer at once.",
+    ),
+]
 
 
 def _checked(job_id: str) -> str:
@@ -34,9 +53,41 @@ def _checked(job_id: str) -> str:
     response_model_exclude_unset=True,
     responses=ERRORS,
 )
-async def get_job(job_id: str, context: Context, owner: Owner) -> JobResponse:
+async def get_job(job_id: str, request: Request, context: Context, owner: Owner, wait: Wait = 0.0) -> JobResponse:
     record = await context.io(context.service.job, _checked(job_id), owner)
+    if wait > 0 and not record.final:
+        record = await _wait_final(context, record, owner, min(wait, _time_left(request)))
     return JobResponse.from_record(record)
+
+
+async def _wait_final(context: ApiContext, record: JobRecord, owner: str, wait: float) -> JobRecord:
+    """The job once final, or as it is when ``wait`` seconds have passed.
+
+    Reads back off from 50 ms to 1 s: a job that ends soon is seen soon, a long wait costs about one
+    read a second, never a busy loop against the table.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = WAIT_FIRST_DELAY
+    while not record.final:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, WAIT_MAX_DELAY)
+        record = await context.io(context.service.job, record.job_id, owner)
+    return record
+
+
+def _time_left(request: Request) -> float:
+    """Seconds this invocation may still wait: under Lambda, its remaining time less a margin to answer
+    (a wait that outlived the function would end in API Gateway's 502, not in the job's state)."""
+    lambda_context: Any = request.scope.get("aws.context")
+    remaining = getattr(lambda_context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return WAIT_MAX
+    left_ms: int = remaining()
+    return max(0.0, left_ms / 1000 - WAIT_ANSWER_MARGIN)
 
 
 @router.delete(

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends
 from twopass.api.auth import caller
 from twopass.api.context import Context
 from twopass.api.schemas import HealthAllResponse, HealthResponse, MetadataResponse
+from twopass.api.service import TwopassService
+from twopass.uploads import IMAGE_TYPES
 
 #: Open: load balancers and uptime checks call it without a key.
 open_router = APIRouter(tags=["health"])
@@ -60,8 +62,22 @@ async def metadata(context: Context) -> MetadataResponse:
                 "max_bytes": settings.max_image_bytes,
                 "max_pixels": settings.max_image_pixels,
                 "fast_model_input": f"(N,3,{size},{size}) float32 RGB",
+                "uploads": _uploads(service),
             },
             "output": {"fast": f"top-{settings.top_k} labels with probabilities", "labels": "ImageNet-1k"},
             "models": {"fast": fast_card.to_dict(), "slow": await context.io(service.slow_card)},
         }
     )
+
+
+def _uploads(service: TwopassService) -> dict[str, Any] | None:
+    """How an image over ``max_bytes`` gets in: ``POST /uploads`` (clients switch to it on their own)."""
+    uploads = service.uploads
+    if uploads is None:
+        return None
+    return {
+        "path": "/uploads",
+        "max_bytes": uploads.max_bytes,
+        "expiry_seconds": uploads.expiry_seconds,
+        "content_types": list(IMAGE_TYPES),
+    }

@@ -12,6 +12,7 @@ from twopass.api.body import Submission, read_submission
 from twopass.api.context import Context
 from twopass.api.control import JobOptions, OverloadChoice
 from twopass.api.docs import ERRORS, PREDICT_BODY
+from twopass.api.routes import uploads
 from twopass.api.schemas import PredictResponse, PriorityName
 from twopass.api.submit import Caller, Submitted, submit
 from twopass.cascade import SlowModeName
@@ -89,6 +90,8 @@ async def predict(
     options = JobOptions(deadline_seconds, priority, on_overload)
     submission = await read_submission(request, context.settings, callback_url, slow, options)
     caller = Caller(owner, _request_id(request), idempotency_key)
+    if submission.upload_id is not None:
+        return _answer(await uploads.submit_upload(context, submission, caller), response)
     return _answer(await submit(context, submission, caller), response)
 
 
