@@ -37,8 +37,9 @@ EMULATOR_ENV = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-#: One worker process (its settings come from the environment).
-WORKER_COMMAND = (sys.executable, "-m", "twopass.worker")
+#: One worker process (its settings come from the environment), at a lower CPU priority than the API
+#: it shares this machine's cores with (see twopass.local.lowpriority).
+WORKER_COMMAND = (sys.executable, "-m", "twopass.local.lowpriority", "twopass.worker")
 
 
 @dataclass(frozen=True)
