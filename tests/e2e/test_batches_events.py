@@ -1,0 +1,167 @@
+"""Batches and completion events over real HTTP, against a local stack of its own (moto server).
+
+A batch of 100 with 3 bad items gives 97 jobs and 3 item errors (no 5xx) and ends with every slow
+label; each final state (succeeded, failed, cancelled, expired) arrives as an EventBridge event
+through the template's example rule, read from its queue as a subscriber would. The stack
+claim-checks every image (a 1 KiB inline limit) so a job's image can be spoiled to make it fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from twopass.local.stack import LocalStack, free_port
+
+pytestmark = pytest.mark.e2e
+
+KEY = "key-a"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    local = LocalStack(
+        api_port=free_port(),
+        emulator_port=free_port(),
+        workers=0,
+        api_key=KEY,
+        log_dir=tmp_path_factory.mktemp("batch-logs"),
+        env={"TWOPASS_POLL_WAIT_SECONDS": "1", "TWOPASS_HEARTBEAT_SECONDS": "1", "TWOPASS_INLINE_IMAGE_BYTES": "1024"},
+    )
+    with local:
+        yield local
+
+
+@pytest.fixture
+def worker(stack: LocalStack) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = stack.start_worker(f"worker-{len(started)}-{time.monotonic_ns()}")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def http(stack: LocalStack) -> httpx.Client:
+    return httpx.Client(base_url=stack.api_url, timeout=60, headers={"x-api-key": KEY})
+
+
+def thumbnail(jpeg: bytes, size: int) -> str:
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def events(stack: LocalStack, seen: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Drain the example rule's queue into ``seen`` (job id → event); returns it."""
+    sqs = stack.client("sqs")
+    url = stack.outputs["JobEventsQueueUrl"]
+    while True:
+        out = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages = out.get("Messages", [])
+        if not messages:
+            return seen
+        for message in messages:
+            event = json.loads(message["Body"])
+            seen[event["detail"]["job_id"]] = event
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_a_batch_of_100_with_3_bad_items_and_an_event_for_every_final_state(
+    stack: LocalStack, worker: Callable[[], subprocess.Popen[bytes]], photo: Callable[[str], bytes]
+) -> None:
+    photos = [thumbnail(photo(name), 200) for name in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg")]
+    items: list[dict[str, str]] = [{"image_data": photos[i % 3]} for i in range(100)]
+    bad = {10: "invalid_base64", 50: "invalid_image", 90: "invalid_item"}
+    items[10] = {"image_data": "this is not base64 at all!"}
+    items[50] = {"image_data": base64.b64encode(b"\x89PNG but truncated").decode()}
+    items[90] = {"picture": photos[0]}
+    s3, bucket = stack.client("s3"), stack.resources["PayloadBucket"]
+    with http(stack) as client:
+        response = client.post("/batches", json={"items": items})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        answers = body["items"]
+        assert [a["index"] for a in answers] == list(range(100))
+        assert {a["index"]: a["error"] for a in answers if "error" in a} == bad
+        jobs = [a for a in answers if "job_id" in a]
+        assert len(jobs) == 97 and all(a["status"] in ("queued", "succeeded") for a in jobs)
+
+        # One job of each other final state, before any worker runs.
+        def submit(**fields: Any) -> str:
+            answer = client.post("/predict", json={"image_data": photos[0], **fields})
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["job_id"])
+
+        cancelled = submit()
+        assert client.delete(f"/job/{cancelled}").json()["status"] == "cancelled"
+        failing = submit(slow="always")
+        s3.put_object(Bucket=bucket, Key=f"payloads/{failing}", Body=b"this is not an image")
+        expiring = submit(slow="always", deadline_seconds=1)
+        time.sleep(1.5)
+        worker()
+
+        def batch_done() -> dict[str, Any] | None:
+            state: dict[str, Any] = client.get(f"/batches/{body['batch_id']}").json()
+            return state if state["done"] else None
+
+        state = until(batch_done, 300, "the batch's 97 jobs")
+        assert state["total"] == 100 and state["counts"]["succeeded"] == 97 and state["counts"]["refused"] == 3
+        for item in state["items"]:
+            if item["index"] in bad:
+                assert item["error"] == bad[item["index"]]
+            else:
+                assert item["status"] == "succeeded" and item["slow"]["label"], item
+                assert item[item["job_id"]]["prediction"] == item["slow"]["label"]
+
+        def final(job_id: str) -> dict[str, Any] | None:
+            job: dict[str, Any] = client.get(f"/job/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled", "expired") else None
+
+        assert until(lambda: final(failing), 120, "the failing job")["status"] == "failed"
+        assert until(lambda: final(expiring), 120, "the late job")["status"] == "expired"
+
+    wanted = {job["job_id"] for job in jobs} | {cancelled, failing, expiring}
+    seen: dict[str, dict[str, Any]] = {}
+    until(lambda: wanted <= set(events(stack, seen)), 60, "an event for every job")
+    assert seen[cancelled]["detail-type"] == "Job Cancelled" and seen[cancelled]["detail"]["status"] == "cancelled"
+    assert seen[failing]["detail-type"] == "Job Failed" and "invalid image" in seen[failing]["detail"]["error"]
+    assert seen[expiring]["detail-type"] == "Job Expired" and seen[expiring]["detail"]["error"]
+    for job in jobs:
+        event = seen[job["job_id"]]
+        assert event["source"] == "twopass" and event["detail-type"] == "Job Succeeded"
+        detail = event["detail"]
+        assert detail["batch_id"] == body["batch_id"] and detail["label"] and detail["top_k"]
+        assert detail["owner"] and detail["status"] == "succeeded"
