@@ -16,6 +16,8 @@ from twopass.client._base import (
     ImageInput,
     JobRef,
     RetryPolicy,
+    UploadGrant,
+    UploadLimits,
     job_id_of,
     jobs_params,
     predict_params,
@@ -83,6 +85,9 @@ class AsyncClient(BaseClient):
         queue, taken first. ``on_overload``: when the service is over its backlog limit, ``"shed"``
         (its default) answers with the fast model alone (``status`` ``shed``, no job), ``"reject"``
         raises RateLimitedError once the retries are spent.
+
+        An image over the server's inline limit (``/metadata``, read once) goes through ``POST /uploads``:
+        a presigned PUT straight to the bucket, then ``POST /predict {"upload_id"}``.
         """
         params = predict_params(deadline_seconds, priority, on_overload)
         if isinstance(image, bytes | bytearray | memoryview):
@@ -90,6 +95,10 @@ class AsyncClient(BaseClient):
         else:
             # Reading a file or encoding a PIL image blocks; a thread keeps the loop responsive.
             content, headers = await asyncio.to_thread(self._predict_body, image)
+        if self._needs_limits(len(content)):
+            self._limits = UploadLimits.from_metadata(await self.metadata())
+        if self._should_upload(content):
+            return await self._predict_uploaded(content, params)
         return await self._call(
             "POST", "predict", Prediction.from_json, content=content, headers=headers, params=params
         )
@@ -143,9 +152,17 @@ class AsyncClient(BaseClient):
         deadline = None if timeout is None else self._clock() + timeout
         delays = self._poll_delays(poll_interval, max_interval)
         while True:
-            result = await self.job(job_id)
+            ask = self._server_wait(deadline)
+            started = self._clock()
+            params = {"wait": f"{ask:g}"} if ask > 0 else None
+            result = await self._call("GET", self._job_path(job_id), JobResult.from_json, params=params)
             if result.done:
                 return self._finish(result, raise_on_failure)
+            if self._learn_server_wait(ask, self._clock() - started, result):
+                # The server held the request for the wait asked: ask again at once, no sleep between.
+                if deadline is not None and deadline <= self._clock():
+                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
+                continue
             delay = next(delays)
             if deadline is not None:
                 remaining = deadline - self._clock()
@@ -192,6 +209,33 @@ class AsyncClient(BaseClient):
     async def metadata(self) -> dict[str, Any]:
         """The input/output contract and both model cards (``GET /metadata``)."""
         return await self._call("GET", "metadata", metadata_from_json)
+
+    async def _predict_uploaded(self, data: bytes, params: dict[str, str]) -> Prediction:
+        body, headers = self._upload_request(data)
+        grant = await self._call("POST", "uploads", UploadGrant.from_json, content=body, headers=headers)
+        await self._put(grant, data)
+        body, headers = self._uploaded_predict_body(grant.upload_id, params)
+        return await self._call("POST", "predict", Prediction.from_json, content=body, headers=headers)
+
+    async def _put(self, grant: UploadGrant, data: bytes) -> None:
+        """PUT the image to the upload's URL, retried like any idempotent call."""
+        attempt = 0
+        while True:
+            request = self._put_request(grant, data)
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(attempt, "PUT", None, exc)
+                if delay is None:
+                    raise self._transport_error(request, exc, attempt + 1) from exc
+            else:
+                if response.is_success:
+                    return
+                delay = self._retry_delay(attempt, "PUT", response, None)
+                if delay is None:
+                    raise self._put_error(response, attempt + 1)
+            await self._sleep(delay)
+            attempt += 1
 
     # -- transport ---------------------------------------------------------------------------
 

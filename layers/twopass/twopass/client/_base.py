@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import json
 import math
 import os
 import random
@@ -77,6 +78,14 @@ _MAYBE_SENT_ERRORS: Final = (
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # The only route whose 404 is twopass's own answer ("no such job"); any other 404 is a route miss.
 _JOB_ROUTE: Final = "job/"
+# ...besides a 404 that names what was not found: an upload a POST /predict referred to.
+_OWN_NOT_FOUND_CODES: Final = frozenset({"upload_not_found"})
+#: Images up to this size are sent inline without asking the server for its limits (no server takes less).
+UPLOAD_PROBE_BYTES: Final = 1024 * 1024
+#: What an upload may hold (the server's POST /uploads takes these types).
+UPLOAD_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"})
+#: The longest ``GET /job/{id}?wait=`` a server takes.
+SERVER_WAIT_MAX: Final = 20.0
 # Starlette's detail for a path no route matches (twopass keeps it in its {"error", "detail"} body).
 _NO_ROUTE_DETAIL: Final = "Not Found"
 _HTML_TITLE: Final = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -324,6 +333,45 @@ def describe_answer(response: httpx.Response) -> str:
     return f"{status} {media}: {body if body.startswith('an HTML page') else repr(body)}"
 
 
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What ``/metadata`` says about sizes: the inline limit and, where the server takes uploads, theirs."""
+
+    inline_max_bytes: int
+    upload_max_bytes: int | None
+
+    @classmethod
+    def from_metadata(cls, body: Mapping[str, Any]) -> UploadLimits:
+        given = body.get("input")
+        limits: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        uploads = limits.get("uploads")
+        inline = limits.get("max_bytes")
+        return cls(
+            inline_max_bytes=inline if isinstance(inline, int) else 4 * 1024 * 1024,
+            upload_max_bytes=uploads.get("max_bytes") if isinstance(uploads, Mapping) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadGrant:
+    """``POST /uploads``'s answer: where to PUT the image."""
+
+    upload_id: str
+    url: str
+    method: str
+    headers: dict[str, str]
+
+    @classmethod
+    def from_json(cls, body: Any) -> UploadGrant:
+        if not isinstance(body, Mapping):
+            raise ResponseError(f"POST /uploads: expected a JSON object, got {type(body).__name__}")
+        try:
+            headers = {str(k): str(v) for k, v in dict(body["headers"]).items()}
+            return cls(str(body["upload_id"]), str(body["url"]), str(body["method"]), headers)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResponseError(f"POST /uploads: unexpected response body ({type(exc).__name__}: {exc})") from exc
+
+
 class BaseClient:
     """Configuration and decisions shared by :class:`Client` and :class:`AsyncClient`."""
 
@@ -349,6 +397,10 @@ class BaseClient:
         self.retry_policy = retry_policy or RetryPolicy(retries=retries)
         self._rng = rng or random.Random()
         self._clock = clock
+        #: The server's limits, read from /metadata the first time an image may be too big to send inline.
+        self._limits: UploadLimits | None = None
+        #: Whether the server holds ``GET /job/{id}?wait=``; None until an answer tells.
+        self._server_waits: bool | None = None
 
     def __repr__(self) -> str:
         key = ", api_key=***" if self.api_key else ""
@@ -374,6 +426,61 @@ class BaseClient:
         # A raw image/* body rather than JSON base64: a third smaller and nothing to encode.
         data = read_image(image)
         return data, {"content-type": content_type(data)}
+
+    def _needs_limits(self, size: int) -> bool:
+        """Whether the server's limits must be read before sending an image of ``size`` bytes."""
+        return size > UPLOAD_PROBE_BYTES and self._limits is None
+
+    def _should_upload(self, data: bytes) -> bool:
+        """Whether ``data`` goes through ``POST /uploads`` (too big inline, and the server takes uploads)."""
+        limits = self._limits
+        if limits is None or limits.upload_max_bytes is None or len(data) <= limits.inline_max_bytes:
+            return False
+        return content_type(data) in UPLOAD_TYPES
+
+    @staticmethod
+    def _upload_request(data: bytes) -> tuple[bytes, dict[str, str]]:
+        body = {"content_type": content_type(data), "content_length": len(data)}
+        return json.dumps(body).encode(), {"content-type": "application/json"}
+
+    @staticmethod
+    def _uploaded_predict_body(upload_id: str, params: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:
+        """``POST /predict``'s JSON body for an upload: the job options go as fields, not parameters."""
+        body: dict[str, Any] = {"upload_id": upload_id}
+        if "deadline_seconds" in params:
+            body["deadline_seconds"] = float(params["deadline_seconds"])
+        for name in ("priority", "on_overload"):
+            if name in params:
+                body[name] = params[name]
+        return json.dumps(body).encode(), {"content-type": "application/json"}
+
+    @staticmethod
+    def _put_request(grant: UploadGrant, data: bytes) -> httpx.Request:
+        # Built outside the client's defaults: the API key must not travel to S3.
+        return httpx.Request(grant.method, grant.url, content=data, headers=grant.headers)
+
+    def _put_error(self, response: httpx.Response, attempts: int) -> ApiError:
+        """The exception for a PUT the bucket refused (S3 answers in XML: its code is in <Code>)."""
+        code = re.search(r"<Code>([^<]+)</Code>", response.text)
+        detail = f"the upload's PUT was refused: {describe_answer(response)}"
+        cls = ServiceUnavailableError if response.status_code >= 500 else BadRequestError
+        return cls(response.status_code, code.group(1) if code else "upload_failed", detail, attempts=attempts)
+
+    def _server_wait(self, deadline: float | None) -> float:
+        """Seconds to ask the server to hold ``GET /job/{id}``: 0 where it does not, else up to 20, within
+        the caller's deadline and a margin under this client's read timeout."""
+        if self._server_waits is False:
+            return 0.0
+        ask = min(SERVER_WAIT_MAX, self.timeout - 2.0)
+        if deadline is not None:
+            ask = min(ask, deadline - self._clock())
+        return math.floor(max(0.0, ask) * 100) / 100
+
+    def _learn_server_wait(self, asked: float, took: float, result: JobResult) -> bool:
+        """After a wait that came back unfinished: whether the server held it (else it ignores ``wait``)."""
+        if asked > 0 and not result.done:
+            self._server_waits = took >= asked / 2
+        return bool(self._server_waits) and asked > 0
 
     @staticmethod
     def _job_path(job: JobRef) -> str:
@@ -457,7 +564,8 @@ class BaseClient:
             return self._not_twopass(response, got)
         if kind is not None and status == 404:
             detail = str(body.get("detail") or body.get("message") or "")
-            if not route.startswith(_JOB_ROUTE) or detail == _NO_ROUTE_DETAIL:
+            own = route.startswith(_JOB_ROUTE) or body.get("error") in _OWN_NOT_FOUND_CODES
+            if not own or detail == _NO_ROUTE_DETAIL:
                 # Every twopass API has this route, so a 404 means the base URL's path is wrong.
                 return self._not_twopass(response, f"404 on {where}: {detail or 'not found'}")
         hint: str | None = None

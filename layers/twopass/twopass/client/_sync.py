@@ -16,6 +16,8 @@ from twopass.client._base import (
     ImageInput,
     JobRef,
     RetryPolicy,
+    UploadGrant,
+    UploadLimits,
     job_id_of,
     jobs_params,
     predict_params,
@@ -84,9 +86,16 @@ class Client(BaseClient):
         queue, taken first. ``on_overload``: when the service is over its backlog limit, ``"shed"``
         (its default) answers with the fast model alone (``status`` ``shed``, no job), ``"reject"``
         raises RateLimitedError once the retries are spent.
+
+        An image over the server's inline limit (``/metadata``, read once) goes through ``POST /uploads``:
+        a presigned PUT straight to the bucket, then ``POST /predict {"upload_id"}``.
         """
         params = predict_params(deadline_seconds, priority, on_overload)
         content, headers = self._predict_body(image)
+        if self._needs_limits(len(content)):
+            self._limits = UploadLimits.from_metadata(self.metadata())
+        if self._should_upload(content):
+            return self._predict_uploaded(content, params)
         return self._call("POST", "predict", Prediction.from_json, content=content, headers=headers, params=params)
 
     def job(self, job: JobRef) -> JobResult:
@@ -131,7 +140,9 @@ class Client(BaseClient):
         max_interval: float = 5.0,
         raise_on_failure: bool = True,
     ) -> JobResult:
-        """Poll until the job ended.
+        """Wait until the job ended: each ``GET /job/{id}?wait=`` is held by the server until the job ends
+        (up to 20 s, within ``timeout``); against a server that answers at once, poll every
+        ``poll_interval`` doubling to ``max_interval``.
 
         Raises WaitTimeoutError after ``timeout`` seconds (None: no limit) and JobFailedError when
         it failed, was cancelled or expired, unless ``raise_on_failure=False``, which returns that
@@ -141,9 +152,17 @@ class Client(BaseClient):
         deadline = None if timeout is None else self._clock() + timeout
         delays = self._poll_delays(poll_interval, max_interval)
         while True:
-            result = self.job(job_id)
+            ask = self._server_wait(deadline)
+            started = self._clock()
+            params = {"wait": f"{ask:g}"} if ask > 0 else None
+            result = self._call("GET", self._job_path(job_id), JobResult.from_json, params=params)
             if result.done:
                 return self._finish(result, raise_on_failure)
+            if self._learn_server_wait(ask, self._clock() - started, result):
+                # The server held the request for the wait asked: ask again at once, no sleep between.
+                if deadline is not None and deadline <= self._clock():
+                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
+                continue
             delay = next(delays)
             if deadline is not None:
                 remaining = deadline - self._clock()
@@ -189,6 +208,33 @@ class Client(BaseClient):
     def metadata(self) -> dict[str, Any]:
         """The input/output contract and both model cards (``GET /metadata``)."""
         return self._call("GET", "metadata", metadata_from_json)
+
+    def _predict_uploaded(self, data: bytes, params: dict[str, str]) -> Prediction:
+        body, headers = self._upload_request(data)
+        grant = self._call("POST", "uploads", UploadGrant.from_json, content=body, headers=headers)
+        self._put(grant, data)
+        body, headers = self._uploaded_predict_body(grant.upload_id, params)
+        return self._call("POST", "predict", Prediction.from_json, content=body, headers=headers)
+
+    def _put(self, grant: UploadGrant, data: bytes) -> None:
+        """PUT the image to the upload's URL, retried like any idempotent call."""
+        attempt = 0
+        while True:
+            request = self._put_request(grant, data)
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(attempt, "PUT", None, exc)
+                if delay is None:
+                    raise self._transport_error(request, exc, attempt + 1) from exc
+            else:
+                if response.is_success:
+                    return
+                delay = self._retry_delay(attempt, "PUT", response, None)
+                if delay is None:
+                    raise self._put_error(response, attempt + 1)
+            self._sleep(delay)
+            attempt += 1
 
     # -- transport ---------------------------------------------------------------------------
 
