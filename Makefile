@@ -36,7 +36,7 @@ SAM_LOCAL_ARGS ?=
 EMULATOR_HOST ?=
 FUNCTION_ENDPOINT ?=
 
-.PHONY: help venv run test lint typecheck unit e2e models models-check bench docs sam-build sam-local clean
+.PHONY: help venv run test lint typecheck unit e2e models models-check bench bench-priority docs sam-build sam-local clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start,
 	@# The plots are optional: without matplotlib the run still writes its JSON and Markdown.
 	$(PY) -m pip install -q -r bench/requirements-plot.txt || echo "matplotlib not installed: no latest.png"
 	$(PY) bench/run.py
+
+bench-priority: $(STAMP) ## Urgent jobs' POST-to-result time while 500 queued jobs drain, with and without priority
+	$(PY) bench/priority.py
 
 docs: $(STAMP) ## Regenerate the docs' configuration table and captured outputs (starts a local stack)
 	$(PY) -m infra.docs.settings_table

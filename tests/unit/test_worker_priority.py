@@ -200,3 +200,21 @@ def test_worker_takes_high_priority_work_first_and_normal_work_still_progresses(
     worker.stop()
     thread.join(timeout=30)
     assert high.acked == 16
+
+
+def test_the_reconciler_republishes_a_lost_high_priority_job_to_its_own_queue() -> None:
+    from twopass.ops.reconcile import Reconciler
+
+    store = MemoryJobStore()
+    high, normal = MemoryQueue(name="h"), MemoryQueue(name="n")
+    deadline = time.time() + 600
+    orphan = JobRecord(
+        job_id=new_job_id(), image_ref="s3://b/payloads/x", priority=HIGH, deadline_at=deadline, created_at=1.0
+    )
+    store.create(orphan)
+    reconciler = Reconciler(store, PriorityPublisher(high, normal), after_seconds=60, retention_seconds=10**10)
+    reconciler.run()  # both queues empty once: not yet certain
+    assert reconciler.run().republished == 1  # empty twice in a row: the message is certainly lost
+    (delivery,) = high.receive(10, 0)
+    assert delivery.message.priority == HIGH and delivery.message.deadline_at == deadline
+    assert len(normal) == 0

@@ -89,7 +89,14 @@ class Reconciler:
 
     def _resolve(self, record: JobRecord, report: ReconcileReport) -> None:
         if record.image_ref:
-            message = JobMessage(job_id=record.job_id, image_ref=record.image_ref, context=dict(record.context or {}))
+            message = JobMessage(
+                job_id=record.job_id,
+                image_ref=record.image_ref,
+                context=dict(record.context or {}),
+                # Back to its own queue (a PriorityPublisher routes it), its deadline still in force.
+                priority=record.priority,
+                deadline_at=record.deadline_at,
+            )
             self.publisher.publish(message)
             report.republished += 1
             logger.warning("job %s: never started and no message in the queue; republished", record.job_id)

@@ -1,5 +1,10 @@
 """Receiving: long-polling receiver threads hand messages to the decode pool and on to the batcher.
 
+A source may read several queues (:meth:`~twopass.queue.base.MessageSource.lanes`: the high-priority
+queue and the normal one). Each lane has receivers of its own and a bounded lane in :class:`Pending`;
+the batcher takes from the lanes by :class:`Share` — high-priority work first, normal work guaranteed
+its share — so one queue's long poll never holds up the other's work.
+
 On shutdown the receivers are not waited for: one may be blocked inside a long poll (up to 20 s in
 botocore, which offers no way to cancel a request in flight). Each checks the intake's gate when its
 poll returns; once the intake is closed it releases whatever that poll brought, at once. If the
