@@ -214,6 +214,9 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines.append(f"CUDA provider options: `{gpu.get('cuda_provider_options')}`.")
         lines.append("")
+    from bench.capacity_report import markdown as capacity_markdown
+
+    lines += capacity_markdown(results)
     return "\n".join(lines)
 
 

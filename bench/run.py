@@ -1,10 +1,13 @@
-"""twopass benchmarks: the slow path against raw onnxruntime, the fast path, cold start, peers.
+"""twopass benchmarks: the slow path against raw onnxruntime, the fast path, cold start, peers, AWS
+calls per job and cost, the capacity planner against the local stack, fast-path overhead, make run.
 
-    python bench/run.py            # full run (~7-10 min on 2 cores)
-    python bench/run.py --quick    # smoke run (~2-3 min), same sections, fewer repeats
+    python bench/run.py            # full run (~15 min on 2 cores)
+    python bench/run.py --quick    # smoke run (~5 min), same sections, fewer repeats
     python bench/run.py --only slow,cold
+    python bench/run.py --only capacity,overhead,stack
 
-Every run writes ``latest.json``, ``latest.md`` and (with matplotlib) ``latest.png`` to ``--out``;
+Every run writes ``latest.json``, ``latest.md`` and (with matplotlib) ``latest.png`` and
+``latest-latency.png`` to ``--out``;
 they change at every run and are not committed. A full run (every section, not ``--quick``) also
 writes ``<UTC date>.md``: the dated summary to commit and cite (docs/performance.md does).
 
@@ -30,7 +33,7 @@ for entry in (str(REPO / "layers" / "twopass"), str(REPO)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-SECTIONS = ("slow", "fast", "cold", "peers", "gpu")
+SECTIONS = ("slow", "fast", "cold", "peers", "gpu", "capacity", "overhead", "stack")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Benchmark twopass on this machine: slow-path worker vs raw onnxruntime and a one-at-a-time "
             "loop (in memory and through a moto server), lone-job latency, fast path (raw vs Lambda handler "
-            "vs HTTP), cold start, peers (BentoML, gibbs), and fp16/CUDA checks. Writes latest.json, latest.md and, "
-            "when matplotlib is installed, latest.png to --out; a full run also writes <UTC date>.md there."
+            "vs HTTP), cold start, peers (BentoML, gibbs), fp16/CUDA checks, AWS calls per job, cost per million "
+            "images, the capacity planner against the local stack, fast-path overhead against a bare FastAPI "
+            "endpoint, and make run throughput against an earlier commit. Writes latest.json, latest.md and, "
+            "when matplotlib is installed, latest.png and latest-latency.png to --out; a full run also writes "
+            "<UTC date>.md there (and the capacity section, unless --quick, twopass/data/measured.json)."
         ),
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer jobs and repeats (~2-3 minutes)")
@@ -167,6 +173,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 note="uvicorn + FastAPI + app cost CPU per request on the same 2 cores",
             ),
         ]
+    out += capacity_targets(results)
     cold = results.get("cold_start")
     if cold:
         out.append(
@@ -180,6 +187,40 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return [t.to_dict() for t in out]
+
+
+def capacity_targets(results: dict[str, Any]) -> list[Any]:
+    """Requests per job, the planner against the local stack, fast-path overhead, local stack throughput."""
+    from bench.common import Target
+
+    out: list[Target] = []
+    cap = results.get("capacity")
+    if cap:
+        batched = [s for s in cap["calls"]["summary"] if s["batch_size"] >= 8]
+        out += [
+            Target("DynamoDB writes per job, batch ≥ 8", "≤ 2", max(s["dynamodb_writes"] for s in batched), 2.0,
+                   higher_is_better=False, note="record + final: the start is folded into the final write"),
+            Target("SQS requests per job, batch ≥ 8", "≤ 1.3", max(s["sqs_requests"] for s in batched), 1.3,
+                   higher_is_better=False, note="send + receives of up to 10 + one delete per batch"),
+        ]  # fmt: skip
+        rows = cap["validation"]["rows"]
+        if rows:
+            worst = max(abs(r[k] - 1) for r in rows for k in ("ratio_p50", "ratio_p99"))
+            name = "planner vs local stack: worst |predicted / measured - 1| (p50, p99)"
+            note = "2 shared cores: API, emulator and workers"
+            out.append(Target(name, "≤ 0.25", worst, 0.25, higher_is_better=False, note=note))
+    over = results.get("overhead")
+    if over:
+        r = over["ratios"]
+        bare = Target("HTTP p50 / bare FastAPI p50, c=1", "≤ 1.3", r["http_vs_bare"], 1.3, higher_is_better=False)
+        raw = Target("handler p50 / raw p50 (in-memory)", "≤ 1.2", r["handler_vs_raw"], 1.2, higher_is_better=False)
+        out += [bare, raw]
+    stack = results.get("stack")
+    if stack:
+        note = f"before {stack['before']['c10_rps']} req/s, now {stack['now']['c10_rps']}"
+        name = f"make run c=10 req/s, now / {stack['before_commit']}"
+        out.append(Target(name, "≥ 2", stack["c10_throughput_ratio"], 2.0, note=note))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +311,30 @@ def main(argv: list[str] | None = None) -> int:
         from bench import gpu_check
 
         section("gpu", lambda: gpu_check.run(repeats))
+    if "capacity" in args.sections:
+        from bench import capacity
+
+        ccfg = capacity.CapacityConfig(
+            run_seconds=10.0 if quick else 20.0,
+            calibrate_jobs=16 if quick else 32,
+            lone_jobs=4 if quick else 8,
+            calls_jobs=32 if quick else 48,
+            workers=(1,) if quick else (1, 2),
+        )
+        section("capacity", lambda: capacity.run(ccfg))
+        if "capacity" in results and not quick:
+            # The figures twopass cost and twopass plan read as measured (cited by the dated summary).
+            capacity.write_measured(results["capacity"]["measured"])
+    if "overhead" in args.sections:
+        from bench import overhead
+
+        ocfg = overhead.OverheadConfig(requests=40 if quick else 150, repeats=repeats)
+        section("overhead", lambda: overhead.run(ocfg))
+    if "stack" in args.sections:
+        from bench import stack_load
+
+        scfg = stack_load.StackConfig(rounds=1, c1_requests=20 if quick else 30, c10_requests=60 if quick else 120)
+        section("stack", lambda: stack_load.run(scfg))
 
     results["targets"] = targets(results)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
@@ -282,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(results: dict[str, Any], out: Path, *, full: bool) -> str:
     """``latest.json``, ``latest.md``, ``latest.png`` (when matplotlib is there) and, for a full run,
     ``<UTC date>.md``; returns the Markdown. A missing plotting package costs the PNG, not the run."""
-    from bench import common, report
+    from bench import capacity_report, common, report
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
@@ -291,6 +356,8 @@ def write_outputs(results: dict[str, Any], out: Path, *, full: bool) -> str:
     (out / "latest.md").write_text(text + "\n")
     if report.figure(results, out / "latest.png"):
         written.append("latest.png")
+        if capacity_report.latency_figure(results, out / "latest-latency.png"):
+            written.append("latest-latency.png")
     else:
         common.log("matplotlib is not installed: no latest.png (pip install -r bench/requirements-plot.txt)")
     if full:

@@ -92,12 +92,24 @@ def test_burst_scales_out_then_back_in_and_to_zero() -> None:
 
 def test_steady_tasks_and_plan_parameters_name_the_template_parameters() -> None:
     assert steady_tasks(100, CURVE, WORKER) == 4  # 100 / (40 × 0.8) = 3.1
-    result = plan(Load(100, duration=1800, seed=1), CURVE, WORKER, Scaling(), p99=60)
-    assert result.tasks_needed == 4
-    assert result.meets_p99 is not None
+    result = plan(Load(10, duration=1200, seed=1), CURVE, WORKER, Scaling(), p99=60)
+    assert result.tasks_needed == 1 and result.meets_p99 and result.floor == 0
     names = set(re.findall(r"^  (Worker\w+):", TEMPLATE.read_text(), re.MULTILINE))
     assert set(result.parameters) <= names, set(result.parameters) - names
-    assert result.parameters["WorkerMaxTasks"] >= 4
+    assert result.parameters["WorkerMaxBatchSize"] == 32
+
+
+def test_a_steady_load_needs_a_floor_under_backlog_tracking() -> None:
+    """Tasks that keep up leave nothing visible: target tracking scales in until they no longer do."""
+    slow = ServiceCurve.from_throughput(5, 32)  # 10 jobs/s need 3 tasks at 80 %
+    scaling = Scaling(max_tasks=3, task_start_seconds=120)
+    load = Load(10, duration=2700, seed=5)
+    bare = simulate(load, slow, WORKER, scaling)
+    assert bare.p99 > 60, "without a floor the steady load swings into long waits"
+    assert min(desired for *_, desired in bare.timeline) < 3
+    result = plan(load, slow, WORKER, scaling, p99=30)
+    assert result.floor == 3 and result.meets_p99
+    assert result.result.p99 < 30 and result.to_dict()["min_capacity_needed"] == 3
 
 
 def test_spread_in_service_times_widens_the_tail_not_the_arrivals() -> None:

@@ -213,6 +213,11 @@ def format_plan(report: dict[str, object]) -> str:
         f"tasks paid on average: {r['mean_tasks_paid']} (busy: {r['tasks_busy']}), peak {res['peak_tasks']}",
         f"cost: GPU ${r['gpu_usd_per_hour']}/h; ${r['usd_per_million_images']} per million images, all components",
     ]
+    if r.get("min_capacity_needed"):
+        lines.append(
+            f"needs {r['min_capacity_needed']} task(s) kept running: set the worker's scalable target MinCapacity "
+            "(0 in the template); backlog tracking alone scales a steady load in below what it needs"
+        )
     if r.get("meets_p99") is False:
         lines.append("p99 goal NOT met by any backlog target: raise WorkerMaxTasks or lower --task-start-seconds")
     lines.append("template parameters: " + " ".join(f"{k}={v}" for k, v in params.items()))

@@ -435,12 +435,16 @@ class Plan:
     tasks_needed: int
     meets_p99: bool | None
     parameters: dict[str, Any]
+    #: Tasks the plan needs kept running whatever the backlog (the scalable target's MinCapacity,
+    #: 0 in the template): 0 unless the goal cannot be met without such a floor.
+    floor: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tasks_needed": self.tasks_needed,
             "meets_p99": self.meets_p99,
             "parameters": self.parameters,
+            "min_capacity_needed": self.floor,
             "result": self.result.to_dict(),
         }
 
@@ -453,10 +457,17 @@ def plan(
     *,
     p99: float | None = None,
 ) -> Plan:
-    """Template parameters for ``load``: the largest backlog target (fewest tasks) that meets ``p99``.
+    """Template parameters for ``load``: the backlog target that meets ``p99`` with the fewest paid tasks.
 
-    Without ``p99``, the template's target as given. ``WorkerMaxTasks`` is raised to what the peak
-    rate needs at 80 % utilisation when the given maximum is lower.
+    Targets are tried as seconds of one task's work (:data:`TARGET_SECONDS`, none above ``p99``); at
+    equal cost the smaller wins, since it reacts sooner. Without ``p99``, the template's target as
+    given. ``WorkerMaxTasks`` is raised to what the peak rate needs at 80 % utilisation when the given
+    maximum is lower, and ``WorkerScaleFromZeroTasks`` to what the base rate needs.
+
+    When no target meets the goal, the same search runs with a floor of the tasks the base rate needs:
+    target tracking on *visible* messages sees almost none while the tasks keep up, so it scales in
+    until they no longer do, and a steady load then swings between too few tasks and catching up.
+    A floor that works is returned as :attr:`Plan.floor`.
     """
     peak = max([load.rate, *(b.rate for b in load.bursts)])
     needed = steady_tasks(peak, curve, worker)
@@ -468,23 +479,42 @@ def plan(
     per_task = curve.throughput(worker.max_batch_size)
     candidates = [scaling]
     if p99 is not None:
-        candidates = [replace(scaling, target_backlog_per_task=max(1.0, round(per_task * s))) for s in TARGET_SECONDS]
-    chosen: tuple[Scaling, Result] | None = None
-    fallback: tuple[Scaling, Result] | None = None
-    for candidate in candidates:
-        result = simulate(load, curve, worker, candidate)
-        if fallback is None or result.p99 < fallback[1].p99:
-            fallback = (candidate, result)
-        if p99 is None or result.p99 <= p99:
-            chosen = (candidate, result)  # later candidates have larger targets: fewer, busier tasks
-    best, result = chosen or fallback or (scaling, simulate(load, curve, worker, scaling))
+        # A task holding more than p99 seconds of work cannot meet the goal once it is reached.
+        seconds = [x for x in TARGET_SECONDS if x <= p99] or [TARGET_SECONDS[0]]
+        candidates = [replace(scaling, target_backlog_per_task=max(1.0, round(per_task * x))) for x in seconds]
+    found = _search(load, curve, worker, candidates, p99)
+    if p99 is not None and found[1].p99 > p99 and load.rate > 0:
+        floor = min(scaling.max_tasks, steady_tasks(load.rate, curve, worker))
+        floored = _search(load, curve, worker, [replace(c, min_tasks=floor) for c in candidates], p99)
+        if floored[1].p99 <= p99:
+            found = floored
+    best, result = found
     return Plan(
         scaling=best,
         result=result,
         tasks_needed=needed,
         meets_p99=None if p99 is None else result.p99 <= p99,
         parameters=template_parameters(best, worker),
+        floor=best.min_tasks,
     )
+
+
+def _search(
+    load: Load, curve: ServiceCurve, worker: Worker, candidates: list[Scaling], p99: float | None
+) -> tuple[Scaling, Result]:
+    """The cheapest candidate meeting ``p99`` (the one with the lowest p99 when none does)."""
+    chosen: tuple[Scaling, Result] | None = None
+    fallback: tuple[Scaling, Result] | None = None
+    for candidate in candidates:
+        result = simulate(load, curve, worker, candidate)
+        if fallback is None or result.p99 < fallback[1].p99:
+            fallback = (candidate, result)
+        # The cheapest that meets the goal; at equal cost the smaller target (it reacts sooner).
+        if (p99 is None or result.p99 <= p99) and (chosen is None or result.mean_tasks < chosen[1].mean_tasks - 1e-6):
+            chosen = (candidate, result)
+    found = chosen or fallback
+    assert found is not None  # at least one candidate
+    return found
 
 
 def template_parameters(scaling: Scaling, worker: Worker) -> dict[str, Any]:
