@@ -149,6 +149,7 @@ def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
                 job_ids.append(response.json()["job_id"])
             created = _item(settings.table_name, job_ids[0])
             api = dict(counter.by_tag("job"))
+            api_entries = dict(counter.entries)
             api_chores = dict(counter.by_tag("chore"))
             api_bytes = counter.message_bytes
             counter.reset()
@@ -162,6 +163,7 @@ def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
             worker.stop()
             thread.join(timeout=30)
             work = dict(counter.by_tag("job"))
+            work_entries = dict(counter.entries)
             empty = counter.empty_by_tag.get("job", 0)
             if empty:  # polls that found the queue drained: time, not jobs, causes them
                 work[("SQS", "ReceiveMessage")] = work.get(("SQS", "ReceiveMessage"), 0) - empty
@@ -176,6 +178,9 @@ def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
         "api_other": {f"{s} {o}": n for (s, o), n in sorted(api_chores.items())},
         "worker": _per_job(work, jobs),
         "worker_empty_receives": empty,
+        # Entries of batch calls per job (what EventBridge bills: one event an entry).
+        "api_entries": _per_job(api_entries, jobs),
+        "worker_entries": _per_job(work_entries, jobs),
         "worker_chores": {f"{s} {o}": n for (s, o), n in sorted(counter.by_tag("chore").items())},
         "batches": stats.get("batches"),
         "drain_seconds": round(drained, 2),

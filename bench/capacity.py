@@ -364,6 +364,7 @@ def measured_figures(out: dict[str, Any]) -> dict[str, Any]:
         f"({cpu.get('cpu_model', 'CPU')}), {time.strftime('%Y-%m-%d', time.gmtime())}",
         "api_calls": row8["api"],
         "worker_calls": row8["worker"],
+        "worker_entries": row8["worker_entries"],
         "batch_size": 8,
         "message_bytes": row8["message_bytes_per_job"],
         "item_bytes_created": row8["item_bytes_created"],

@@ -9,7 +9,8 @@ calls per job and cost, the capacity planner against the local stack, fast-path 
 Every run writes ``latest.json``, ``latest.md`` and (with matplotlib) ``latest.png`` and
 ``latest-latency.png`` to ``--out``;
 they change at every run and are not committed. A full run (every section, not ``--quick``) also
-writes ``<UTC date>.md``: the dated summary to commit and cite (docs/performance.md does).
+writes ``<UTC date>.md``: the dated summary to commit and cite (docs/performance.md does); a
+full-length run of some sections (``--only``) writes ``<UTC date>-<sections>.md``.
 
 Everything runs the real models on the real photos in tests/data (and the bundled cat); nothing is
 mocked but the AWS services (moto). Each figure is the median over repeated runs, and each ratio
@@ -340,11 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
-    print(write_outputs(results, args.out, full=not quick and set(args.sections) == set(SECTIONS)))
+    full = not quick and set(args.sections) == set(SECTIONS)
+    print(write_outputs(results, args.out, full=full, sections=None if quick else args.sections))
     return 0
 
 
-def write_outputs(results: dict[str, Any], out: Path, *, full: bool) -> str:
+def write_outputs(results: dict[str, Any], out: Path, *, full: bool, sections: list[str] | None = None) -> str:
     """``latest.json``, ``latest.md``, ``latest.png`` (when matplotlib is there) and, for a full run,
     ``<UTC date>.md``; returns the Markdown. A missing plotting package costs the PNG, not the run."""
     from bench import capacity_report, common, report
@@ -360,8 +362,10 @@ def write_outputs(results: dict[str, Any], out: Path, *, full: bool) -> str:
             written.append("latest-latency.png")
     else:
         common.log("matplotlib is not installed: no latest.png (pip install -r bench/requirements-plot.txt)")
-    if full:
-        dated = f"{str(results['meta']['started'])[:10]}.md"
+    date = str(results["meta"]["started"])[:10]
+    # A full run's summary is <date>.md; a full-length run of some sections, <date>-<sections>.md.
+    dated = f"{date}.md" if full else f"{date}-{'-'.join(sections)}.md" if sections else None
+    if dated:
         (out / dated).write_text(text + "\n")
         written.append(dated)
     common.log(f"\nwrote {', '.join(written)} to {out} in {results['meta'].get('duration_s', '?')} s")

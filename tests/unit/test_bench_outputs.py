@@ -37,3 +37,11 @@ def test_a_full_run_also_writes_its_dated_summary(tmp_path: Path, monkeypatch: p
 
 def test_every_section_is_on_by_default() -> None:
     assert parse_args([]).sections == list(SECTIONS)
+
+
+def test_a_full_length_run_of_some_sections_writes_a_dated_summary_named_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    text = write_outputs(RESULTS, tmp_path, full=False, sections=["capacity", "stack"])
+    assert (tmp_path / "2026-11-29-capacity-stack.md").read_text() == text + "\n"

@@ -34,6 +34,7 @@ MEASURED = Measured(
     cpu_description="test CPU",
     cpu_service_curve={"1": 0.05, "8": 0.4},
     worker_overhead_seconds=0.02,
+    worker_entries={"EventBridge PutEvents": 1.0, "SQS DeleteMessageBatch": 1.0},
 )
 
 
@@ -87,6 +88,8 @@ def test_each_component_is_the_measured_quantity_times_its_price() -> None:
     # 900 B created (1 WRU), 1.5 KB final (2 WRU); one strongly consistent read of 1.5 KB.
     assert line(b, "job record writes").usd_per_million == pytest.approx(3 * p("dynamodb_on_demand_per_million_wru"))
     assert line(b, "job reads").usd_per_million == pytest.approx(1 * p("dynamodb_on_demand_per_million_rru"))
+    # One completion event per job, whatever the PutEvents calls carrying them.
+    assert line(b, "job completion events").usd_per_million == pytest.approx(p("eventbridge_per_million_events"))
     gpu = prices.instance("g4dn.xlarge") / (400 * 3600) * 1e6
     assert line(b, "GPU instance-hours").usd_per_million == pytest.approx(gpu)
     assert line(b, "GPU instance-hours").kind == "input"

@@ -103,6 +103,8 @@ class Measured:
     #: That worker's model seconds by batch size (``{"1": 0.04, …}``) and its overhead per job.
     cpu_service_curve: dict[str, float]
     worker_overhead_seconds: float
+    #: Entries of the worker's batch calls per job ("EventBridge PutEvents": completion events).
+    worker_entries: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -266,6 +268,15 @@ def twopass(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) 
             traffic.claim_check_share * (p("s3_put_per_thousand") + p("s3_get_per_thousand")) * 1000,
             f"{traffic.claim_check_share:.0%} of images: PUT + GET (DELETE is free)",
             "input",
+        )
+    events = measured.worker_entries.get("EventBridge PutEvents", 0.0)
+    if events:
+        add(
+            "job completion events",
+            "EventBridge",
+            events * p("eventbridge_per_million_events"),
+            f"{events:.2f} events per image ({_calls(calls, 'EventBridge'):.2f} PutEvents calls)",
+            "measured",
         )
     log_bytes = measured.log_bytes_api + measured.log_bytes_worker + requests * LAMBDA_PLATFORM_LOG_BYTES
     add(
