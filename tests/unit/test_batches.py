@@ -90,7 +90,7 @@ def test_a_batch_with_bad_items_answers_each_item_and_runs_the_model_once(
     answers = body["items"]
     assert [a["index"] for a in answers] == list(range(12))
     errors = {a["index"]: a["error"] for a in answers if "error" in a}
-    assert errors == {3: "invalid_base64", 5: "invalid_image", 7: "upload_unavailable", 9: "invalid_item"}
+    assert errors == {3: "invalid_base64", 5: "invalid_image", 7: "upload_not_found", 9: "invalid_item"}
     jobs = [a for a in answers if "job_id" in a]
     assert len(jobs) == 8
     assert all(a["status"] == "queued" and a["efficientnet-lite0"] == a["fast"]["label"] for a in jobs)

@@ -4,9 +4,12 @@ Each item is checked on its own: one that is not valid base64, not an image, too
 upload that cannot be used becomes an item error (``{"index", "error", "detail"}``) and never fails
 the others. The valid images are decoded, then classified in one ``session.run`` (batched inference,
 rather than one call per image), and each becomes a job as ``POST /predict`` makes it: the record
-first, the cascade's choice, then the queue message. The batch record, holding every item's job id
-or error in input order, is written after the jobs' records and before any message is sent: a batch
-that could not be recorded leaves no job to run (its jobs are marked failed) and answers 503.
+first, the cascade's choice, then the queue message. An ``upload_id`` item is read from the payload
+bucket as ``POST /predict {"upload_id"}`` reads it (its object becomes the job's claim check, and the
+same upload gives the same job: within the batch, and in any later request). The batch record,
+holding every item's job id or error in input order, is written after the jobs' records and before
+any message is sent: a batch that could not be recorded leaves no job to run (its jobs are marked
+failed) and answers 503.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from twopass.api.errors import HTTPProblemError, problem_for
 from twopass.api.schemas import PredictResponse, iso
 from twopass.api.submit import Caller, _overloaded
 from twopass.cascade import Route, SlowMode
-from twopass.exceptions import DependencyError, TwopassError
+from twopass.exceptions import DependencyError, IdempotencyConflictError, RequestInProgressError, TwopassError
 from twopass.jobs.base import (
     FINAL_STATUSES,
     MAX_BATCH_ITEMS,
     BatchRecord,
+    IdempotencyRecord,
     JobRecord,
     JobStatus,
     new_batch_id,
@@ -39,6 +43,7 @@ from twopass.jobs.base import (
 )
 from twopass.models.runtime import Prediction
 from twopass.observability.metrics import Metric
+from twopass.uploads import UploadNotFoundError, UploadPendingError, Uploads, UploadTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +58,29 @@ class Item:
     index: int
     data: bytes = b""
     error: tuple[str, str] | None = None
+    #: An upload item: its id, then (once read) its object's reference and its idempotency claim.
+    upload_id: str | None = None
+    image_ref: str | None = None
+    claim: IdempotencyRecord | None = None
+    #: The index of an earlier item naming the same upload: this one gets that item's job.
+    same_as: int | None = None
     tensor: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = None
     inference_ms: float = 0.0
     record: JobRecord | None = None
     answer: dict[str, Any] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Still on its way to a job: no error, no answer (a replayed upload has one), not a repeat."""
+        return self.error is None and self.answer is None and self.same_as is None
+
+    @property
+    def job_id(self) -> str | None:
+        if self.record is not None:
+            return self.record.job_id
+        job_id = self.answer.get("job_id") if self.answer is not None else None  # a replayed upload's job
+        return str(job_id) if job_id else None
 
     def refuse(self, exc: TwopassError) -> None:
         _, code, detail = problem_for(exc)
@@ -71,6 +94,7 @@ class Item:
 def parse_items(raw: list[Any], max_image_bytes: int) -> list[Item]:
     """Each raw item → an :class:`Item` with its image bytes or its error (never raises for one item)."""
     items = []
+    uploads: dict[str, int] = {}
     for index, entry in enumerate(raw):
         item = Item(index)
         items.append(item)
@@ -82,7 +106,11 @@ def parse_items(raw: list[Any], max_image_bytes: int) -> list[Item]:
             item.error = ("invalid_item", f"{next(iter(entry))} must be a string")
             continue
         if "upload_id" in entry:
-            item.error = ("upload_unavailable", "uploads cannot be used in a batch on this deployment")
+            item.upload_id = value
+            if value in uploads:
+                item.same_as = uploads[value]
+            else:
+                uploads[value] = index
             continue
         try:
             item.data = decode_image_data(value, max_image_bytes)
@@ -99,6 +127,7 @@ async def submit_batch(
         raise HTTPProblemError(422, "validation_error", f"items: 1 to {MAX_BATCH_ITEMS} items, got {len(raw)}")
     service = context.service
     items = parse_items(raw, context.settings.max_image_bytes)
+    await asyncio.gather(*(_read_upload(context, item, caller.owner) for item in items if item.live and item.upload_id))
     shed = False
     if slow is not SlowMode.NEVER and await _overloaded(context):
         if options.rejects:
@@ -112,7 +141,7 @@ async def submit_batch(
             )
         shed = True
     await context.infer(_decode_and_classify, context, items)
-    good = [item for item in items if item.error is None]
+    good = [item for item in items if item.live]
     batch_id = new_batch_id()
     if slow is SlowMode.NEVER or shed:
         for item in good:
@@ -120,34 +149,80 @@ async def submit_batch(
             fast = item.prediction.result(service.fast_name, item.inference_ms)
             answer = PredictResponse.fast_only(fast) if slow is SlowMode.NEVER else PredictResponse.shed(fast)
             item.answer = answer.model_dump(mode="json", exclude_unset=True)
+        _follow_repeats(items)
         _report(context, items, accepted=0)
         return {"batch_id": None, "items": [_item_body(item) for item in items]}
     deadline_at = options.deadline_at(context.settings)
     priority = service.priority(options.priority)
     messages = await asyncio.gather(*(_record(context, item, caller, batch_id, deadline_at, priority) for item in good))
     recorded = [(item, message) for item, message in zip(good, messages, strict=True) if message is not None]
+    _follow_repeats(items)
     batch = BatchRecord(batch_id, owner=caller.owner, items=[_stored(item) for item in items])
     try:
         await context.io(service.store.create_batch, batch)
     except DependencyError:
         reason = "the batch could not be recorded"
         await asyncio.gather(
-            *(context.io(service._abandon, i.record.job_id, None, reason) for i, _ in recorded if i.record)
+            *(context.io(service._abandon, i.record.job_id, i.claim, reason) for i, _ in recorded if i.record)
         )
         raise
     await asyncio.gather(*(_send(context, item, message, caller, slow) for item, message in recorded))
-    _report(context, items, accepted=sum(1 for item in items if item.answer is not None))
+    _follow_repeats(items)
+    _report(context, items, accepted=sum(1 for item, _ in recorded if item.answer is not None))
     return {"batch_id": batch_id, "items": [_item_body(item) for item in items]}
+
+
+async def _read_upload(context: ApiContext, item: Item, owner: str) -> None:
+    """An upload item's image, read from the bucket as ``POST /predict {"upload_id"}`` reads it; or the
+    earlier answer of the upload's job (one upload, one job); or the item's error, with /predict's codes."""
+    service = context.service
+    uploads: Uploads | None = service.uploads
+    upload_id = item.upload_id or ""
+    if uploads is None:
+        item.error = ("uploads_unavailable", "this service has no payload bucket, so it takes images inline only")
+        return
+    try:
+        expires_at = await context.io(uploads.expires_at, owner, upload_id)
+        claim = uploads.claim(owner, upload_id, service.idempotency.ttl_seconds)
+        # Before the object is looked at: once its job has succeeded the worker has deleted it.
+        if (earlier := await context.io(service.idempotency.replay, claim)) is not None:
+            item.answer = earlier
+            return
+        upload = await context.io(uploads.locate, owner, upload_id, expires_at)
+        item.data = await context.io(uploads.read, upload)
+    except UploadNotFoundError as exc:
+        item.error = ("upload_not_found", str(exc))
+        return
+    except UploadPendingError as exc:
+        item.error = ("upload_pending", str(exc))
+        return
+    except UploadTypeError as exc:
+        item.error = ("unsupported_media_type", str(exc))
+        return
+    except TwopassError as exc:  # too big (413), in use by another request (409), S3 unavailable (503)
+        item.refuse(exc)
+        return
+    item.image_ref, item.claim = upload.ref, claim
+
+
+def _follow_repeats(items: list[Item]) -> None:
+    """An item naming an upload an earlier item named gets that item's job (or error), as a second use would."""
+    for item in items:
+        if item.same_as is not None:
+            first = items[item.same_as]
+            item.record, item.answer, item.error = first.record, first.answer, first.error
 
 
 def _decode_and_classify(context: ApiContext, items: list[Item]) -> None:
     """Decode every valid item (each failure is that item's), then one batched run of the fast model."""
     service = context.service
     for item in items:
-        if item.error is not None:
+        if not item.live:
             continue
+        # An uploaded image came through the bucket, not the request body: the upload limit is its limit.
+        limit = context.settings.upload_max_bytes if item.image_ref is not None else None
         try:
-            item.tensor = service.decode(item.data)
+            item.tensor = service.decode(item.data, limit)
         except TwopassError as exc:
             item.refuse(exc)
     decoded = [item for item in items if item.tensor is not None]
@@ -171,7 +246,18 @@ async def _record(
     )
     job_context = {"request_id": caller.request_id, "batch_id": batch_id}
     try:
-        message = await context.io(service.record_job, record, item.data, job_context, None)
+        message = await context.io(service.record_job, record, item.data, job_context, item.claim, item.image_ref)
+    except IdempotencyConflictError:  # another request made this upload's job meanwhile: its answer is this one's
+        assert item.claim is not None
+        try:
+            earlier = await context.io(service.idempotency.replay, item.claim)
+            if earlier is None:
+                raise RequestInProgressError("a request using this upload is in progress; retry shortly")
+        except TwopassError as exc:
+            item.refuse(exc)
+            return None
+        item.answer = earlier
+        return None
     except TwopassError as exc:
         item.refuse(exc)
         return None
@@ -189,21 +275,23 @@ async def _send(context: ApiContext, item: Item, message: Any, caller: Caller, s
     try:
         if shortcuts.cascade.route(slow, item.prediction.probability) is Route.FAST:
             final = shortcuts.fast_final(fast)
-            await context.io(shortcuts.answer_fast, item.record.job_id, final, None)
+            await context.io(shortcuts.answer_fast, item.record.job_id, final, item.claim)
         else:
             message = shortcuts.with_fast_answer(message, item.prediction, caller.owner, item.data)
-            await context.io(service.publish, message, None)
+            await context.io(service.publish, message, item.claim)
     except TwopassError as exc:  # the job was marked failed by publish; the item says why
         item.refuse(exc)
         return
     answer = PredictResponse.build(item.record.job_id, fast, final=final)
     item.answer = answer.model_dump(mode="json", exclude_unset=True)
+    if item.claim is not None:  # the upload's later uses answer this
+        await context.io(service.idempotency.remember, item.claim, item.answer)
 
 
 def _stored(item: Item) -> dict[str, Any]:
     """The item as the batch record keeps it: its job id, or its error."""
-    if item.record is not None:
-        return {"index": item.index, "job_id": item.record.job_id}
+    if item.job_id is not None:
+        return {"index": item.index, "job_id": item.job_id}
     return item.as_error()
 
 
