@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 #: Batches on the model or ready behind it, and finished batches waiting to be written.
 MODEL_SLOTS = 2
+#: The batch behind the one on the model is formed this long before that one is expected to end, not
+#: as soon as it starts: time enough to take, check and start it (its images were decoded ahead, in
+#: the intake), late enough that a high-priority job arriving meanwhile makes this batch rather than
+#: the one after it.
+FORM_LEAD_SECONDS = 0.1
 FINISH_SLOTS = 4
 #: How often waits re-check for a shutdown or a change of state.
 _TICK = 0.1
@@ -95,14 +100,27 @@ class Pipeline:
         self._stop = stop
         self._model = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._model_slots = Slots(MODEL_SLOTS)
+        #: When the batch on the model is expected to end (``time.monotonic()``); ``None`` while it is idle.
+        self._model_busy_until: float | None = None
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
         self._finish_slots = threading.BoundedSemaphore(FINISH_SLOTS)
 
     def step(self) -> None:
         """Form the next batch (if anything is pending) and start it."""
+        self._await_turn()
         batch = self.next_batch()
         if batch:
             self.process(batch)
+
+    def _await_turn(self) -> None:
+        """While the model is busy, wait until its batch is about to end: the next one is formed then,
+        with the most urgent work there is by that time."""
+        while not self._stop.is_set():
+            until = self._model_busy_until
+            left = None if until is None else until - time.monotonic()
+            if left is None or left <= FORM_LEAD_SECONDS:
+                return
+            self._stop.wait(min(left - FORM_LEAD_SECONDS, _TICK))
 
     def close(self) -> None:
         """Finish the batches already started: run, recorded, acked."""
@@ -194,6 +212,8 @@ class Pipeline:
         the finisher."""
         deliveries, size = [d for d, _ in runnable], len(runnable)
         messages = [d.message for d in deliveries]
+        jobs, seconds = self.stats.batched_jobs, self.stats.inference_seconds
+        self._model_busy_until = time.monotonic() + (size * seconds / jobs if jobs else 0.0)
         started = time.perf_counter()
         try:
             answers = self.models.predict(messages, [t for _, t in runnable])
@@ -201,6 +221,8 @@ class Pipeline:
             logger.exception("inference failed for a batch of %d", size)
             self.recorder.inference_failed(deliveries, f"inference failed: {exc}")
             return
+        finally:
+            self._model_busy_until = None
         elapsed = time.perf_counter() - started
         self.stats.add_batch(size, elapsed)
         batch_ms, now = elapsed * 1000, time.time()
