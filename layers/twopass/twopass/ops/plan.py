@@ -113,12 +113,24 @@ class Scaling:
 
 @dataclass(frozen=True)
 class Worker:
+    """One task's batching, as ``twopass.worker.pipeline`` does it.
+
+    A batch is formed while earlier ones are still on the model (``depth`` batches at most: one
+    running, one queued behind it, one being formed). A batch formed while the model is idle and the
+    queue drained closes at once; otherwise it stays open ``max_wait_seconds`` for more jobs (or until
+    it is full, or the model goes idle). So under a moderate load batches stay small even while the
+    model is busy, and a task's throughput is below the curve's at the largest batch.
+    """
+
     max_batch_size: int = 32  # WorkerMaxBatchSize
     #: Receive + result write around each job, not overlapped with the model (measured locally).
     overhead_seconds: float = 0.02
     #: Spread of a batch's time and a job's overhead around the curve (coefficient of variation of a
     #: log-normal factor with mean 1): 0 makes every batch of a size take exactly the same time.
     cv: float = 0.0
+    max_wait_seconds: float = 0.01  # WorkerMaxWaitMs
+    #: The pipeline's two model slots (running + queued) and the batch being formed behind them.
+    depth: int = 3
 
     def factor(self, rng: random.Random) -> float:
         if self.cv <= 0:
@@ -183,6 +195,17 @@ class _Task:
     busy_until: float = 0.0
     stop: bool = False
     stopped_at: float | None = None
+    #: Batches closed and waiting for the model, and the one being formed (its jobs' arrival times).
+    formed: deque[list[float]] = field(default_factory=deque)
+    open: list[float] | None = None
+    open_until: float = 0.0
+
+    def running(self, now: float) -> bool:
+        return self.busy_until > now
+
+    def committed(self, now: float) -> int:
+        """Batches on the model, waiting for it, or being formed."""
+        return int(self.running(now)) + len(self.formed) + int(self.open is not None)
 
 
 @dataclass
@@ -261,126 +284,210 @@ def simulate(load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling) 
     initial = scaling.initial_tasks
     if initial is None:
         initial = min(scaling.max_tasks, steady_tasks(load.rate, curve, worker)) if load.rate > 0 else 0
-    tasks: list[_Task] = [_Task(ready_at=0.0, requested_at=0.0) for _ in range(initial)]
-    idle: set[int] = set(range(initial))  # serving and free
-    waiting: deque[float] = deque()
-    latencies: list[float] = []
-    first: list[float] = []
-    # (time, order, kind, task index): "done" frees a task, "ready" brings a new one into service.
-    events: list[tuple[float, int, str, int]] = []
-    counts = {"order": 0, "batches": 0, "batched": 0, "completed": 0, "max_queue": 0, "arrived": 0}
-    timeline: list[tuple[float, int, int, int]] = []
-    samples: list[tuple[float, int, int]] = []  # (time, visible, serving): the metrics, read late
-    state = _ScalerState(desired=initial)
-    noise = random.Random(load.seed + 7919)  # apart from the arrivals' generator: same arrivals for any cv
+    return _Simulation(load, curve, worker, scaling, initial).run()
 
-    def push(at: float, kind: str, i: int) -> None:
-        counts["order"] += 1
-        heapq.heappush(events, (at, counts["order"], kind, i))
 
-    def start_batch(i: int, now: float) -> None:
-        size = min(len(waiting), worker.max_batch_size)
-        done = now + curve.seconds(size) * worker.factor(noise)
-        tasks[i].busy_until = done
-        counts["batches"] += 1
-        counts["batched"] += size
-        if done <= load.duration:
-            counts["completed"] += size
-        for _ in range(size):
-            arrived_at = waiting.popleft()
-            latency = done + worker.overhead_seconds * worker.factor(noise) - arrived_at
-            if arrived_at >= load.warmup:
-                latencies.append(latency)
-            if len(first) < 20:
-                first.append(latency)
-        push(done, "done", i)
+class _Simulation:
+    """The event loop of :func:`simulate` and its state."""
 
-    def free(i: int, now: float) -> None:
-        """Task ``i`` has nothing running: stop it if asked to, else work or wait."""
-        task = tasks[i]
+    def __init__(self, load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling, initial: int) -> None:
+        self.load, self.curve, self.worker, self.scaling = load, curve, worker, scaling
+        self.tasks: list[_Task] = [_Task(ready_at=0.0, requested_at=0.0) for _ in range(initial)]
+        self.waiting: deque[float] = deque()
+        self.latencies: list[float] = []
+        self.first: list[float] = []
+        # (time, order, kind, task index): "done" ends a batch, "close" ends a batch's forming window,
+        # "ready" brings a new task into service.
+        self.events: list[tuple[float, int, str, int]] = []
+        self.order = self.batches = self.batched = self.completed = self.max_queue = self.arrived = 0
+        self.timeline: list[tuple[float, int, int, int]] = []
+        self.samples: list[tuple[float, int, int]] = []  # (time, visible, serving): the metrics, read late
+        self.state = _ScalerState(desired=initial)
+        self.noise = random.Random(load.seed + 7919)  # apart from the arrivals': the same arrivals for any cv
+
+    def push(self, at: float, kind: str, i: int) -> None:
+        self.order += 1
+        heapq.heappush(self.events, (at, self.order, kind, i))
+
+    def serving(self, i: int, now: float) -> bool:
+        t = self.tasks[i]
+        return t.stopped_at is None and not t.stop and t.ready_at <= now
+
+    # -- one task's pipeline -------------------------------------------------------------------
+
+    def start(self, i: int, batch: list[float], now: float) -> None:
+        task = self.tasks[i]
+        size = len(batch)
+        done = now + self.curve.seconds(size) * self.worker.factor(self.noise)
+        task.busy_until = done
+        self.batches += 1
+        self.batched += size
+        if done <= self.load.duration:
+            self.completed += size
+        for arrived_at in batch:
+            latency = done + self.worker.overhead_seconds * self.worker.factor(self.noise) - arrived_at
+            if arrived_at >= self.load.warmup:
+                self.latencies.append(latency)
+            if len(self.first) < 20:
+                self.first.append(latency)
+        self.push(done, "done", i)
+
+    def close(self, i: int, now: float) -> None:
+        """The forming batch closes: onto the model if it is idle, else behind it."""
+        task = self.tasks[i]
+        if task.open is None:
+            return
+        batch, task.open = task.open, None
+        if task.running(now) or task.formed:
+            task.formed.append(batch)
+        else:
+            self.start(i, batch, now)
+
+    def form(self, i: int, now: float) -> None:
+        """Form batches from the waiting jobs while task ``i``'s pipeline has room."""
+        task = self.tasks[i]
+        limit = self.worker.max_batch_size
+        while self.waiting and task.open is None and task.committed(now) < self.worker.depth and self.serving(i, now):
+            batch = [self.waiting.popleft() for _ in range(min(limit, len(self.waiting)))]
+            idle = not task.running(now) and not task.formed
+            if idle and (not self.waiting or len(batch) == limit):
+                self.start(i, batch, now)  # drained and the model idle (or full): at once
+            elif len(batch) == limit:
+                task.formed.append(batch)
+            else:
+                task.open, task.open_until = batch, now + self.worker.max_wait_seconds
+                self.push(task.open_until, "close", i)
+
+    def arrive(self, now: float) -> bool:
+        """A job arrives: into a batch being formed, else the queue and the least busy task's pipeline.
+
+        ``False`` when no task had room for it (until the next event, later arrivals only queue).
+        """
+        for i, task in enumerate(self.tasks):
+            if task.open is not None and task.stopped_at is None and not task.stop:
+                task.open.append(now)
+                if len(task.open) >= self.worker.max_batch_size:
+                    self.close(i, now)
+                    self.form(i, now)
+                return True
+        self.waiting.append(now)
+        best, least = -1, self.worker.depth
+        for i, task in enumerate(self.tasks):
+            if task.stopped_at is None and not task.stop and task.ready_at <= now:
+                committed = int(task.busy_until > now) + len(task.formed)
+                if committed < least:
+                    best, least = i, committed
+                    if not committed:
+                        break  # an idle task starts it at once
+        if best < 0:
+            return False
+        self.form(best, now)
+        return True
+
+    def finished(self, i: int, now: float) -> None:
+        task = self.tasks[i]
         if task.stop:
-            task.stopped_at = now
-            idle.discard(i)
-        elif waiting:
-            idle.discard(i)
-            start_batch(i, now)
-        else:
-            idle.add(i)
+            if not task.formed and task.open is None:
+                task.stopped_at = now
+            elif task.formed:
+                self.start(i, task.formed.popleft(), now)
+            return
+        if task.formed:
+            self.start(i, task.formed.popleft(), now)
+        elif task.open is not None:
+            self.close(i, now)  # the model went idle: the forming batch closes at once
+        self.form(i, now)
 
-    def rescale(now: float) -> None:
-        live = [i for i, t in enumerate(tasks) if t.stopped_at is None and not t.stop]
-        if state.desired > len(live):
-            for _ in range(state.desired - len(live)):
-                tasks.append(_Task(ready_at=now + scaling.task_start_seconds, requested_at=now))
-                push(now + scaling.task_start_seconds, "ready", len(tasks) - 1)
-        elif state.desired < len(live):
-            # Idle tasks go first, then those still starting, then busy ones (after their batch).
-            ranked = sorted(live, key=lambda i: (i not in idle, tasks[i].ready_at <= now))
-            for i in ranked[: len(live) - state.desired]:
-                tasks[i].stop = True
-                if i in idle or tasks[i].ready_at > now:
-                    tasks[i].stopped_at = now
-                    idle.discard(i)
+    # -- scaling ---------------------------------------------------------------------------------
 
-    next_tick = scaling.metric_period
-    arrivals = load.arrivals()
-    next_arrival = next(arrivals, math.inf)
-    now = 0.0
-    while True:
-        next_event = events[0][0] if events else math.inf
-        now = min(next_arrival, next_event, next_tick)
-        if now > load.duration:
-            break
-        if now == next_arrival:
-            if idle:
-                counts["arrived"] += 1
-                waiting.append(now)
+    def rescale(self, now: float) -> None:
+        live = [i for i, t in enumerate(self.tasks) if t.stopped_at is None and not t.stop]
+        desired = self.state.desired
+        if desired > len(live):
+            for _ in range(desired - len(live)):
+                self.tasks.append(_Task(ready_at=now + self.scaling.task_start_seconds, requested_at=now))
+                self.push(now + self.scaling.task_start_seconds, "ready", len(self.tasks) - 1)
+        elif desired < len(live):
+            # Idle tasks go first, then those still starting, then busy ones (after their batches).
+            ranked = sorted(live, key=lambda i: (self.tasks[i].committed(now) > 0, self.tasks[i].ready_at <= now))
+            for i in ranked[: len(live) - desired]:
+                task = self.tasks[i]
+                task.stop = True
+                if task.open is not None:  # jobs not started go back to the queue (released)
+                    self.waiting.extendleft(reversed(task.open))
+                    task.open = None
+                if not task.running(now):
+                    while task.formed:
+                        self.waiting.extendleft(reversed(task.formed.pop()))
+                    task.stopped_at = now
+
+    def tick(self, now: float) -> None:
+        up = sum(1 for i in range(len(self.tasks)) if self.serving(i, now))
+        self.samples.append((now, len(self.waiting), up))
+        busy = sum(1 for t in self.tasks if t.stopped_at is None and t.committed(now) > 0)
+        if not self.scaling.fixed:
+            _autoscale(now, self.samples, busy, self.scaling, self.state)
+            self.rescale(now)
+        self.timeline.append((now, len(self.waiting), up, self.state.desired))
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        load, period = self.load, self.scaling.metric_period
+        next_tick = period
+        arrivals = load.arrivals()
+        next_arrival = next(arrivals, math.inf)
+        while True:
+            next_event = self.events[0][0] if self.events else math.inf
+            now = min(next_arrival, next_event, next_tick)
+            if now > load.duration:
+                break
+            if now == next_arrival:
+                self.arrived += 1
                 next_arrival = next(arrivals, math.inf)
-                start_batch(idle.pop(), now)
-                continue
-            # Every serving task is busy: take in the arrivals up to the next event in one go.
-            horizon = min(next_event, next_tick, load.duration)
-            taken = 0
-            while next_arrival <= horizon:
-                waiting.append(next_arrival)
-                taken += 1
-                next_arrival = next(arrivals, math.inf)
-            counts["arrived"] += taken
-            counts["max_queue"] = max(counts["max_queue"], len(waiting))
-        elif now == next_event:
-            _, _, kind, i = heapq.heappop(events)
-            if kind == "done" or not tasks[i].stop:
-                free(i, now)
-        else:
-            next_tick += scaling.metric_period
-            up = sum(1 for t in tasks if t.stopped_at is None and not t.stop and t.ready_at <= now)
-            samples.append((now, len(waiting), up))
-            busy = sum(1 for t in tasks if t.stopped_at is None and t.busy_until > now)
-            if not scaling.fixed:
-                _autoscale(now, samples, busy, scaling, state)
-                rescale(now)
-            timeline.append((now, len(waiting), up, state.desired))
-    end = load.duration
-    paid = 0.0
-    for task in tasks:
-        if task.stopped_at is None:
-            paid += max(0.0, end - task.requested_at)
-        else:
-            paid += max(0.0, min(end, task.stopped_at + scaling.instance_linger_seconds) - task.requested_at)
-    batches = counts["batches"]
-    return Result(
-        latencies=latencies,
-        completed=counts["completed"],
-        arrived=counts["arrived"],
-        final_queue=len(waiting),
-        max_queue=counts["max_queue"],
-        timeline=timeline,
-        instance_seconds=paid,
-        duration=end,
-        batches=batches,
-        mean_batch=counts["batched"] / batches if batches else 0.0,
-        first_latencies=first,
-    )
+                if not self.arrive(now):
+                    # No task can take a job before the next event: queue the arrivals until then at once.
+                    horizon = min(next_event, next_tick, load.duration)
+                    while next_arrival <= horizon:
+                        self.waiting.append(next_arrival)
+                        self.arrived += 1
+                        next_arrival = next(arrivals, math.inf)
+                self.max_queue = max(self.max_queue, len(self.waiting))
+            elif now == next_event:
+                _, _, kind, i = heapq.heappop(self.events)
+                if kind == "done":
+                    self.finished(i, now)
+                elif kind == "close":
+                    task = self.tasks[i]
+                    if task.open is not None and task.open_until <= now:
+                        self.close(i, now)
+                        self.form(i, now)
+                elif not self.tasks[i].stop:  # ready
+                    self.form(i, now)
+            else:
+                next_tick += period
+                self.tick(now)
+        end = load.duration
+        paid = 0.0
+        for task in self.tasks:
+            if task.stopped_at is None:
+                paid += max(0.0, end - task.requested_at)
+            else:
+                stopped = min(end, task.stopped_at + self.scaling.instance_linger_seconds)
+                paid += max(0.0, stopped - task.requested_at)
+        return Result(
+            latencies=self.latencies,
+            completed=self.completed,
+            arrived=self.arrived,
+            final_queue=len(self.waiting) + sum(len(b) for t in self.tasks for b in t.formed),
+            max_queue=self.max_queue,
+            timeline=self.timeline,
+            instance_seconds=paid,
+            duration=end,
+            batches=self.batches,
+            mean_batch=self.batched / self.batches if self.batches else 0.0,
+            first_latencies=self.first,
+        )
 
 
 @dataclass
