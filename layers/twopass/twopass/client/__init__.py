@@ -21,6 +21,7 @@ from __future__ import annotations
 from twopass.client._async import AsyncClient
 from twopass.client._base import DEFAULT_URL, ImageInput, JobRef, RetryPolicy
 from twopass.client._models import (
+    BatchItemError,
     Health,
     JobHandle,
     JobOutcome,
@@ -57,6 +58,7 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BatchItemError",
     "Client",
     "ClientError",
     "EventLoopError",

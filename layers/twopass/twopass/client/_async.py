@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -13,17 +14,27 @@ import httpx
 
 from twopass.client._base import (
     BaseClient,
+    BatchChunk,
     ImageInput,
     JobRef,
     RetryPolicy,
     UploadGrant,
     UploadLimits,
+    batch_options,
     job_id_of,
     jobs_params,
     predict_params,
 )
-from twopass.client._models import Health, JobPage, JobResult, Prediction, metadata_from_json
-from twopass.client.exceptions import WaitTimeoutError
+from twopass.client._models import (
+    BatchItemError,
+    Health,
+    JobPage,
+    JobResult,
+    Prediction,
+    batch_items_from_json,
+    metadata_from_json,
+)
+from twopass.client.exceptions import BadRequestError, InvalidInputError, WaitTimeoutError
 
 __all__ = ["AsyncClient"]
 
@@ -102,6 +113,91 @@ class AsyncClient(BaseClient):
         return await self._call(
             "POST", "predict", Prediction.from_json, content=content, headers=headers, params=params
         )
+
+    async def predict_many(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        deadline_seconds: float | None = None,
+        priority: str | None = None,
+        on_overload: str | None = None,
+    ) -> list[Prediction | BatchItemError]:
+        """``predict`` for many images through ``POST /batches``: one :class:`Prediction` or
+        :class:`BatchItemError` per image, in order. An image the server refuses (not an image, too many
+        pixels…) or that cannot be read is its item's error and never stops the others.
+
+        Images go in batches of up to 100 within the server's body limit (``/metadata``, read once);
+        one over the inline limit is uploaded first (``POST /uploads``) and sent as its ``upload_id``.
+        The options are ``predict``'s, for every image.
+        """
+        options = batch_options(deadline_seconds, priority, on_overload)
+        results: list[Prediction | BatchItemError | None] = []
+        chunk = BatchChunk.empty()
+        for index, image in enumerate(images):
+            results.append(None)
+            try:
+                if isinstance(image, bytes | bytearray | memoryview):
+                    data = self._predict_body(image)[0]
+                else:  # reading a file or encoding a PIL image blocks; a thread keeps the loop responsive
+                    data = (await asyncio.to_thread(self._predict_body, image))[0]
+            except (InvalidInputError, OSError) as exc:
+                results[index] = self._unreadable(index, exc)
+                continue
+            if self._needs_limits(len(data)):
+                self._limits = UploadLimits.from_metadata(await self.metadata())
+            item: dict[str, str] | BatchItemError
+            if self._should_upload(data):
+                try:
+                    item = {"upload_id": await self._upload(data)}
+                except BadRequestError as exc:  # this image's refusal (its type, its size), not the service's
+                    item = BatchItemError(index, exc.code, exc.detail)
+            else:
+                item = self._batch_item(index, data)
+            if isinstance(item, BatchItemError):
+                results[index] = item
+                continue
+            if self._batch_needs_limits(chunk, item):
+                self._limits = UploadLimits.from_metadata(await self.metadata())
+            if not chunk.fits(item, self._batch_body_limit()):
+                await self._send_batch(chunk, options, results)
+                chunk = BatchChunk.empty()
+            chunk.add(index, item)
+        if chunk.items:
+            await self._send_batch(chunk, options, results)
+        return [result for result in results if result is not None]
+
+    async def predict_many_and_wait(
+        self,
+        images: Iterable[ImageInput],
+        timeout: float | None = 60.0,
+        *,
+        poll_interval: float = 0.5,
+        max_interval: float = 5.0,
+        deadline_seconds: float | None = None,
+        priority: str | None = None,
+    ) -> list[JobResult | BatchItemError]:
+        """``predict_many`` then ``wait`` for each job (all at once): one :class:`JobResult` or
+        :class:`BatchItemError` per image, in order. A job that failed, was cancelled or expired is
+        returned as its result (check ``succeeded``) rather than raised, so one job's end never hides
+        the others'. Raises WaitTimeoutError when ``timeout`` seconds (for them all) pass before every
+        job ended.
+
+        As in ``predict_and_wait``, an overloaded service is asked to refuse rather than shed.
+        """
+        predictions = await self.predict_many(
+            images, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject"
+        )
+        deadline = None if timeout is None else self._clock() + timeout
+
+        async def settle(prediction: Prediction | BatchItemError) -> JobResult | BatchItemError:
+            if isinstance(prediction, BatchItemError):
+                return prediction
+            remaining = None if deadline is None else max(0.0, deadline - self._clock())
+            return await self.wait(
+                prediction, remaining, poll_interval=poll_interval, max_interval=max_interval, raise_on_failure=False
+            )
+
+        return list(await asyncio.gather(*(settle(p) for p in predictions)))
 
     async def job(self, job: JobRef) -> JobResult:
         """The job's current state (raises NotFoundError for an unknown or expired id)."""
@@ -211,11 +307,23 @@ class AsyncClient(BaseClient):
         return await self._call("GET", "metadata", metadata_from_json)
 
     async def _predict_uploaded(self, data: bytes, params: dict[str, str]) -> Prediction:
+        body, headers = self._uploaded_predict_body(await self._upload(data), params)
+        return await self._call("POST", "predict", Prediction.from_json, content=body, headers=headers)
+
+    async def _upload(self, data: bytes) -> str:
+        """Put the image in the bucket (``POST /uploads``, then its presigned PUT); its upload id."""
         body, headers = self._upload_request(data)
         grant = await self._call("POST", "uploads", UploadGrant.from_json, content=body, headers=headers)
         await self._put(grant, data)
-        body, headers = self._uploaded_predict_body(grant.upload_id, params)
-        return await self._call("POST", "predict", Prediction.from_json, content=body, headers=headers)
+        return grant.upload_id
+
+    async def _send_batch(
+        self, chunk: BatchChunk, options: dict[str, Any], results: list[Prediction | BatchItemError | None]
+    ) -> None:
+        body, headers = chunk.request(options)
+        parse = functools.partial(batch_items_from_json, count=len(chunk.items))
+        answers = await self._call("POST", "batches", parse, content=body, headers=headers)
+        chunk.place(answers, results)
 
     async def _put(self, grant: UploadGrant, data: bytes) -> None:
         """PUT the image to the upload's URL, retried like any idempotent call."""

@@ -5,6 +5,7 @@ run exactly the same decisions and differ only in how they send and sleep.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import io
 import json
@@ -26,7 +27,7 @@ import httpx
 
 from twopass import __version__
 from twopass.client import _hints
-from twopass.client._models import JobHandle, JobResult, Prediction
+from twopass.client._models import BatchItemError, JobHandle, JobResult, Prediction
 from twopass.client.exceptions import (
     ApiError,
     AuthenticationError,
@@ -84,6 +85,10 @@ _OWN_NOT_FOUND_CODES: Final = frozenset({"upload_not_found"})
 UPLOAD_PROBE_BYTES: Final = 1024 * 1024
 #: What an upload may hold (the server's POST /uploads takes these types).
 UPLOAD_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"})
+#: The most items one ``POST /batches`` takes.
+BATCH_MAX_ITEMS: Final = 100
+#: A batch body's room for everything but its items (the options, the braces).
+_BATCH_OVERHEAD: Final = 256
 #: The longest ``GET /job/{id}?wait=`` a server takes.
 SERVER_WAIT_MAX: Final = 20.0
 # Starlette's detail for a path no route matches (twopass keeps it in its {"error", "detail"} body).
@@ -192,6 +197,54 @@ def predict_params(deadline_seconds: float | None, priority: str | None, on_over
             raise InvalidInputError(f"on_overload must be 'shed' or 'reject', got {on_overload!r}")
         params["on_overload"] = str(on_overload)
     return params
+
+
+def batch_options(deadline_seconds: float | None, priority: str | None, on_overload: str | None) -> dict[str, Any]:
+    """The job options of ``POST /batches``, as JSON fields (validated as ``predict``'s are)."""
+    params = predict_params(deadline_seconds, priority, on_overload)
+    options: dict[str, Any] = dict(params)
+    if "deadline_seconds" in params:
+        options["deadline_seconds"] = float(params["deadline_seconds"])
+    return options
+
+
+@dataclass(slots=True)
+class BatchChunk:
+    """The items of one ``POST /batches`` being gathered: each item's index among the caller's images."""
+
+    indexes: list[int]
+    items: list[dict[str, str]]
+    size: int = _BATCH_OVERHEAD
+
+    @classmethod
+    def empty(cls) -> BatchChunk:
+        return cls([], [])
+
+    @staticmethod
+    def item_size(item: Mapping[str, str]) -> int:
+        # {"image_data": "<base64>"}, plus the comma and space between items.
+        return sum(len(key) + len(value) + 8 for key, value in item.items()) + 2
+
+    def fits(self, item: Mapping[str, str], body_limit: int) -> bool:
+        return len(self.items) < BATCH_MAX_ITEMS and self.size + self.item_size(item) <= body_limit
+
+    def add(self, index: int, item: dict[str, str]) -> None:
+        self.indexes.append(index)
+        self.items.append(item)
+        self.size += self.item_size(item)
+
+    def request(self, options: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({"items": self.items, **options}, separators=(",", ":")).encode()
+        return body, {"content-type": "application/json"}
+
+    def place(
+        self, answers: list[Prediction | BatchItemError], results: list[Prediction | BatchItemError | None]
+    ) -> None:
+        """Put the batch's answers at their images' places (item errors renumbered to them)."""
+        for index, answer in zip(self.indexes, answers, strict=True):
+            if isinstance(answer, BatchItemError):
+                answer = BatchItemError(index, answer.code, answer.detail)
+            results[index] = answer
 
 
 def jobs_params(status: str | None, limit: int, cursor: str | None) -> dict[str, str]:
@@ -437,6 +490,31 @@ class BaseClient:
         if limits is None or limits.upload_max_bytes is None or len(data) <= limits.inline_max_bytes:
             return False
         return content_type(data) in UPLOAD_TYPES
+
+    def _batch_body_limit(self) -> int:
+        """The largest ``POST /batches`` body: as the server's JSON limit, the inline limit in base64 plus
+        room for the other fields; the smallest any server takes until ``/metadata`` has been read."""
+        inline = self._limits.inline_max_bytes if self._limits is not None else UPLOAD_PROBE_BYTES
+        return inline * 4 // 3 + 4096
+
+    def _batch_needs_limits(self, chunk: BatchChunk, item: Mapping[str, str]) -> bool:
+        """Whether the server's limits must be read before ``item`` joins ``chunk`` (it would pass the
+        smallest limit, and the server's may be larger)."""
+        return self._limits is None and chunk.size + chunk.item_size(item) > self._batch_body_limit()
+
+    def _batch_item(self, index: int, data: bytes) -> dict[str, str] | BatchItemError:
+        """The inline item of an image, or its error when it cannot fit in any batch."""
+        item = {"image_data": base64.b64encode(data).decode("ascii")}
+        if BatchChunk.empty().fits(item, self._batch_body_limit()):
+            return item
+        limit = self._limits.inline_max_bytes if self._limits is not None else UPLOAD_PROBE_BYTES
+        return BatchItemError(
+            index, "payload_too_large", f"the image is {len(data)} bytes; this server takes up to {limit} inline"
+        )
+
+    @staticmethod
+    def _unreadable(index: int, exc: Exception) -> BatchItemError:
+        return BatchItemError(index, "invalid_input", str(exc) or type(exc).__name__)
 
     @staticmethod
     def _upload_request(data: bytes) -> tuple[bytes, dict[str, str]]:

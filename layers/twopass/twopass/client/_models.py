@@ -151,6 +151,39 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchItemError:
+    """An image of ``predict_many`` that did not become a job: why, as the server's item error says it
+    (``code`` ``invalid_image``, ``payload_too_large``, ``upload_not_found``…), or as the client found it
+    before sending (``invalid_input``: the image could not be read; ``payload_too_large``: too big for a
+    batch on a server that takes no uploads). ``index`` is its place in the images given."""
+
+    index: int
+    code: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+def batch_items_from_json(body: Any, count: int) -> list[Prediction | BatchItemError]:
+    """``POST /batches``: one :class:`Prediction` or :class:`BatchItemError` per item sent, in order
+    (``index`` as the server numbered the ``count`` items: the caller adds its offset)."""
+
+    def build(b: Mapping[str, Any]) -> list[Prediction | BatchItemError]:
+        items = _sequence(b["items"], "items")
+        if len(items) != count or [int(item["index"]) for item in items] != list(range(count)):
+            raise ValueError(f"expected items 0 to {count - 1} in order, got {len(items)} items")
+        return [
+            BatchItemError(int(item["index"]), str(item["error"]), str(item.get("detail") or ""))
+            if "error" in item
+            else Prediction.from_json(item)
+            for item in items
+        ]
+
+    return _parse("POST /batches", body, build)
+
+
+@dataclass(frozen=True, slots=True)
 class JobOutcome:
     """How one run of a retried job ended."""
 
