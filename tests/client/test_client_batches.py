@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,65 @@ def test_predict_many_and_wait_gives_each_jobs_result_or_its_item_error() -> Non
             return await tp.predict_many_and_wait([jpeg(0), jpeg(1), jpeg(2)])
 
     assert [getattr(r, "job_id", None) for r in asyncio.run(run())] == [job_id(0), None, job_id(2)]
+
+
+def cli_with(monkeypatch: pytest.MonkeyPatch, transport: httpx.MockTransport) -> Any:
+    import twopass.cli as cli
+
+    monkeypatch.setattr(cli, "_CliAsyncClient", functools.partial(cli._CliAsyncClient, transport=transport))
+    monkeypatch.setenv("TWOPASS_API_KEY", "k")
+    return cli
+
+
+def folder(tmp_path: Path, count: int) -> Path:
+    for n in range(count):
+        (tmp_path / f"img{n:03}.jpg").write_bytes(jpeg(n))
+    return tmp_path
+
+
+def test_cli_sends_more_than_8_files_in_batches_keeping_its_table_and_exit_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = BatchServer(refuse=frozenset({4}))
+    cli = cli_with(monkeypatch, server.transport)
+    assert cli.main(["predict", str(folder(tmp_path, 130)), "--priority", "high"]) == 1, "one file was refused"
+    assert [r.url.path for r in server.script.requests] == ["/batches", "/batches"]
+    assert sorted(len(b["items"]) for b in server.batches) == [30, 100], "sent at once (--concurrency 4)"
+    assert all(b["priority"] == "high" for b in server.batches)
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["FILE", "FAST", "JOB", "STATUS"] and len(lines) == 131
+    assert lines[1].split()[-1] == "queued" and job_id(0) in lines[1]
+    assert "img004.jpg" in lines[5] and "error: invalid_image: image 4 is not an image" in lines[5]
+    assert "130 files: 1 error, 129 queued" in err
+
+    # Nine files with --wait --json: the jobs' slow results, one JSON row per file.
+    server = wait_server(frozenset())
+    cli = cli_with(monkeypatch, server.transport)
+    (tmp_path / "nine").mkdir()
+    assert cli.main(["predict", str(folder(tmp_path / "nine", 9)), "--wait", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(row["job_id"] for row in rows) == [job_id(n) for n in range(9)]
+    assert all(row["status"] == "succeeded" and row["slow"]["label"] == "tabby" for row in rows)
+    assert [len(b["items"]) for b in server.batches] == [9] and server.batches[0]["on_overload"] == "reject"
+
+
+def test_cli_sends_8_files_one_by_one_and_a_refused_batch_fails_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = Script(httpx.Response(200, json=PREDICT_BODY))
+    cli = cli_with(monkeypatch, httpx.MockTransport(script))
+    (tmp_path / "eight").mkdir()
+    assert cli.main(["predict", str(folder(tmp_path / "eight", 8))]) == 0
+    assert [r.url.path for r in script.requests] == ["/predict"] * 8
+
+    refused = {"error": "unauthorized", "detail": "the API key is not valid"}
+    script = Script(httpx.Response(401, json=refused))
+    cli = cli_with(monkeypatch, httpx.MockTransport(script))
+    (tmp_path / "many").mkdir()
+    capsys.readouterr()
+    assert cli.main(["predict", str(folder(tmp_path / "many", 250)), "--concurrency", "1"]) == 5
+    assert len(script.requests) == 1, "after the key was refused, no other batch is sent"
+    err = capsys.readouterr().err
+    assert err.count("the API key is not valid") == 1, "a server problem is said once"
+    assert "250 files: " in err and "error" in err and "skipped" in err

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import json
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -25,6 +26,7 @@ from twopass.client import (
     AsyncClient,
     AuthenticationError,
     BadRequestError,
+    BatchItemError,
     Client,
     ClientError,
     Health,
@@ -52,6 +54,10 @@ _PRIORITY: Final = (EXIT_AUTH, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_FAILED)
 
 #: What ``twopass jobs --status`` accepts: every job status.
 JOB_STATUSES: Final = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+
+#: ``twopass predict`` sends more files than this through ``POST /batches``, up to BATCH_FILES a call.
+BATCH_OVER: Final = 8
+BATCH_FILES: Final = 100
 
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 
@@ -114,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         parents=[common],
         help="classify image files and folders",
-        description="Send each image to POST /predict and print the fast label; with --wait also the slow one.",
+        description="Send each image to POST /predict (more than 8 files: POST /batches, up to 100 a call) and "
+        "print the fast label; with --wait also the slow one.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -127,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --wait: seconds to wait for slow results, counted from the start (default 120)",
     )
     predict.add_argument(
-        "--concurrency", type=_positive_int, default=4, help="predict requests in flight at once (default 4)"
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        help="predict (or batch) requests in flight at once (default 4)",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per file on stdout, as each completes")
     predict.add_argument(
@@ -664,47 +674,90 @@ async def _predict_all(files: list[Path], args: argparse.Namespace, progress: _P
     # Auth and reachability fail the same way for every file: after the first, stop sending.
     abort = asyncio.Event()
     deadline = time.monotonic() + args.timeout
+    # Waiting wants the slow answer: an overloaded service is to refuse (and be retried), not shed it.
+    options: dict[str, Any] = {
+        "deadline_seconds": args.deadline,
+        "priority": args.priority,
+        "on_overload": "reject" if args.wait else None,
+    }
 
     async with _CliAsyncClient(**_client_options(args)) as client:
 
-        async def one(path: Path, row: _Row) -> None:
+        def done(row: _Row) -> None:
+            if row.server_problem:
+                abort.set()
+            progress.finished(row)
+            if args.json:
+                progress.print(json.dumps(row.to_json()), sys.stdout)
+
+        async def settle(row: _Row, work: Callable[[], Awaitable[None]]) -> None:
+            """Run ``work`` for the row, its failure the row's error; the row is done after."""
             try:
-                if abort.is_set():
-                    row.status, row.code = "skipped", EXIT_UNAVAILABLE
-                    return
-                async with semaphore:
-                    if abort.is_set():
-                        row.status, row.code = "skipped", EXIT_UNAVAILABLE
-                        return
-                    row.prediction = await client.predict(
-                        path,
-                        deadline_seconds=args.deadline,
-                        priority=args.priority,
-                        # Waiting wants the slow answer: an overloaded service is to refuse (and be
-                        # retried), not shed it.
-                        on_overload="reject" if args.wait else None,
-                    )
-                row.status = str(row.prediction.status)
-                progress.predicted()
-                if args.wait:
-                    remaining = max(0.0, deadline - time.monotonic())
-                    row.result = await client.wait(row.prediction, timeout=remaining, raise_on_failure=False)
-                    row.status = str(row.result.status)
-                    if not row.result.succeeded:
-                        row.error, row.code = row.result.error or row.status, EXIT_FAILED
+                await work()
             except WaitTimeoutError as exc:
                 row.result, row.status, row.code = exc.last, "timeout", EXIT_TIMEOUT
                 row.error = str(exc)
             except (ClientError, OSError) as exc:
                 row.status, row.error, row.code = "error", str(exc), _exit_code_for(exc)
             finally:
-                if row.server_problem:
-                    abort.set()
-                progress.finished(row)
-                if args.json:
-                    progress.print(json.dumps(row.to_json()), sys.stdout)
+                done(row)
 
-        await asyncio.gather(*(one(path, row) for path, row in zip(files, rows, strict=True)))
+        async def predicted(row: _Row, prediction: Prediction) -> None:
+            row.prediction, row.status = prediction, str(prediction.status)
+            progress.predicted()
+            if args.wait:
+                remaining = max(0.0, deadline - time.monotonic())
+                row.result = await client.wait(prediction, timeout=remaining, raise_on_failure=False)
+                row.status = str(row.result.status)
+                if not row.result.succeeded:
+                    row.error, row.code = row.result.error or row.status, EXIT_FAILED
+
+        async def one(path: Path, row: _Row) -> None:
+            if abort.is_set():
+                row.status, row.code = "skipped", EXIT_UNAVAILABLE
+                return
+            async with semaphore:
+                if abort.is_set():
+                    row.status, row.code = "skipped", EXIT_UNAVAILABLE
+                    return
+                prediction = await client.predict(path, **options)
+            await predicted(row, prediction)
+
+        async def answered(row: _Row, answer: Prediction | BatchItemError) -> None:
+            if isinstance(answer, BatchItemError):  # this file's refusal, as POST /predict's would be
+                row.status, row.error, row.code = "error", str(answer), EXIT_FAILED
+                return
+            await predicted(row, answer)
+
+        async def batch(paths: list[Path], batch_rows: list[_Row]) -> None:
+            answers: list[Prediction | BatchItemError] | None = None
+            error: ClientError | OSError | None = None
+            if not abort.is_set():
+                async with semaphore:
+                    if not abort.is_set():
+                        try:
+                            answers = await client.predict_many(paths, **options)
+                        except (ClientError, OSError) as exc:  # the whole call failed: each of its files says why
+                            error = exc
+            if answers is None:
+                for row in batch_rows:
+                    if error is None:
+                        row.status, row.code = "skipped", EXIT_UNAVAILABLE
+                    else:
+                        row.status, row.error, row.code = "error", str(error), _exit_code_for(error)
+                    done(row)
+                return
+            await asyncio.gather(
+                *(settle(row, functools.partial(answered, row, a)) for row, a in zip(batch_rows, answers, strict=True))
+            )
+
+        if len(files) > BATCH_OVER:
+            groups = range(0, len(files), BATCH_FILES)
+            await asyncio.gather(*(batch(files[i : i + BATCH_FILES], rows[i : i + BATCH_FILES]) for i in groups))
+        else:
+            await asyncio.gather(
+                *(settle(row, functools.partial(one, path, row)) for path, row in zip(files, rows, strict=True))
+            )
     return rows
 
 
