@@ -14,13 +14,22 @@ def _f(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _kind(meta: dict[str, Any]) -> str:
+    """"full run", "quick run", or which sections a full-length partial run measured."""
+    from bench.run import SECTIONS
+
+    sections = meta.get("sections") or list(SECTIONS)
+    kind = "quick" if meta.get("quick") else "full"
+    return f"{kind} run" if set(sections) == set(SECTIONS) else f"{kind}-length run of {', '.join(sections)}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results.get("meta", {})
     lines = [
         "# twopass benchmark",
         "",
         f"Run {meta.get('started', '?')} on {meta.get('machine', {}).get('cpus', '?')} CPU(s) "
-        f"({meta.get('machine', {}).get('cpu_model', '?')}), {'quick' if meta.get('quick') else 'full'} run, "
+        f"({meta.get('machine', {}).get('cpu_model', '?')}), {_kind(meta)}, "
         f"{meta.get('duration_s', '?')} s. Every figure is a median over repeated runs; every ratio is "
         "computed within one run, then the median taken. Load average at start "
         f"{meta.get('machine', {}).get('load_avg_at_start')}, at end {meta.get('load_avg_at_end')}.",
