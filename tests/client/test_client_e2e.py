@@ -18,6 +18,7 @@ from twopass.client import (
     AsyncClient,
     AuthenticationError,
     BadRequestError,
+    BatchItemError,
     Client,
     JobResult,
     NotFoundError,
@@ -149,3 +150,27 @@ def test_cli_and_sdk_errors_against_the_real_api(
     with Client(stack.api_url, api_key="not-the-key") as client, pytest.raises(AuthenticationError) as refused:
         client.health_all()
     assert "the API key was refused" in str(refused.value)
+
+
+def test_predict_many_and_the_cli_send_batches(
+    stack: LocalStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = [PHOTOS / "chelsea.jpg", b"these bytes are not an image", PHOTOS / "coffee.jpg"]
+    with Client(stack.api_url) as client:
+        results = client.predict_many_and_wait(images, timeout=60)
+    assert isinstance(results[1], BatchItemError) and results[1].index == 1 and results[1].code == "invalid_image"
+    assert isinstance(results[0], JobResult) and results[0].succeeded and results[0].label in CAT_LABELS
+    assert isinstance(results[2], JobResult) and results[2].succeeded and results[2].label in COFFEE_LABELS
+
+    # Nine files: the CLI sends them as one batch, and prints a row for each.
+    for n in range(9):
+        photo = sorted(PHOTOS.glob("*.jpg"))[n % 3]
+        (tmp_path / f"{n}-{photo.name}").write_bytes(photo.read_bytes())
+    code = main(["--url", stack.api_url, "predict", str(tmp_path), "--wait", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 9 and all(row["status"] == "succeeded" and row["slow"]["label"] for row in rows)
+    assert len({row["job_id"] for row in rows}) == 9
+    assert stack.log_dir is not None
+    assert "batch of 9: 9 jobs" in (stack.log_dir / "api.log").read_text(), "the nine files went as one POST /batches"

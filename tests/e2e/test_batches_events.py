@@ -21,6 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.conftest import CAT_LABELS
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -165,3 +166,28 @@ def test_a_batch_of_100_with_3_bad_items_and_an_event_for_every_final_state(
         detail = event["detail"]
         assert detail["batch_id"] == body["batch_id"] and detail["label"] and detail["top_k"]
         assert detail["owner"] and detail["status"] == "succeeded"
+
+
+def test_upload_items_in_a_batch_reach_their_slow_labels(
+    stack: LocalStack, worker: Callable[[], subprocess.Popen[bytes]], cat_jpeg: bytes
+) -> None:
+    with http(stack) as client:
+        ready = client.post("/uploads", json={"content_type": "image/jpeg"}).json()
+        put = httpx.put(ready["url"], content=cat_jpeg, headers=ready["headers"], timeout=30)
+        assert put.status_code == 200, put.text
+        pending = client.post("/uploads", json={"content_type": "image/jpeg"}).json()
+        items = [{"upload_id": ready["upload_id"]}, {"upload_id": pending["upload_id"]}, {"upload_id": "0" * 32}]
+        response = client.post("/batches", json={"items": items})
+        assert response.status_code == 200, response.text
+        answers = response.json()["items"]
+        assert [a.get("error") for a in answers] == [None, "upload_pending", "upload_not_found"]
+        assert answers[0]["fast"]["label"] in CAT_LABELS
+        worker()
+
+        def done() -> dict[str, Any] | None:
+            state: dict[str, Any] = client.get(f"/batches/{response.json()['batch_id']}").json()
+            return state if state["done"] else None
+
+        state = until(done, 60, "the upload's job")
+        assert state["counts"]["succeeded"] == 1 and state["counts"]["refused"] == 2
+        assert state["items"][0]["slow"]["label"] in CAT_LABELS
