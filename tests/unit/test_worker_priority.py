@@ -4,10 +4,12 @@ and a worker draining both queues in the order the share promises.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -218,3 +220,48 @@ def test_the_reconciler_republishes_a_lost_high_priority_job_to_its_own_queue() 
     (delivery,) = high.receive(10, 0)
     assert delivery.message.priority == HIGH and delivery.message.deadline_at == deadline
     assert len(normal) == 0
+
+
+def test_a_high_priority_job_arriving_mid_batch_makes_the_very_next_batch(
+    slow_classifier: Classifier, cat_jpeg: bytes, workers: list[tuple[Worker, threading.Thread]]
+) -> None:
+    """The batch behind the one on the model is formed only as that one ends, not when it starts: a job
+    arriving meanwhile waits for the batch on the model and its own, not for a third formed before it."""
+    batch_seconds = 1.5
+    (prediction,) = slow_classifier.predict_batch([slow_classifier.tensor(cat_jpeg, max_pixels=40_000_000)])
+    model = copy.copy(slow_classifier)
+
+    def slow_model(tensors: list[Any]) -> list[Any]:
+        time.sleep(batch_seconds)  # a model that takes a fixed time per batch, whatever else runs
+        return [prediction] * len(tensors)
+
+    model.predict_batch = slow_model  # type: ignore[method-assign]
+    high, normal = MemoryQueue(visibility=60, name="h"), MemoryQueue(visibility=60, name="n")
+    store = MemoryJobStore()
+
+    def submit(queue: MemoryQueue, priority: str) -> str:
+        job_id = new_job_id()
+        store.create(JobRecord(job_id=job_id, priority=priority))
+        queue.publish(JobMessage(job_id=job_id, image=cat_jpeg, priority=priority))
+        return job_id
+
+    for _ in range(40):
+        submit(normal, NORMAL)
+    settings = Settings().replace(max_batch_size=4, max_wait_ms=5, receivers=1, poll_wait_seconds=0.2)
+    worker = Worker(model, PrioritySource(high, normal), store, settings, worker_id="late-forming")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    workers.append((worker, thread))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while worker.stats.batches < 3:  # past the first batches, whose time was not known yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.4)  # well into the batch on the model
+    posted = time.monotonic()
+    urgent = submit(high, HIGH)
+    while (record := store.get(urgent)) is None or not record.final:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    waited = time.monotonic() - posted
+    # About 1.1 s left of the batch on the model, then its own 1.5 s; a batch formed in advance would add 1.5 s.
+    assert waited < 2 * batch_seconds + 0.4, waited

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -71,6 +72,11 @@ class Slots:
         with self._cond:
             return self._used == 0
 
+    def wait_free(self, timeout: float) -> bool:
+        """Whether a slot is free, waiting up to ``timeout`` for one (nothing is taken)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._used < self._size, timeout)
+
 
 class Pipeline:
     """Forms batches from the intake and runs them on the model thread; results go to the finisher."""
@@ -100,8 +106,11 @@ class Pipeline:
         self._stop = stop
         self._model = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._model_slots = Slots(MODEL_SLOTS)
-        #: When the batch on the model is expected to end (``time.monotonic()``); ``None`` while it is idle.
-        self._model_busy_until: float | None = None
+        #: When the model is expected to be done with every batch given to it (``time.monotonic()``), and
+        #: the expected seconds of those still waiting behind the one on it, in order.
+        self._model_free_at = 0.0
+        self._model_queue: collections.deque[float] = collections.deque()
+        self._timing = threading.Lock()
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
         self._finish_slots = threading.BoundedSemaphore(FINISH_SLOTS)
 
@@ -113,14 +122,21 @@ class Pipeline:
             self.process(batch)
 
     def _await_turn(self) -> None:
-        """While the model is busy, wait until its batch is about to end: the next one is formed then,
-        with the most urgent work there is by that time."""
+        """While the model is busy, wait until what it has is about to end: the next batch is formed
+        then, with the most urgent work there is by that time."""
         while not self._stop.is_set():
-            until = self._model_busy_until
-            left = None if until is None else until - time.monotonic()
-            if left is None or left <= FORM_LEAD_SECONDS:
+            if not self._model_slots.wait_free(_TICK):
+                continue
+            with self._timing:
+                left = self._model_free_at - time.monotonic()
+            if left <= FORM_LEAD_SECONDS or self._model_slots.idle():
                 return
             self._stop.wait(min(left - FORM_LEAD_SECONDS, _TICK))
+
+    def _expected_seconds(self, size: int) -> float:
+        """How long a batch of ``size`` should take on the model, from this worker's own record."""
+        jobs, seconds = self.stats.batched_jobs, self.stats.inference_seconds
+        return size * seconds / jobs if jobs else 0.0
 
     def close(self) -> None:
         """Finish the batches already started: run, recorded, acked."""
@@ -178,6 +194,10 @@ class Pipeline:
             self._model_slots.release()
             self.events.flush()
             return
+        expected = self._expected_seconds(len(runnable))
+        with self._timing:
+            self._model_queue.append(expected)
+            self._model_free_at = max(time.monotonic(), self._model_free_at) + expected
         future = self._model.submit(self._guarded, self._infer, runnable)
         future.add_done_callback(lambda _: self._model_slots.release())
 
@@ -212,8 +232,9 @@ class Pipeline:
         the finisher."""
         deliveries, size = [d for d, _ in runnable], len(runnable)
         messages = [d.message for d in deliveries]
-        jobs, seconds = self.stats.batched_jobs, self.stats.inference_seconds
-        self._model_busy_until = time.monotonic() + (size * seconds / jobs if jobs else 0.0)
+        with self._timing:  # this batch is on the model now: when all will be done, counted from now
+            own = self._model_queue.popleft() if self._model_queue else 0.0
+            self._model_free_at = time.monotonic() + own + sum(self._model_queue)
         started = time.perf_counter()
         try:
             answers = self.models.predict(messages, [t for _, t in runnable])
@@ -221,8 +242,6 @@ class Pipeline:
             logger.exception("inference failed for a batch of %d", size)
             self.recorder.inference_failed(deliveries, f"inference failed: {exc}")
             return
-        finally:
-            self._model_busy_until = None
         elapsed = time.perf_counter() - started
         self.stats.add_batch(size, elapsed)
         batch_ms, now = elapsed * 1000, time.time()
