@@ -15,6 +15,7 @@ failed) and answers 503.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -30,7 +31,13 @@ from twopass.api.errors import HTTPProblemError, problem_for
 from twopass.api.schemas import PredictResponse, iso
 from twopass.api.submit import Caller, _overloaded
 from twopass.cascade import Route, SlowMode
-from twopass.exceptions import DependencyError, IdempotencyConflictError, RequestInProgressError, TwopassError
+from twopass.exceptions import (
+    DependencyError,
+    DependencyTimeoutError,
+    IdempotencyConflictError,
+    RequestInProgressError,
+    TwopassError,
+)
 from twopass.jobs.base import (
     FINAL_STATUSES,
     MAX_BATCH_ITEMS,
@@ -69,6 +76,12 @@ class Item:
     inference_ms: float = 0.0
     record: JobRecord | None = None
     answer: dict[str, Any] | None = None
+    #: An upload's digest, taken when it was read (its bytes are let go once decoded).
+    upload_sha256: str | None = None
+
+    def sha256(self) -> str:
+        """The image's sha256 (the result cache's key)."""
+        return self.upload_sha256 or hashlib.sha256(self.data).hexdigest()
 
     @property
     def live(self) -> bool:
@@ -119,15 +132,37 @@ def parse_items(raw: list[Any], max_image_bytes: int) -> list[Item]:
     return items
 
 
+#: Uploaded images read from the bucket at once: each is decoded as soon as it is read and its bytes
+#: dropped, so a batch of 100 large uploads holds a few images in memory, not 100.
+UPLOAD_READS_AT_ONCE = 4
+#: A batch does the work of many requests (up to 100 reads and writes): it gets this many of the
+#: request deadline, still inside API Gateway's 29 s with the default 6 s.
+BATCH_DEADLINES = 4
+
+
 async def submit_batch(
     context: ApiContext, raw: list[Any], caller: Caller, options: JobOptions, slow: SlowMode = SlowMode.AUTO
 ) -> dict[str, Any]:
     """Run the fast model over every valid item at once and queue a job for each; the batch's answer."""
     if not 1 <= len(raw) <= MAX_BATCH_ITEMS:
         raise HTTPProblemError(422, "validation_error", f"items: 1 to {MAX_BATCH_ITEMS} items, got {len(raw)}")
+    deadline = context.settings.api_deadline_seconds * BATCH_DEADLINES
+    try:
+        async with asyncio.timeout(deadline):
+            return await _submit_batch(context, raw, caller, options, slow)
+    except TimeoutError:
+        raise DependencyTimeoutError(f"the batch's backends did not answer within {deadline:g} s") from None
+
+
+async def _submit_batch(
+    context: ApiContext, raw: list[Any], caller: Caller, options: JobOptions, slow: SlowMode
+) -> dict[str, Any]:
     service = context.service
     items = parse_items(raw, context.settings.max_image_bytes)
-    await asyncio.gather(*(_read_upload(context, item, caller.owner) for item in items if item.live and item.upload_id))
+    reads = asyncio.Semaphore(UPLOAD_READS_AT_ONCE)
+    await asyncio.gather(
+        *(_read_upload(context, item, caller.owner, reads) for item in items if item.live and item.upload_id)
+    )
     shed = False
     if slow is not SlowMode.NEVER and await _overloaded(context):
         if options.rejects:
@@ -172,7 +207,7 @@ async def submit_batch(
     return {"batch_id": batch_id, "items": [_item_body(item) for item in items]}
 
 
-async def _read_upload(context: ApiContext, item: Item, owner: str) -> None:
+async def _read_upload(context: ApiContext, item: Item, owner: str, reads: asyncio.Semaphore) -> None:
     """An upload item's image, read from the bucket as ``POST /predict {"upload_id"}`` reads it; or the
     earlier answer of the upload's job (one upload, one job); or the item's error, with /predict's codes."""
     service = context.service
@@ -189,7 +224,11 @@ async def _read_upload(context: ApiContext, item: Item, owner: str) -> None:
             item.answer = earlier
             return
         upload = await context.io(uploads.locate, owner, upload_id, expires_at)
-        item.data = await context.io(uploads.read, upload)
+        async with reads:
+            data = await context.io(uploads.read, upload)
+            item.upload_sha256 = hashlib.sha256(data).hexdigest()
+            # Decoded now and the bytes let go: the tensor is a fraction of a large upload's size.
+            item.tensor = await context.infer(service.decode, data, context.settings.upload_max_bytes)
     except UploadNotFoundError as exc:
         item.error = ("upload_not_found", str(exc))
         return
@@ -217,12 +256,10 @@ def _decode_and_classify(context: ApiContext, items: list[Item]) -> None:
     """Decode every valid item (each failure is that item's), then one batched run of the fast model."""
     service = context.service
     for item in items:
-        if not item.live:
+        if not item.live or item.tensor is not None:  # uploads were decoded as they were read
             continue
-        # An uploaded image came through the bucket, not the request body: the upload limit is its limit.
-        limit = context.settings.upload_max_bytes if item.image_ref is not None else None
         try:
-            item.tensor = service.decode(item.data, limit)
+            item.tensor = service.decode(item.data)
         except TwopassError as exc:
             item.refuse(exc)
     decoded = [item for item in items if item.tensor is not None]
@@ -277,7 +314,7 @@ async def _send(context: ApiContext, item: Item, message: Any, caller: Caller, s
             final = shortcuts.fast_final(fast)
             await context.io(shortcuts.answer_fast, item.record.job_id, final, item.claim)
         else:
-            message = shortcuts.with_fast_answer(message, item.prediction, caller.owner, item.data)
+            message = shortcuts.with_fast_answer(message, item.prediction, caller.owner, item.sha256)
             await context.io(service.publish, message, item.claim)
     except TwopassError as exc:  # the job was marked failed by publish; the item says why
         item.refuse(exc)

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -117,9 +118,12 @@ class Shortcuts:
         if not written:  # nobody else knows the job yet, so nothing else can have ended it
             logger.warning("job %s was no longer open when the cascade answered it", job_id)
 
-    def with_fast_answer(self, message: JobMessage, prediction: Prediction, owner: str, data: bytes) -> JobMessage:
-        """The message, its context carrying the fast answer (and, with the cache on, the cache key's parts)."""
+    def with_fast_answer(
+        self, message: JobMessage, prediction: Prediction, owner: str, image_sha256: Callable[[], str]
+    ) -> JobMessage:
+        """The message, its context carrying the fast answer (and, with the cache on, the cache key's parts:
+        ``image_sha256`` is called only then)."""
         extra = fast_context(prediction, self.fast_version)
         if self.cache is not None:
-            extra.update(cache_context(owner, hashlib.sha256(data).hexdigest()))
+            extra.update(cache_context(owner, image_sha256()))
         return replace(message, context={**message.context, **extra})

@@ -12,6 +12,7 @@ Retry-After, never a hang.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -130,7 +131,9 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
             final = shortcuts.fast_final(fast)
             await context.io(shortcuts.answer_fast, record.job_id, final, claim)
         else:
-            message = shortcuts.with_fast_answer(message, prediction, caller.owner, submission.data)
+            message = shortcuts.with_fast_answer(
+                message, prediction, caller.owner, lambda: hashlib.sha256(submission.data).hexdigest()
+            )
             await context.io(service.publish, message, claim)
         enqueue_ms += (time.perf_counter() - started) * 1000
     response = PredictResponse.build(record.job_id, fast, final=final)
