@@ -92,8 +92,30 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # The global options are accepted before or after the subcommand; SUPPRESS keeps a value
-    # given before it from being overwritten by the subparser's default.
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="twopass",
+        description="Classify images with a twopass deployment: a fast label at once, a slow one from the queue.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"twopass {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_predict(sub, common)
+    _add_job_commands(sub, common)
+    _add_service_commands(sub, common)
+    return parser
+
+
+#: argparse's type for the object ``add_subparsers`` returns.
+Subparsers = argparse._SubParsersAction
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The global options, accepted before or after the subcommand."""
+    # SUPPRESS keeps a value given before the subcommand from being overwritten by its default.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url", default=argparse.SUPPRESS, help=f"twopass API base URL (default: $TWOPASS_URL or {DEFAULT_URL})"
@@ -106,16 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-timeout", type=_positive_float, default=argparse.SUPPRESS, help="seconds per HTTP request (default 30)"
     )
 
-    parser = argparse.ArgumentParser(
-        prog="twopass",
-        description="Classify images with a twopass deployment: a fast label at once, a slow one from the queue.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"twopass {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    return common
 
+
+def _add_predict(sub: Subparsers[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     predict = sub.add_parser(
         "predict",
         parents=[common],
@@ -160,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: when stderr is a terminal and there is more than one file)",
     )
 
+
+def _add_job_commands(sub: Subparsers[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """job, cancel, retry and jobs: one job or the caller's list of them."""
     job = sub.add_parser(
         "job", parents=[common], help="show a job", description="Show a job's status and the slow model's result."
     )
@@ -203,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--all", action="store_true", help="show every job (no --limit)")
     jobs.add_argument("--json", action="store_true", help="one JSON object per job on stdout")
 
+
+def _add_service_commands(sub: Subparsers[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """health, and the operators' tools whose arguments their own modules parse."""
     health = sub.add_parser(
         "health", parents=[common], help="check the service", description="GET /health (or /health/all)."
     )
@@ -244,7 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="run the whole service on this machine (needs the server extras; `twopass local --help`)",
     )
-    return parser
 
 
 def _positive_int(text: str) -> int:
