@@ -91,11 +91,11 @@ def queued(stack: LocalStack) -> int:
 
 def stored(stack: LocalStack, job_id: str) -> dict[str, Any]:
     """The job's item as the table holds it (what GET /job leaves out included)."""
-    from twopass.jobs.dynamodb import _from_dynamo
+    from twopass.jobs.dynamo.codec import from_dynamo
 
     table = stack.service_env["TWOPASS_TABLE_NAME"]
     item = stack.client("dynamodb").get_item(TableName=table, Key={"job_id": {"S": job_id}})["Item"]
-    return {k: _from_dynamo(v) for k, v in item.items()}
+    return {k: from_dynamo(v) for k, v in item.items()}
 
 
 def test_a_confident_photo_skips_the_queue_and_goes_through_it_under_always(

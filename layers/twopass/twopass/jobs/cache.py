@@ -131,14 +131,14 @@ class DynamoResultCache(ResultCache):
 
     def get(self, key: CacheKey) -> CachedResult | None:
         from twopass.aws import translate_errors
-        from twopass.jobs.dynamodb import _from_dynamo
+        from twopass.jobs.dynamo.codec import from_dynamo
 
         with translate_errors("result cache get_item"):
             out = self._db.get_item(TableName=self.table_name, Key={"job_id": {"S": key.item_id()}})
         item = out.get("Item")
         if not item:
             return None
-        data = {k: _from_dynamo(v) for k, v in item.items()}
+        data = {k: from_dynamo(v) for k, v in item.items()}
         # DynamoDB deletes expired items up to days late: an expired entry is a miss.
         if float(data.get("expires_at") or 0) <= time.time() or not isinstance(data.get("result"), dict):
             return None
@@ -146,7 +146,7 @@ class DynamoResultCache(ResultCache):
 
     def put(self, key: CacheKey, result: dict[str, Any], source_job: str) -> None:
         from twopass.aws import translate_errors
-        from twopass.jobs.dynamodb import _to_dynamo
+        from twopass.jobs.dynamo.codec import to_dynamo
 
         now = time.time()
         with translate_errors("result cache update_item"):
@@ -156,10 +156,10 @@ class DynamoResultCache(ResultCache):
                 UpdateExpression="SET #r = :r, source_job = :j, stored_at = :now, expires_at = :exp",
                 ExpressionAttributeNames={"#r": "result"},
                 ExpressionAttributeValues={
-                    ":r": _to_dynamo(result),
-                    ":j": _to_dynamo(source_job),
-                    ":now": _to_dynamo(now),
-                    ":exp": _to_dynamo(int(now + self.ttl_seconds)),
+                    ":r": to_dynamo(result),
+                    ":j": to_dynamo(source_job),
+                    ":now": to_dynamo(now),
+                    ":exp": to_dynamo(int(now + self.ttl_seconds)),
                 },
             )
 

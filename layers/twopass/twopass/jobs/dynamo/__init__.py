@@ -1,0 +1,1 @@
+"""The parts :class:`twopass.jobs.dynamodb.DynamoJobStore` is composed of, one job each."""
