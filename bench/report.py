@@ -15,7 +15,7 @@ def _f(value: Any, digits: int = 1) -> str:
 
 
 def _kind(meta: dict[str, Any]) -> str:
-    """"full run", "quick run", or which sections a full-length partial run measured."""
+    """The kind of run: full, quick, or which sections a full-length partial run measured."""
     from bench.run import SECTIONS
 
     sections = meta.get("sections") or list(SECTIONS)
