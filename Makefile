@@ -89,7 +89,7 @@ models-check: ## Rebuild the models in a temp dir and compare with the committed
 	.venv-models/bin/pip install -q -r infra/models/requirements.txt
 	.venv-models/bin/python infra/models/build.py --check
 
-bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start, peers
+bench: $(STAMP) ## Benchmarks: worker vs raw onnxruntime, fast path, cold start, peers, calls per job, cost, planner, make run
 	$(PY) -m pip install -q -r bench/requirements.txt
 	@# The plots are optional: without matplotlib the run still writes its JSON and Markdown.
 	$(PY) -m pip install -q -r bench/requirements-plot.txt || echo "matplotlib not installed: no latest.png"
