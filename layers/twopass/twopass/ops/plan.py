@@ -115,11 +115,11 @@ class Scaling:
 class Worker:
     """One task's batching, as ``twopass.worker.pipeline`` does it.
 
-    A batch is formed while earlier ones are still on the model (``depth`` batches at most: one
-    running, one queued behind it, one being formed). A batch formed while the model is idle and the
-    queue drained closes at once; otherwise it stays open ``max_wait_seconds`` for more jobs (or until
-    it is full, or the model goes idle). So under a moderate load batches stay small even while the
-    model is busy, and a task's throughput is below the curve's at the largest batch.
+    The batch behind the one on the model is formed ``form_lead_seconds`` before that one ends (at
+    most ``depth`` batches: one running, one behind it). A batch formed while the model is idle and
+    the queue drained closes at once; otherwise it stays open ``max_wait_seconds`` for more jobs (or
+    until it is full, or the model goes idle). So jobs that arrive in the last moments of a batch wait
+    for the one after next, and under a moderate load batches stay smaller than the queue would allow.
     """
 
     max_batch_size: int = 32  # WorkerMaxBatchSize
@@ -129,8 +129,10 @@ class Worker:
     #: log-normal factor with mean 1): 0 makes every batch of a size take exactly the same time.
     cv: float = 0.0
     max_wait_seconds: float = 0.01  # WorkerMaxWaitMs
-    #: The pipeline's two model slots (running + queued) and the batch being formed behind them.
-    depth: int = 3
+    #: The pipeline's model slots: the batch running and the one formed behind it.
+    depth: int = 2
+    #: How long before the running batch ends the next one is formed (the worker's FORM_LEAD_SECONDS).
+    form_lead_seconds: float = 0.1
 
     def factor(self, rng: random.Random) -> float:
         if self.cv <= 0:
@@ -331,6 +333,11 @@ class _Simulation:
             if len(self.first) < 20:
                 self.first.append(latency)
         self.push(done, "done", i)
+        self.push(max(now, done - self.worker.form_lead_seconds), "lead", i)
+
+    def forming(self, task: _Task, now: float) -> bool:
+        """Whether the task's batcher forms a batch now: its model idle, or about to be."""
+        return task.busy_until - self.worker.form_lead_seconds <= now
 
     def close(self, i: int, now: float) -> None:
         """The forming batch closes: onto the model if it is idle, else behind it."""
@@ -347,7 +354,13 @@ class _Simulation:
         """Form batches from the waiting jobs while task ``i``'s pipeline has room."""
         task = self.tasks[i]
         limit = self.worker.max_batch_size
-        while self.waiting and task.open is None and task.committed(now) < self.worker.depth and self.serving(i, now):
+        while (
+            self.waiting
+            and task.open is None
+            and task.committed(now) < self.worker.depth
+            and self.forming(task, now)
+            and self.serving(i, now)
+        ):
             batch = [self.waiting.popleft() for _ in range(min(limit, len(self.waiting)))]
             idle = not task.running(now) and not task.formed
             if idle and (not self.waiting or len(batch) == limit):
@@ -373,7 +386,7 @@ class _Simulation:
         self.waiting.append(now)
         best, least = -1, self.worker.depth
         for i, task in enumerate(self.tasks):
-            if task.stopped_at is None and not task.stop and task.ready_at <= now:
+            if task.stopped_at is None and not task.stop and task.ready_at <= now and self.forming(task, now):
                 committed = int(task.busy_until > now) + len(task.formed)
                 if committed < least:
                     best, least = i, committed
@@ -457,6 +470,9 @@ class _Simulation:
                 _, _, kind, i = heapq.heappop(self.events)
                 if kind == "done":
                     self.finished(i, now)
+                elif kind == "lead":
+                    if not self.tasks[i].stop:
+                        self.form(i, now)
                 elif kind == "close":
                     task = self.tasks[i]
                     if task.open is not None and task.open_until <= now:
