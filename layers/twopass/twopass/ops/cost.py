@@ -186,44 +186,51 @@ def message_bytes(measured: Measured, traffic: Traffic) -> float:
     return overhead + traffic.image_bytes * 4 / 3
 
 
-def twopass(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> Breakdown:
-    """Dollars per million images through twopass, by component."""
-    p = prices.price
-    lines: list[Line] = []
-
-    def add(component: str, service: str, usd: float, basis: str, kind: str) -> None:
-        lines.append(Line(component, service, usd, basis, kind))
-
-    requests = 1 + traffic.polls_per_job
-    add(
-        "API requests (POST /predict + GET /job polls)",
-        "API Gateway",
-        requests * p("api_gateway_rest_per_million_requests"),
-        f"{requests:g} REST requests per image",
-        "input",
-    )
-    gb = fleet.lambda_memory_mb / 1024
-    lambda_ms = measured.handler_ms_predict + traffic.polls_per_job * measured.handler_ms_job
-    add(
-        "API handler compute",
-        "Lambda",
-        lambda_ms / 1000 * gb * MILLION * p("lambda_x86_per_gb_second"),
-        f"{lambda_ms:.1f} ms at {fleet.lambda_memory_mb} MB per image (handler p50 "
-        f"{measured.handler_ms_predict:.1f} ms POST, {measured.handler_ms_job:.1f} ms GET)",
-        "measured",
-    )
-    add("API invocations", "Lambda", requests * p("lambda_per_million_requests"), f"{requests:g} per image", "input")
-
-    # SQS: each call billed by its payload's 64 KiB chunks; a receive carries its messages' bodies.
-    msg = message_bytes(measured, traffic)
+def _all_calls(measured: Measured) -> dict[str, float]:
+    """AWS calls per image, API and worker together."""
     calls = dict(measured.worker_calls)
     for name, n in measured.api_calls.items():
         calls[name] = calls.get(name, 0.0) + n
+    return calls
+
+
+def _api_lines(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> list[Line]:
+    """API Gateway and the API Lambda: one POST and the polls per image."""
+    p = prices.price
+    requests = 1 + traffic.polls_per_job
+    gb = fleet.lambda_memory_mb / 1024
+    lambda_ms = measured.handler_ms_predict + traffic.polls_per_job * measured.handler_ms_job
+    return [
+        Line(
+            "API requests (POST /predict + GET /job polls)",
+            "API Gateway",
+            requests * p("api_gateway_rest_per_million_requests"),
+            f"{requests:g} REST requests per image",
+            "input",
+        ),
+        Line(
+            "API handler compute",
+            "Lambda",
+            lambda_ms / 1000 * gb * MILLION * p("lambda_x86_per_gb_second"),
+            f"{lambda_ms:.1f} ms at {fleet.lambda_memory_mb} MB per image (handler p50 "
+            f"{measured.handler_ms_predict:.1f} ms POST, {measured.handler_ms_job:.1f} ms GET)",
+            "measured",
+        ),
+        Line(
+            "API invocations", "Lambda", requests * p("lambda_per_million_requests"), f"{requests:g} per image", "input"
+        ),
+    ]
+
+
+def _queue_line(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> Line:
+    """SQS: each call billed by its payload's 64 KiB chunks; a receive carries its messages' bodies."""
+    p = prices.price
+    msg = message_bytes(measured, traffic)
     sends = _calls(calls, "SQS", {"SendMessage"})
     receives = _calls(calls, "SQS", {"ReceiveMessage"})
     others = _calls(calls, "SQS") - sends - receives
     billed = sends * math.ceil(msg / SQS_CHUNK) + max(receives, msg / SQS_CHUNK) + others
-    add(
+    return Line(
         "queue requests (send, receive, delete)",
         "SQS",
         billed * p("sqs_standard_per_million_requests"),
@@ -231,78 +238,112 @@ def twopass(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) 
         "measured",
     )
 
+
+def _table_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> list[Line]:
+    """DynamoDB: the job record's writes, its reads by polls, and its week of storage."""
+    p = prices.price
     puts = _calls(calls, "DynamoDB", {"PutItem", "TransactWriteItems", "BatchWriteItem"})
     updates = _calls(calls, "DynamoDB", {"UpdateItem", "DeleteItem"})
     # An update is sized by the larger of the item before and after: the final item.
     wru = puts * math.ceil(measured.item_bytes_created / WRU_BYTES)
     wru += updates * math.ceil(measured.item_bytes_final / WRU_BYTES)
-    add(
-        "job record writes (create + final)",
-        "DynamoDB",
-        wru * p("dynamodb_on_demand_per_million_wru"),
-        f"{puts + updates:.2f} writes, {wru:.2f} WRU per image "
-        f"(items {measured.item_bytes_created} → {measured.item_bytes_final} B)",
-        "measured",
-    )
     rru = traffic.polls_per_job * math.ceil(measured.item_bytes_final / RRU_BYTES)
     rru += _calls(calls, "DynamoDB", {"GetItem", "Query"})
-    add(
-        "job reads (GET /job)",
-        "DynamoDB",
-        rru * p("dynamodb_on_demand_per_million_rru"),
-        f"{rru:.2f} strongly consistent RRU per image",
-        "input",
-    )
     week = 7 / 30  # JobRetentionDays' default: an item lives a week
-    add(
-        "job record storage (7 days)",
-        "DynamoDB",
-        MILLION * measured.item_bytes_final / GB * week * p("dynamodb_storage_per_gb_month"),
-        f"{measured.item_bytes_final} B for 7 days",
-        "measured",
-    )
-    if traffic.claim_check_share:
-        add(
-            "claim checks (images over 256 KiB)",
-            "S3",
-            traffic.claim_check_share * (p("s3_put_per_thousand") + p("s3_get_per_thousand")) * 1000,
-            f"{traffic.claim_check_share:.0%} of images: PUT + GET (DELETE is free)",
+    return [
+        Line(
+            "job record writes (create + final)",
+            "DynamoDB",
+            wru * p("dynamodb_on_demand_per_million_wru"),
+            f"{puts + updates:.2f} writes, {wru:.2f} WRU per image "
+            f"(items {measured.item_bytes_created} → {measured.item_bytes_final} B)",
+            "measured",
+        ),
+        Line(
+            "job reads (GET /job)",
+            "DynamoDB",
+            rru * p("dynamodb_on_demand_per_million_rru"),
+            f"{rru:.2f} strongly consistent RRU per image",
             "input",
+        ),
+        Line(
+            "job record storage (7 days)",
+            "DynamoDB",
+            MILLION * measured.item_bytes_final / GB * week * p("dynamodb_storage_per_gb_month"),
+            f"{measured.item_bytes_final} B for 7 days",
+            "measured",
+        ),
+    ]
+
+
+def _side_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> list[Line]:
+    """S3 claim checks, EventBridge completion events, CloudWatch logs and X-Ray traces; the optional ones
+    only when the traffic or the measured run has them."""
+    p = prices.price
+    lines: list[Line] = []
+    requests = 1 + traffic.polls_per_job
+    if traffic.claim_check_share:
+        lines.append(
+            Line(
+                "claim checks (images over 256 KiB)",
+                "S3",
+                traffic.claim_check_share * (p("s3_put_per_thousand") + p("s3_get_per_thousand")) * 1000,
+                f"{traffic.claim_check_share:.0%} of images: PUT + GET (DELETE is free)",
+                "input",
+            )
         )
     events = measured.worker_entries.get("EventBridge PutEvents", 0.0)
     if events:
-        add(
-            "job completion events",
-            "EventBridge",
-            events * p("eventbridge_per_million_events"),
-            f"{events:.2f} events per image ({_calls(calls, 'EventBridge'):.2f} PutEvents calls)",
-            "measured",
+        lines.append(
+            Line(
+                "job completion events",
+                "EventBridge",
+                events * p("eventbridge_per_million_events"),
+                f"{events:.2f} events per image ({_calls(calls, 'EventBridge'):.2f} PutEvents calls)",
+                "measured",
+            )
         )
     log_bytes = measured.log_bytes_api + measured.log_bytes_worker + requests * LAMBDA_PLATFORM_LOG_BYTES
-    add(
-        "logs and EMF metrics",
-        "CloudWatch",
-        MILLION * log_bytes / GB * p("cloudwatch_logs_ingest_per_gb"),
-        f"{log_bytes:.0f} B per image (API {measured.log_bytes_api:.0f}, worker {measured.log_bytes_worker:.0f}, "
-        f"Lambda's own lines ~{LAMBDA_PLATFORM_LOG_BYTES} per invocation)",
-        "measured",
+    lines.append(
+        Line(
+            "logs and EMF metrics",
+            "CloudWatch",
+            MILLION * log_bytes / GB * p("cloudwatch_logs_ingest_per_gb"),
+            f"{log_bytes:.0f} B per image (API {measured.log_bytes_api:.0f}, worker {measured.log_bytes_worker:.0f}, "
+            f"Lambda's own lines ~{LAMBDA_PLATFORM_LOG_BYTES} per invocation)",
+            "measured",
+        )
     )
     if traffic.traced_share:
-        add(
-            "traces",
-            "X-Ray",
-            requests * traffic.traced_share * p("xray_per_million_traces"),
-            f"{traffic.traced_share:.0%} of requests traced",
-            "input",
+        lines.append(
+            Line(
+                "traces",
+                "X-Ray",
+                requests * traffic.traced_share * p("xray_per_million_traces"),
+                f"{traffic.traced_share:.0%} of requests traced",
+                "input",
+            )
         )
-    lines.extend(_gpu_lines(fleet, prices, prices.instance(fleet.instance_type), fleet.instance_type))
+    return lines
+
+
+def twopass(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> Breakdown:
+    """Dollars per million images through twopass, by component."""
+    calls = _all_calls(measured)
+    lines = _api_lines(measured, traffic, fleet, prices)
+    lines.append(_queue_line(measured, traffic, calls, prices))
+    lines += _table_lines(measured, traffic, calls, prices)
+    lines += _side_lines(measured, traffic, calls, prices)
+    lines += _gpu_lines(fleet, prices, prices.instance(fleet.instance_type), fleet.instance_type)
     hourly = worker_hourly(measured, prices)
-    add(
-        "worker's periodic calls (heartbeat, polls, sweeps)",
-        "SQS + DynamoDB",
-        hourly / _images_per_hour(fleet) * MILLION,
-        f"${hourly:.4f} per task-hour",
-        "measured",
+    lines.append(
+        Line(
+            "worker's periodic calls (heartbeat, polls, sweeps)",
+            "SQS + DynamoDB",
+            hourly / _images_per_hour(fleet) * MILLION,
+            f"${hourly:.4f} per task-hour",
+            "measured",
+        )
     )
     return Breakdown(f"twopass on {fleet.instance_type}", lines)
 
