@@ -202,12 +202,36 @@ class _Task:
     open: list[float] | None = None
     open_until: float = 0.0
 
+    @property
+    def live(self) -> bool:
+        """Neither stopped nor told to stop."""
+        return self.stopped_at is None and not self.stop
+
+    def serving(self, now: float) -> bool:
+        return self.live and self.ready_at <= now
+
     def running(self, now: float) -> bool:
         return self.busy_until > now
 
     def committed(self, now: float) -> int:
         """Batches on the model, waiting for it, or being formed."""
         return int(self.running(now)) + len(self.formed) + int(self.open is not None)
+
+    def retire(self, waiting: deque[float], now: float) -> None:
+        """Told to stop: jobs not started go back to the queue (released); an idle task stops at once."""
+        self.stop = True
+        if self.open is not None:
+            waiting.extendleft(reversed(self.open))
+            self.open = None
+        if not self.running(now):
+            while self.formed:
+                waiting.extendleft(reversed(self.formed.pop()))
+            self.stopped_at = now
+
+    def paid(self, end: float, linger: float) -> float:
+        """Instance-seconds paid until ``end``: from the request to the stop plus the instance's linger."""
+        stopped = end if self.stopped_at is None else min(end, self.stopped_at + linger)
+        return max(0.0, stopped - self.requested_at)
 
 
 @dataclass
@@ -311,10 +335,6 @@ class _Simulation:
         self.order += 1
         heapq.heappush(self.events, (at, self.order, kind, i))
 
-    def serving(self, i: int, now: float) -> bool:
-        t = self.tasks[i]
-        return t.stopped_at is None and not t.stop and t.ready_at <= now
-
     # -- one task's pipeline -------------------------------------------------------------------
 
     def start(self, i: int, batch: list[float], now: float) -> None:
@@ -359,7 +379,7 @@ class _Simulation:
             and task.open is None
             and task.committed(now) < self.worker.depth
             and self.forming(task, now)
-            and self.serving(i, now)
+            and task.serving(now)
         ):
             batch = [self.waiting.popleft() for _ in range(min(limit, len(self.waiting)))]
             idle = not task.running(now) and not task.formed
@@ -377,7 +397,7 @@ class _Simulation:
         ``False`` when no task had room for it (until the next event, later arrivals only queue).
         """
         for i, task in enumerate(self.tasks):
-            if task.open is not None and task.stopped_at is None and not task.stop:
+            if task.open is not None and task.live:
                 task.open.append(now)
                 if len(task.open) >= self.worker.max_batch_size:
                     self.close(i, now)
@@ -386,7 +406,7 @@ class _Simulation:
         self.waiting.append(now)
         best, least = -1, self.worker.depth
         for i, task in enumerate(self.tasks):
-            if task.stopped_at is None and not task.stop and task.ready_at <= now and self.forming(task, now):
+            if task.serving(now) and self.forming(task, now):
                 committed = int(task.busy_until > now) + len(task.formed)
                 if committed < least:
                     best, least = i, committed
@@ -414,7 +434,7 @@ class _Simulation:
     # -- scaling ---------------------------------------------------------------------------------
 
     def rescale(self, now: float) -> None:
-        live = [i for i, t in enumerate(self.tasks) if t.stopped_at is None and not t.stop]
+        live = [i for i, t in enumerate(self.tasks) if t.live]
         desired = self.state.desired
         if desired > len(live):
             for _ in range(desired - len(live)):
@@ -424,18 +444,10 @@ class _Simulation:
             # Idle tasks go first, then those still starting, then busy ones (after their batches).
             ranked = sorted(live, key=lambda i: (self.tasks[i].committed(now) > 0, self.tasks[i].ready_at <= now))
             for i in ranked[: len(live) - desired]:
-                task = self.tasks[i]
-                task.stop = True
-                if task.open is not None:  # jobs not started go back to the queue (released)
-                    self.waiting.extendleft(reversed(task.open))
-                    task.open = None
-                if not task.running(now):
-                    while task.formed:
-                        self.waiting.extendleft(reversed(task.formed.pop()))
-                    task.stopped_at = now
+                self.tasks[i].retire(self.waiting, now)
 
     def tick(self, now: float) -> None:
-        up = sum(1 for i in range(len(self.tasks)) if self.serving(i, now))
+        up = sum(1 for t in self.tasks if t.serving(now))
         self.samples.append((now, len(self.waiting), up))
         busy = sum(1 for t in self.tasks if t.stopped_at is None and t.committed(now) > 0)
         if not self.scaling.fixed:
@@ -444,6 +456,17 @@ class _Simulation:
         self.timeline.append((now, len(self.waiting), up, self.state.desired))
 
     # -- the loop ----------------------------------------------------------------------------------
+
+    def event(self, kind: str, i: int, now: float) -> None:
+        task = self.tasks[i]
+        if kind == "done":
+            self.finished(i, now)
+        elif kind == "close":
+            if task.open is not None and task.open_until <= now:
+                self.close(i, now)
+                self.form(i, now)
+        elif not task.stop:  # "lead" or "ready": the task's batcher may form now
+            self.form(i, now)
 
     def run(self) -> Result:
         load, period = self.load, self.scaling.metric_period
@@ -468,42 +491,28 @@ class _Simulation:
                 self.max_queue = max(self.max_queue, len(self.waiting))
             elif now == next_event:
                 _, _, kind, i = heapq.heappop(self.events)
-                if kind == "done":
-                    self.finished(i, now)
-                elif kind == "lead":
-                    if not self.tasks[i].stop:
-                        self.form(i, now)
-                elif kind == "close":
-                    task = self.tasks[i]
-                    if task.open is not None and task.open_until <= now:
-                        self.close(i, now)
-                        self.form(i, now)
-                elif not self.tasks[i].stop:  # ready
-                    self.form(i, now)
+                self.event(kind, i, now)
             else:
                 next_tick += period
                 self.tick(now)
-        end = load.duration
-        paid = 0.0
-        for task in self.tasks:
-            if task.stopped_at is None:
-                paid += max(0.0, end - task.requested_at)
-            else:
-                stopped = min(end, task.stopped_at + self.scaling.instance_linger_seconds)
-                paid += max(0.0, stopped - task.requested_at)
-        return Result(
-            latencies=self.latencies,
-            completed=self.completed,
-            arrived=self.arrived,
-            final_queue=len(self.waiting) + sum(len(b) for t in self.tasks for b in t.formed),
-            max_queue=self.max_queue,
-            timeline=self.timeline,
-            instance_seconds=paid,
-            duration=end,
-            batches=self.batches,
-            mean_batch=self.batched / self.batches if self.batches else 0.0,
-            first_latencies=self.first,
-        )
+        return _result(self)
+
+
+def _result(sim: _Simulation) -> Result:
+    end = sim.load.duration
+    return Result(
+        latencies=sim.latencies,
+        completed=sim.completed,
+        arrived=sim.arrived,
+        final_queue=len(sim.waiting) + sum(len(b) for t in sim.tasks for b in t.formed),
+        max_queue=sim.max_queue,
+        timeline=sim.timeline,
+        instance_seconds=sum(t.paid(end, sim.scaling.instance_linger_seconds) for t in sim.tasks),
+        duration=end,
+        batches=sim.batches,
+        mean_batch=sim.batched / sim.batches if sim.batches else 0.0,
+        first_latencies=sim.first,
+    )
 
 
 @dataclass
