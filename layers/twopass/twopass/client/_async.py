@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -12,16 +11,13 @@ from typing import Any, Self
 
 import httpx
 
+from twopass.client import _flows as flows
 from twopass.client._base import (
     BaseClient,
-    BatchChunk,
     ImageInput,
     JobRef,
     RetryPolicy,
-    UploadGrant,
-    UploadLimits,
     batch_options,
-    job_id_of,
     jobs_params,
     predict_params,
 )
@@ -31,10 +27,8 @@ from twopass.client._models import (
     JobPage,
     JobResult,
     Prediction,
-    batch_items_from_json,
     metadata_from_json,
 )
-from twopass.client.exceptions import BadRequestError, InvalidInputError, WaitTimeoutError
 
 __all__ = ["AsyncClient"]
 
@@ -48,6 +42,8 @@ class AsyncClient(BaseClient):
     Arguments as for :class:`~twopass.client.Client`; ``transport`` is an ``httpx.AsyncBaseTransport``.
     One instance serves one event loop: its connections belong to the loop that opened them.
     """
+
+    _http: httpx.AsyncClient
 
     def __init__(
         self,
@@ -100,19 +96,7 @@ class AsyncClient(BaseClient):
         An image over the server's inline limit (``/metadata``, read once) goes through ``POST /uploads``:
         a presigned PUT straight to the bucket, then ``POST /predict {"upload_id"}``.
         """
-        params = predict_params(deadline_seconds, priority, on_overload)
-        if isinstance(image, bytes | bytearray | memoryview):
-            content, headers = self._predict_body(image)
-        else:
-            # Reading a file or encoding a PIL image blocks; a thread keeps the loop responsive.
-            content, headers = await asyncio.to_thread(self._predict_body, image)
-        if self._needs_limits(len(content)):
-            self._limits = UploadLimits.from_metadata(await self.metadata())
-        if self._should_upload(content):
-            return await self._predict_uploaded(content, params)
-        return await self._call(
-            "POST", "predict", Prediction.from_json, content=content, headers=headers, params=params
-        )
+        return await self._run(flows.predict(self, image, predict_params(deadline_seconds, priority, on_overload)))
 
     async def predict_many(
         self,
@@ -131,40 +115,7 @@ class AsyncClient(BaseClient):
         The options are ``predict``'s, for every image.
         """
         options = batch_options(deadline_seconds, priority, on_overload)
-        results: list[Prediction | BatchItemError | None] = []
-        chunk = BatchChunk.empty()
-        for index, image in enumerate(images):
-            results.append(None)
-            try:
-                if isinstance(image, bytes | bytearray | memoryview):
-                    data = self._predict_body(image)[0]
-                else:  # reading a file or encoding a PIL image blocks; a thread keeps the loop responsive
-                    data = (await asyncio.to_thread(self._predict_body, image))[0]
-            except (InvalidInputError, OSError) as exc:
-                results[index] = self._unreadable(index, exc)
-                continue
-            if self._needs_limits(len(data)):
-                self._limits = UploadLimits.from_metadata(await self.metadata())
-            item: dict[str, str] | BatchItemError
-            if self._should_upload(data):
-                try:
-                    item = {"upload_id": await self._upload(data)}
-                except BadRequestError as exc:  # this image's refusal (its type, its size), not the service's
-                    item = BatchItemError(index, exc.code, exc.detail)
-            else:
-                item = self._batch_item(index, data)
-            if isinstance(item, BatchItemError):
-                results[index] = item
-                continue
-            if self._batch_needs_limits(chunk, item):
-                self._limits = UploadLimits.from_metadata(await self.metadata())
-            if not chunk.fits(item, self._batch_body_limit()):
-                await self._send_batch(chunk, options, results)
-                chunk = BatchChunk.empty()
-            chunk.add(index, item)
-        if chunk.items:
-            await self._send_batch(chunk, options, results)
-        return [result for result in results if result is not None]
+        return await self._run(flows.predict_many(self, images, options))
 
     async def predict_many_and_wait(
         self,
@@ -201,7 +152,7 @@ class AsyncClient(BaseClient):
 
     async def job(self, job: JobRef) -> JobResult:
         """The job's current state (raises NotFoundError for an unknown or expired id)."""
-        return await self._call("GET", self._job_path(job), JobResult.from_json)
+        return await self._run(flows.call(self, "GET", self._job_path(job), JobResult.from_json))
 
     async def cancel(self, job: JobRef) -> JobResult:
         """Cancel a queued or running job: it is never run, or its slow result is discarded.
@@ -209,7 +160,7 @@ class AsyncClient(BaseClient):
         Returns the cancelled job. A job that had already ended raises BadRequestError (409,
         ``job_final``); an unknown one NotFoundError.
         """
-        return await self._call("DELETE", self._job_path(job), JobResult.from_json)
+        return await self._run(flows.call(self, "DELETE", self._job_path(job), JobResult.from_json))
 
     async def retry(self, job: JobRef) -> JobResult:
         """Queue a failed, expired or cancelled job again under the same id; returns it, ``queued``.
@@ -217,7 +168,7 @@ class AsyncClient(BaseClient):
         Raises BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
         and ``image_gone`` (410) once its image is no longer kept.
         """
-        return await self._call("POST", self._retry_path(job), JobResult.from_json)
+        return await self._run(flows.call(self, "POST", self._retry_path(job), JobResult.from_json))
 
     async def jobs(
         self, status: str | None = None, *, limit: int = 20, cursor: str | None = None
@@ -228,7 +179,8 @@ class AsyncClient(BaseClient):
         Pages are fetched as the iteration reaches them.
         """
         while True:
-            page = await self._call("GET", "jobs", JobPage.from_json, params=jobs_params(status, limit, cursor))
+            params = jobs_params(status, limit, cursor)
+            page = await self._run(flows.call(self, "GET", "jobs", JobPage.from_json, params=params))
             yield page
             if page.next_cursor is None:
                 return
@@ -244,28 +196,7 @@ class AsyncClient(BaseClient):
         raise_on_failure: bool = True,
     ) -> JobResult:
         """Poll until the job ended (see :meth:`twopass.client.Client.wait`)."""
-        job_id = job_id_of(job)
-        deadline = None if timeout is None else self._clock() + timeout
-        delays = self._poll_delays(poll_interval, max_interval)
-        while True:
-            ask = self._server_wait(deadline)
-            started = self._clock()
-            params = {"wait": f"{ask:g}"} if ask > 0 else None
-            result = await self._call("GET", self._job_path(job_id), JobResult.from_json, params=params)
-            if result.done:
-                return self._finish(result, raise_on_failure)
-            if self._learn_server_wait(ask, self._clock() - started, result):
-                # The server held the request for the wait asked: ask again at once, no sleep between.
-                if deadline is not None and deadline <= self._clock():
-                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
-                continue
-            delay = next(delays)
-            if deadline is not None:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
-                delay = min(delay, remaining)
-            await self._sleep(delay)
+        return await self._run(flows.wait(self, job, timeout, poll_interval, max_interval, raise_on_failure))
 
     async def predict_and_wait(
         self,
@@ -283,96 +214,42 @@ class AsyncClient(BaseClient):
         Only the slow answer is wanted here, so an overloaded service is asked to refuse (429, retried
         after its Retry-After) rather than shed the slow pass.
         """
-        prediction = await self.predict(
-            image, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject"
-        )
-        return await self.wait(
-            prediction,
-            timeout,
-            poll_interval=poll_interval,
-            max_interval=max_interval,
-            raise_on_failure=raise_on_failure,
-        )
+        params = predict_params(deadline_seconds, priority, "reject")
+        flow = flows.predict_and_wait(self, image, params, timeout, poll_interval, max_interval, raise_on_failure)
+        return await self._run(flow)
 
     async def health(self) -> Health:
         """Liveness of the API alone (``GET /health``)."""
-        return await self._call("GET", "health", Health.from_json)
+        return await self._run(flows.call(self, "GET", "health", Health.from_json))
 
     async def health_all(self) -> Health:
         """Every backend's health (``GET /health/all``); ``status`` is ``ok`` or ``degraded``."""
-        return await self._call("GET", "health/all", Health.from_json)
+        return await self._run(flows.call(self, "GET", "health/all", Health.from_json))
 
     async def metadata(self) -> dict[str, Any]:
         """The input/output contract and both model cards (``GET /metadata``)."""
-        return await self._call("GET", "metadata", metadata_from_json)
+        return await self._run(flows.call(self, "GET", "metadata", metadata_from_json))
 
-    async def _predict_uploaded(self, data: bytes, params: dict[str, str]) -> Prediction:
-        body, headers = self._uploaded_predict_body(await self._upload(data), params)
-        return await self._call("POST", "predict", Prediction.from_json, content=body, headers=headers)
+    # -- running a flow: its steps, awaited --------------------------------------------------------
 
-    async def _upload(self, data: bytes) -> str:
-        """Put the image in the bucket (``POST /uploads``, then its presigned PUT); its upload id."""
-        body, headers = self._upload_request(data)
-        grant = await self._call("POST", "uploads", UploadGrant.from_json, content=body, headers=headers)
-        await self._put(grant, data)
-        return grant.upload_id
-
-    async def _send_batch(
-        self, chunk: BatchChunk, options: dict[str, Any], results: list[Prediction | BatchItemError | None]
-    ) -> None:
-        body, headers = chunk.request(options)
-        parse = functools.partial(batch_items_from_json, count=len(chunk.items))
-        answers = await self._call("POST", "batches", parse, content=body, headers=headers)
-        chunk.place(answers, results)
-
-    async def _put(self, grant: UploadGrant, data: bytes) -> None:
-        """PUT the image to the upload's URL, retried like any idempotent call."""
-        attempt = 0
-        while True:
-            request = self._put_request(grant, data)
+    async def _run[T](self, flow: flows.Flow[T]) -> T:
+        run = flows.Running(flow)
+        while run.step is not None:
             try:
-                response = await self._http.send(request)
-            except httpx.TransportError as exc:
-                delay = self._retry_delay(attempt, "PUT", None, exc)
-                if delay is None:
-                    raise self._transport_error(request, exc, attempt + 1) from exc
+                outcome = await self._do(run.step)
+            except flows.STEP_ERRORS as exc:
+                run.fail(exc)
             else:
-                if response.is_success:
-                    return
-                delay = self._retry_delay(attempt, "PUT", response, None)
-                if delay is None:
-                    raise self._put_error(response, attempt + 1)
-            await self._sleep(delay)
-            attempt += 1
+                run.reply(outcome)
+        return run.result
 
-    # -- transport ---------------------------------------------------------------------------
-
-    async def _call[T](
-        self,
-        method: str,
-        path: str,
-        parse: Callable[[Any], T],
-        *,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> T:
-        """Send with retries; ``parse`` of a 2xx answer's JSON, else the mapped exception."""
-        request_headers = self._request_headers() | (headers or {})
-        request = self._http.build_request(method, path, content=content, headers=request_headers, params=params)
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.send(request)
-            except httpx.TransportError as exc:
-                delay = self._retry_delay(attempt, method, None, exc)
-                if delay is None:
-                    raise self._transport_error(request, exc, attempt + 1) from exc
-            else:
-                if response.is_success:
-                    return self._decode(response, parse)
-                delay = self._retry_delay(attempt, method, response, None)
-                if delay is None:
-                    raise self._error(response, request_id=request_headers["x-request-id"], attempts=attempt + 1)
-            await self._sleep(delay)
-            attempt += 1
+    async def _do(self, step: flows.Step) -> Any:
+        if isinstance(step, flows.Send):
+            return await self._http.send(step.request)
+        if isinstance(step, flows.Sleep):
+            await self._sleep(step.seconds)
+            return None
+        if isinstance(step.image, bytes | bytearray | memoryview):
+            return self._predict_body(step.image)
+        # Reading a file or encoding a PIL image blocks; a thread keeps the loop responsive.
+        return await asyncio.to_thread(self._predict_body, step.image)

@@ -34,7 +34,6 @@ from twopass.client.exceptions import (
     BadRequestError,
     ClientError,
     InvalidInputError,
-    JobFailedError,
     NotFoundError,
     NotTwopassError,
     RateLimitedError,
@@ -430,6 +429,8 @@ class BaseClient:
 
     #: How error messages tell the reader to set the URL and the key (the CLI names its options).
     _hint_style: ClassVar[_hints.HintStyle] = _hints.SDK
+    #: Each twin's own httpx client; the shared calls only build requests with it.
+    _http: httpx.Client | httpx.AsyncClient
 
     def __init__(
         self,
@@ -511,38 +512,6 @@ class BaseClient:
         return BatchItemError(
             index, "payload_too_large", f"the image is {len(data)} bytes; this server takes up to {limit} inline"
         )
-
-    @staticmethod
-    def _unreadable(index: int, exc: Exception) -> BatchItemError:
-        return BatchItemError(index, "invalid_input", str(exc) or type(exc).__name__)
-
-    @staticmethod
-    def _upload_request(data: bytes) -> tuple[bytes, dict[str, str]]:
-        body = {"content_type": content_type(data), "content_length": len(data)}
-        return json.dumps(body).encode(), {"content-type": "application/json"}
-
-    @staticmethod
-    def _uploaded_predict_body(upload_id: str, params: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:
-        """``POST /predict``'s JSON body for an upload: the job options go as fields, not parameters."""
-        body: dict[str, Any] = {"upload_id": upload_id}
-        if "deadline_seconds" in params:
-            body["deadline_seconds"] = float(params["deadline_seconds"])
-        for name in ("priority", "on_overload"):
-            if name in params:
-                body[name] = params[name]
-        return json.dumps(body).encode(), {"content-type": "application/json"}
-
-    @staticmethod
-    def _put_request(grant: UploadGrant, data: bytes) -> httpx.Request:
-        # Built outside the client's defaults: the API key must not travel to S3.
-        return httpx.Request(grant.method, grant.url, content=data, headers=grant.headers)
-
-    def _put_error(self, response: httpx.Response, attempts: int) -> ApiError:
-        """The exception for a PUT the bucket refused (S3 answers in XML: its code is in <Code>)."""
-        code = re.search(r"<Code>([^<]+)</Code>", response.text)
-        detail = f"the upload's PUT was refused: {describe_answer(response)}"
-        cls = ServiceUnavailableError if response.status_code >= 500 else BadRequestError
-        return cls(response.status_code, code.group(1) if code else "upload_failed", detail, attempts=attempts)
 
     def _server_wait(self, deadline: float | None) -> float:
         """Seconds to ask the server to hold ``GET /job/{id}``: 0 where it does not, else up to 20, within
@@ -627,65 +596,6 @@ class BaseClient:
             got = f"{response.status_code} JSON that is not a twopass answer: {exc}"
             raise self._not_twopass(response, got) from exc
 
-    def _error(self, response: httpx.Response, *, request_id: str | None, attempts: int) -> ClientError:
-        """The exception for an error answer: the ApiError subclass with the server's code and sentence and,
-        where the client can tell, what to do about it; NotTwopassError when no twopass API wrote it.
-        """
-        status = response.status_code
-        kind = answer_kind(response)
-        body = _json_object(response) or {}
-        route = self._route(response.request)
-        where = f"{response.request.method} {response.request.url.path}"
-        if kind == "gateway" and status == 403 and body.get("message") == _hints.GATEWAY_NO_ROUTE:
-            # API Gateway answers a path or stage it does not have this way, key or no key.
-            got = f"403 {_hints.GATEWAY_NO_ROUTE!r} from API Gateway on {where}: no such route"
-            return self._not_twopass(response, got)
-        if kind is not None and status == 404:
-            detail = str(body.get("detail") or body.get("message") or "")
-            own = route.startswith(_JOB_ROUTE) or body.get("error") in _OWN_NOT_FOUND_CODES
-            if not own or detail == _NO_ROUTE_DETAIL:
-                # Every twopass API has this route, so a 404 means the base URL's path is wrong.
-                return self._not_twopass(response, f"404 on {where}: {detail or 'not found'}")
-        hint: str | None = None
-        if kind is None:
-            # 429/502/503/504 from a proxy or a load balancer in front of twopass can be HTML too, and a
-            # server failing outside its handlers answers a bare 500; anything else is not twopass.
-            if not (status in (429, 502, 503, 504) or (status >= 500 and not clearly_foreign(response))):
-                return self._not_twopass(response, describe_answer(response))
-            hint = _hints.foreign_gateway_error(self._hint_style, self.base_url)
-        code, detail = f"http_{status}", response.reason_phrase or "error"
-        if kind == "twopass":
-            code, detail = str(body["error"]), str(body["detail"])
-        elif kind == "gateway":
-            detail = str(body["message"])
-        elif response.text.strip():
-            detail = describe_body(response)
-        cls: type[ApiError]
-        if status in (401, 403):
-            cls = AuthenticationError
-            hint = _hints.authentication(self._hint_style, self.base_url, key_sent=bool(self.api_key))
-        elif status == 404:
-            cls = NotFoundError
-        elif status == 429:
-            cls = RateLimitedError
-        elif status in (502, 503, 504):
-            cls = ServiceUnavailableError
-        elif status >= 500:
-            cls = ServerError
-        elif status >= 400:
-            cls = BadRequestError
-        else:
-            cls = ApiError
-        return cls(
-            status,
-            code,
-            detail,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-            request_id=request_id,
-            attempts=attempts,
-            hint=hint,
-        )
-
     def _poll_delays(self, poll_interval: float, max_interval: float) -> Iterator[float]:
         """Sleeps between polls: doubling up to ``max_interval``, each drawn from [cap/2, cap].
 
@@ -699,9 +609,63 @@ class BaseClient:
             yield self._rng.uniform(cap / 2, cap)
             n += 1
 
-    @staticmethod
-    def _finish(result: JobResult, raise_on_failure: bool) -> JobResult:
-        # Failed, cancelled and expired jobs all ended without the answer the caller waits for.
-        if raise_on_failure and not result.succeeded:
-            raise JobFailedError(result)
-        return result
+
+def error_for(client: BaseClient, response: httpx.Response, *, request_id: str | None, attempts: int) -> ClientError:
+    """The exception for an error answer: the ApiError subclass with the server's code and sentence and,
+    where the client can tell, what to do about it; NotTwopassError when no twopass API wrote it.
+    """
+    status = response.status_code
+    kind = answer_kind(response)
+    body = _json_object(response) or {}
+    route = client._route(response.request)
+    where = f"{response.request.method} {response.request.url.path}"
+    if kind == "gateway" and status == 403 and body.get("message") == _hints.GATEWAY_NO_ROUTE:
+        # API Gateway answers a path or stage it does not have this way, key or no key.
+        got = f"403 {_hints.GATEWAY_NO_ROUTE!r} from API Gateway on {where}: no such route"
+        return client._not_twopass(response, got)
+    if kind is not None and status == 404:
+        detail = str(body.get("detail") or body.get("message") or "")
+        own = route.startswith(_JOB_ROUTE) or body.get("error") in _OWN_NOT_FOUND_CODES
+        if not own or detail == _NO_ROUTE_DETAIL:
+            # Every twopass API has this route, so a 404 means the base URL's path is wrong.
+            return client._not_twopass(response, f"404 on {where}: {detail or 'not found'}")
+    hint: str | None = None
+    if kind is None:
+        # 429/502/503/504 from a proxy or a load balancer in front of twopass can be HTML too, and a
+        # server failing outside its handlers answers a bare 500; anything else is not twopass.
+        if not (status in (429, 502, 503, 504) or (status >= 500 and not clearly_foreign(response))):
+            return client._not_twopass(response, describe_answer(response))
+        hint = _hints.foreign_gateway_error(client._hint_style, client.base_url)
+    code, detail = f"http_{status}", response.reason_phrase or "error"
+    if kind == "twopass":
+        code, detail = str(body["error"]), str(body["detail"])
+    elif kind == "gateway":
+        detail = str(body["message"])
+    elif response.text.strip():
+        detail = describe_body(response)
+    cls = _error_class(status)
+    if cls is AuthenticationError:
+        hint = _hints.authentication(client._hint_style, client.base_url, key_sent=bool(client.api_key))
+    return cls(
+        status,
+        code,
+        detail,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        request_id=request_id,
+        attempts=attempts,
+        hint=hint,
+    )
+
+
+def _error_class(status: int) -> type[ApiError]:
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return RateLimitedError
+    if status in (502, 503, 504):
+        return ServiceUnavailableError
+    if status >= 500:
+        return ServerError
+    return BadRequestError if status >= 400 else ApiError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,16 +11,13 @@ from typing import Any, Self
 
 import httpx
 
+from twopass.client import _flows as flows
 from twopass.client._base import (
     BaseClient,
-    BatchChunk,
     ImageInput,
     JobRef,
     RetryPolicy,
-    UploadGrant,
-    UploadLimits,
     batch_options,
-    job_id_of,
     jobs_params,
     predict_params,
 )
@@ -31,10 +27,9 @@ from twopass.client._models import (
     JobPage,
     JobResult,
     Prediction,
-    batch_items_from_json,
     metadata_from_json,
 )
-from twopass.client.exceptions import BadRequestError, EventLoopError, InvalidInputError, WaitTimeoutError
+from twopass.client.exceptions import EventLoopError
 
 __all__ = ["Client"]
 
@@ -49,6 +44,8 @@ class Client(BaseClient):
     ``$TWOPASS_API_KEY``. ``retries`` is how many times a call is repeated after a connection error,
     429 or 5xx. ``transport`` is any ``httpx.BaseTransport`` (tests pass ``httpx.MockTransport``).
     """
+
+    _http: httpx.Client
 
     def __init__(
         self,
@@ -101,13 +98,7 @@ class Client(BaseClient):
         An image over the server's inline limit (``/metadata``, read once) goes through ``POST /uploads``:
         a presigned PUT straight to the bucket, then ``POST /predict {"upload_id"}``.
         """
-        params = predict_params(deadline_seconds, priority, on_overload)
-        content, headers = self._predict_body(image)
-        if self._needs_limits(len(content)):
-            self._limits = UploadLimits.from_metadata(self.metadata())
-        if self._should_upload(content):
-            return self._predict_uploaded(content, params)
-        return self._call("POST", "predict", Prediction.from_json, content=content, headers=headers, params=params)
+        return self._run(flows.predict(self, image, predict_params(deadline_seconds, priority, on_overload)))
 
     def predict_many(
         self,
@@ -126,37 +117,7 @@ class Client(BaseClient):
         The options are ``predict``'s, for every image.
         """
         options = batch_options(deadline_seconds, priority, on_overload)
-        results: list[Prediction | BatchItemError | None] = []
-        chunk = BatchChunk.empty()
-        for index, image in enumerate(images):
-            results.append(None)
-            try:
-                data = self._predict_body(image)[0]
-            except (InvalidInputError, OSError) as exc:
-                results[index] = self._unreadable(index, exc)
-                continue
-            if self._needs_limits(len(data)):
-                self._limits = UploadLimits.from_metadata(self.metadata())
-            item: dict[str, str] | BatchItemError
-            if self._should_upload(data):
-                try:
-                    item = {"upload_id": self._upload(data)}
-                except BadRequestError as exc:  # this image's refusal (its type, its size), not the service's
-                    item = BatchItemError(index, exc.code, exc.detail)
-            else:
-                item = self._batch_item(index, data)
-            if isinstance(item, BatchItemError):
-                results[index] = item
-                continue
-            if self._batch_needs_limits(chunk, item):
-                self._limits = UploadLimits.from_metadata(self.metadata())
-            if not chunk.fits(item, self._batch_body_limit()):
-                self._send_batch(chunk, options, results)
-                chunk = BatchChunk.empty()
-            chunk.add(index, item)
-        if chunk.items:
-            self._send_batch(chunk, options, results)
-        return [result for result in results if result is not None]
+        return self._run(flows.predict_many(self, images, options))
 
     def predict_many_and_wait(
         self,
@@ -178,27 +139,11 @@ class Client(BaseClient):
         predictions = self.predict_many(
             images, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject"
         )
-        deadline = None if timeout is None else self._clock() + timeout
-        results: list[JobResult | BatchItemError] = []
-        for prediction in predictions:
-            if isinstance(prediction, BatchItemError):
-                results.append(prediction)
-                continue
-            remaining = None if deadline is None else max(0.0, deadline - self._clock())
-            results.append(
-                self.wait(
-                    prediction,
-                    remaining,
-                    poll_interval=poll_interval,
-                    max_interval=max_interval,
-                    raise_on_failure=False,
-                )
-            )
-        return results
+        return self._run(flows.wait_each(self, predictions, timeout, poll_interval, max_interval))
 
     def job(self, job: JobRef) -> JobResult:
         """The job's current state (raises NotFoundError for an unknown or expired id)."""
-        return self._call("GET", self._job_path(job), JobResult.from_json)
+        return self._run(flows.call(self, "GET", self._job_path(job), JobResult.from_json))
 
     def cancel(self, job: JobRef) -> JobResult:
         """Cancel a queued or running job: it is never run, or its slow result is discarded.
@@ -206,7 +151,7 @@ class Client(BaseClient):
         Returns the cancelled job. A job that had already ended raises BadRequestError (409,
         ``job_final``); an unknown one NotFoundError.
         """
-        return self._call("DELETE", self._job_path(job), JobResult.from_json)
+        return self._run(flows.call(self, "DELETE", self._job_path(job), JobResult.from_json))
 
     def retry(self, job: JobRef) -> JobResult:
         """Queue a failed, expired or cancelled job again under the same id; returns it, ``queued``.
@@ -214,7 +159,7 @@ class Client(BaseClient):
         Raises BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
         and ``image_gone`` (410) once its image is no longer kept.
         """
-        return self._call("POST", self._retry_path(job), JobResult.from_json)
+        return self._run(flows.call(self, "POST", self._retry_path(job), JobResult.from_json))
 
     def jobs(self, status: str | None = None, *, limit: int = 20, cursor: str | None = None) -> Iterator[JobPage]:
         """Your jobs, newest first, one :class:`JobPage` at a time (each holds up to ``limit``, 1-100).
@@ -223,7 +168,8 @@ class Client(BaseClient):
         Pages are fetched as the iteration reaches them.
         """
         while True:
-            page = self._call("GET", "jobs", JobPage.from_json, params=jobs_params(status, limit, cursor))
+            params = jobs_params(status, limit, cursor)
+            page = self._run(flows.call(self, "GET", "jobs", JobPage.from_json, params=params))
             yield page
             if page.next_cursor is None:
                 return
@@ -246,29 +192,7 @@ class Client(BaseClient):
         it failed, was cancelled or expired, unless ``raise_on_failure=False``, which returns that
         result instead.
         """
-        job_id = job_id_of(job)
-        deadline = None if timeout is None else self._clock() + timeout
-        delays = self._poll_delays(poll_interval, max_interval)
-        while True:
-            ask = self._server_wait(deadline)
-            started = self._clock()
-            params = {"wait": f"{ask:g}"} if ask > 0 else None
-            result = self._call("GET", self._job_path(job_id), JobResult.from_json, params=params)
-            if result.done:
-                return self._finish(result, raise_on_failure)
-            if self._learn_server_wait(ask, self._clock() - started, result):
-                # The server held the request for the wait asked: ask again at once, no sleep between.
-                if deadline is not None and deadline <= self._clock():
-                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
-                continue
-            delay = next(delays)
-            if deadline is not None:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    raise WaitTimeoutError(job_id, timeout or 0.0, result)
-                # The last sleep ends at the deadline, so one final poll happens right on it.
-                delay = min(delay, remaining)
-            self._sleep(delay)
+        return self._run(flows.wait(self, job, timeout, poll_interval, max_interval, raise_on_failure))
 
     def predict_and_wait(
         self,
@@ -286,98 +210,43 @@ class Client(BaseClient):
         Only the slow answer is wanted here, so an overloaded service is asked to refuse (429, retried
         after its Retry-After) rather than shed the slow pass.
         """
-        prediction = self.predict(image, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject")
-        return self.wait(
-            prediction,
-            timeout,
-            poll_interval=poll_interval,
-            max_interval=max_interval,
-            raise_on_failure=raise_on_failure,
-        )
+        params = predict_params(deadline_seconds, priority, "reject")
+        flow = flows.predict_and_wait(self, image, params, timeout, poll_interval, max_interval, raise_on_failure)
+        return self._run(flow)
 
     def health(self) -> Health:
         """Liveness of the API alone (``GET /health``)."""
-        return self._call("GET", "health", Health.from_json)
+        return self._run(flows.call(self, "GET", "health", Health.from_json))
 
     def health_all(self) -> Health:
         """Every backend's health (``GET /health/all``); ``status`` is ``ok`` or ``degraded``."""
-        return self._call("GET", "health/all", Health.from_json)
+        return self._run(flows.call(self, "GET", "health/all", Health.from_json))
 
     def metadata(self) -> dict[str, Any]:
         """The input/output contract and both model cards (``GET /metadata``)."""
-        return self._call("GET", "metadata", metadata_from_json)
+        return self._run(flows.call(self, "GET", "metadata", metadata_from_json))
 
-    def _predict_uploaded(self, data: bytes, params: dict[str, str]) -> Prediction:
-        body, headers = self._uploaded_predict_body(self._upload(data), params)
-        return self._call("POST", "predict", Prediction.from_json, content=body, headers=headers)
+    # -- running a flow: its steps, blocking ---------------------------------------------------------
 
-    def _upload(self, data: bytes) -> str:
-        """Put the image in the bucket (``POST /uploads``, then its presigned PUT); its upload id."""
-        body, headers = self._upload_request(data)
-        grant = self._call("POST", "uploads", UploadGrant.from_json, content=body, headers=headers)
-        self._put(grant, data)
-        return grant.upload_id
-
-    def _send_batch(
-        self, chunk: BatchChunk, options: dict[str, Any], results: list[Prediction | BatchItemError | None]
-    ) -> None:
-        body, headers = chunk.request(options)
-        parse = functools.partial(batch_items_from_json, count=len(chunk.items))
-        answers = self._call("POST", "batches", parse, content=body, headers=headers)
-        chunk.place(answers, results)
-
-    def _put(self, grant: UploadGrant, data: bytes) -> None:
-        """PUT the image to the upload's URL, retried like any idempotent call."""
-        attempt = 0
-        while True:
-            request = self._put_request(grant, data)
+    def _run[T](self, flow: flows.Flow[T]) -> T:
+        run = flows.Running(flow)
+        while run.step is not None:
             try:
-                response = self._http.send(request)
-            except httpx.TransportError as exc:
-                delay = self._retry_delay(attempt, "PUT", None, exc)
-                if delay is None:
-                    raise self._transport_error(request, exc, attempt + 1) from exc
+                outcome = self._do(run.step)
+            except flows.STEP_ERRORS as exc:
+                run.fail(exc)
             else:
-                if response.is_success:
-                    return
-                delay = self._retry_delay(attempt, "PUT", response, None)
-                if delay is None:
-                    raise self._put_error(response, attempt + 1)
-            self._sleep(delay)
-            attempt += 1
+                run.reply(outcome)
+        return run.result
 
-    # -- transport ---------------------------------------------------------------------------
-
-    def _call[T](
-        self,
-        method: str,
-        path: str,
-        parse: Callable[[Any], T],
-        *,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> T:
-        """Send with retries; ``parse`` of a 2xx answer's JSON, else the mapped exception."""
-        _refuse_running_loop()
-        request_headers = self._request_headers() | (headers or {})
-        request = self._http.build_request(method, path, content=content, headers=request_headers, params=params)
-        attempt = 0
-        while True:
-            try:
-                response = self._http.send(request)
-            except httpx.TransportError as exc:
-                delay = self._retry_delay(attempt, method, None, exc)
-                if delay is None:
-                    raise self._transport_error(request, exc, attempt + 1) from exc
-            else:
-                if response.is_success:
-                    return self._decode(response, parse)
-                delay = self._retry_delay(attempt, method, response, None)
-                if delay is None:
-                    raise self._error(response, request_id=request_headers["x-request-id"], attempts=attempt + 1)
-            self._sleep(delay)
-            attempt += 1
+    def _do(self, step: flows.Step) -> Any:
+        if isinstance(step, flows.Send):
+            _refuse_running_loop()
+            return self._http.send(step.request)
+        if isinstance(step, flows.Sleep):
+            self._sleep(step.seconds)
+            return None
+        return self._predict_body(step.image)
 
 
 def _refuse_running_loop() -> None:
