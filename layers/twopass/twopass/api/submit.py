@@ -30,6 +30,7 @@ from twopass.jobs.cache import CachedResult
 from twopass.models.runtime import Prediction
 from twopass.observability.logs import job_extra
 from twopass.observability.metrics import Metric
+from twopass.queue.base import JobMessage
 
 logger = logging.getLogger(__name__)
 
@@ -72,39 +73,47 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
     if claim is not None and (earlier := await context.io(service.idempotency.replay, claim)) is not None:
         return Submitted(PredictResponse.model_validate(earlier), replayed=True)
     if await _overloaded(context):
-        if options.rejects:
-            retry_after = str(max(1, math.ceil(context.backlog.ttl)))
-            raise HTTPProblemError(
-                429,
-                "overloaded",
-                "the job backlog is over the service's limit; retry after the Retry-After delay, or leave out "
-                "on_overload: reject to get the fast answer alone",
-                headers={"Retry-After": retry_after},
-            )
         return await _shed(context, submission, caller)
     record = JobRecord(
         job_id=new_job_id(), owner=caller.owner, deadline_at=deadline_at, priority=service.priority(options.priority)
     )
+    started = await _record(context, submission, caller, record, claim)
+    if isinstance(started, Submitted):
+        return started
+    return await _complete(context, submission, caller, started, claim)
+
+
+@dataclass
+class _Recorded:
+    """A job whose record is written while its fast prediction is still being computed."""
+
+    record: JobRecord
+    #: The fast prediction and its inference time, once the fast model has run.
+    classify: asyncio.Future[tuple[Prediction, float]]
+    #: The result cache's answer, when it had one (the record was written already succeeded).
+    hit: CachedResult | None
+    #: The queue message still to send; None when the cache answered.
+    message: JobMessage | None
+    enqueue_ms: float
+
+
+async def _record(
+    context: ApiContext, submission: Submission, caller: Caller, record: JobRecord, claim: IdempotencyRecord | None
+) -> _Recorded | Submitted:
+    """Once the image has decoded, write its job's record while the fast model runs.
+
+    The answer of a request that won a race for the same Idempotency-Key instead, when one did.
+    """
+    service = context.service
     job_context = {"request_id": caller.request_id}
     if submission.callback_url:
         job_context["callback_url"] = submission.callback_url
-    shortcuts = service.shortcuts
-    lookup = None
-    if shortcuts.cache is not None and submission.slow is SlowMode.AUTO:
-        # Beside the decode: a cache hit needs no slow pass (``always`` asks for a fresh one).
-        lookup = asyncio.ensure_future(context.io(shortcuts.lookup, caller.owner, submission.data))
-    try:
-        classify = await _decoded(context, submission)
-        hit: CachedResult | None = await lookup if lookup is not None else None
-    except BaseException:
-        if lookup is not None:
-            lookup.cancel()
-        raise
+    classify, hit = await _decoded_and_looked_up(context, submission, caller)
     message = None
     try:
         started = time.perf_counter()
         if hit is not None:
-            await context.io(shortcuts.record_cached, record, hit, claim)
+            await context.io(service.shortcuts.record_cached, record, hit, claim)
         else:
             message = await context.io(
                 service.record_job, record, submission.data, job_context, claim, submission.image_ref
@@ -117,30 +126,74 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller) -
     except BaseException:
         classify.cancel()
         raise
+    return _Recorded(record, classify, hit, message, enqueue_ms)
+
+
+async def _decoded_and_looked_up(
+    context: ApiContext, submission: Submission, caller: Caller
+) -> tuple[asyncio.Future[tuple[Prediction, float]], CachedResult | None]:
+    """:func:`_decoded`, with the result-cache lookup running beside the decode."""
+    shortcuts = context.service.shortcuts
+    lookup = None
+    if shortcuts.cache is not None and submission.slow is SlowMode.AUTO:
+        # Beside the decode: a cache hit needs no slow pass (``always`` asks for a fresh one).
+        lookup = asyncio.ensure_future(context.io(shortcuts.lookup, caller.owner, submission.data))
     try:
-        prediction, inference_ms = await classify
+        classify = await _decoded(context, submission)
+        hit: CachedResult | None = await lookup if lookup is not None else None
     except BaseException:
-        if message is not None:  # recorded, never to be published: end it rather than leave it to the reconciler
+        if lookup is not None:
+            lookup.cancel()
+        raise
+    return classify, hit
+
+
+async def _complete(
+    context: ApiContext, submission: Submission, caller: Caller, job: _Recorded, claim: IdempotencyRecord | None
+) -> Submitted:
+    """With the fast prediction in: send the job on (or let the fast answer stand), then answer."""
+    service = context.service
+    record = job.record
+    try:
+        prediction, inference_ms = await job.classify
+    except BaseException:
+        if job.message is not None:  # recorded, never to be published: end it rather than leave it to the reconciler
             await context.io(service._abandon, record.job_id, claim, "the fast model failed on the image")
         raise
     fast = prediction.result(service.fast_name, inference_ms)
-    final = record.result if hit is not None else None
-    if message is not None:
+    final = record.result if job.hit is not None else None
+    enqueue_ms = job.enqueue_ms
+    if job.message is not None:
         started = time.perf_counter()
-        if shortcuts.cascade.route(submission.slow, prediction.probability) is Route.FAST:
-            final = shortcuts.fast_final(fast)
-            await context.io(shortcuts.answer_fast, record.job_id, final, claim)
-        else:
-            message = shortcuts.with_fast_answer(
-                message, prediction, caller.owner, lambda: hashlib.sha256(submission.data).hexdigest()
-            )
-            await context.io(service.publish, message, claim)
+        final = await _route(context, submission, caller, job.message, prediction, fast, claim)
         enqueue_ms += (time.perf_counter() - started) * 1000
     response = PredictResponse.build(record.job_id, fast, final=final)
     _report(context, record.job_id, caller, prediction, inference_ms, enqueue_ms, final)
     if claim is not None:
         await context.io(service.idempotency.remember, claim, response.model_dump(mode="json", exclude_unset=True))
     return Submitted(response, prediction=prediction)
+
+
+async def _route(
+    context: ApiContext,
+    submission: Submission,
+    caller: Caller,
+    message: JobMessage,
+    prediction: Prediction,
+    fast: dict[str, Any],
+    claim: IdempotencyRecord | None,
+) -> dict[str, Any] | None:
+    """The cascade's choice: the job's final result when the fast answer stands, else None (published)."""
+    shortcuts = context.service.shortcuts
+    if shortcuts.cascade.route(submission.slow, prediction.probability) is Route.FAST:
+        final = shortcuts.fast_final(fast)
+        await context.io(shortcuts.answer_fast, message.job_id, final, claim)
+        return final
+    message = shortcuts.with_fast_answer(
+        message, prediction, caller.owner, lambda: hashlib.sha256(submission.data).hexdigest()
+    )
+    await context.io(context.service.publish, message, claim)
+    return None
 
 
 async def _fast_only(context: ApiContext, submission: Submission) -> Submitted:
@@ -165,7 +218,19 @@ async def _overloaded(context: ApiContext) -> bool:
 
 
 async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> Submitted:
-    """Over the backlog limit: the fast answer alone, no job, no slow pass (and the response says so)."""
+    """Over the backlog limit: the fast answer alone, no job, no slow pass (and the response says so).
+
+    Or, when the job asked for it (``on_overload: reject``), a 429 with Retry-After.
+    """
+    if submission.options.rejects:
+        retry_after = str(max(1, math.ceil(context.backlog.ttl)))
+        raise HTTPProblemError(
+            429,
+            "overloaded",
+            "the job backlog is over the service's limit; retry after the Retry-After delay, or leave out "
+            "on_overload: reject to get the fast answer alone",
+            headers={"Retry-After": retry_after},
+        )
     service = context.service
     prediction, inference_ms = await (await _decoded(context, submission))
     limit = context.settings.max_backlog
