@@ -85,17 +85,8 @@ class AsyncClient(BaseClient):
         priority: str | None = None,
         on_overload: str | None = None,
     ) -> Prediction:
-        """Classify ``image`` with the fast model now; the slow model's job is queued.
-
-        ``deadline_seconds``: a worker must start the job within this many seconds, else it ends
-        ``expired`` (1 to the queue's retention). ``priority``: ``"high"`` jobs go to the high-priority
-        queue, taken first. ``on_overload``: when the service is over its backlog limit, ``"shed"``
-        (its default) answers with the fast model alone (``status`` ``shed``, no job), ``"reject"``
-        raises RateLimitedError once the retries are spent.
-
-        An image over the server's inline limit (``/metadata``, read once) goes through ``POST /uploads``:
-        a presigned PUT straight to the bucket, then ``POST /predict {"upload_id"}``.
-        """
+        """Classify ``image`` with the fast model now; the slow model's job is queued (see
+        :meth:`twopass.client.Client.predict`)."""
         return await self._run(flows.predict(self, image, predict_params(deadline_seconds, priority, on_overload)))
 
     async def predict_many(
@@ -106,14 +97,7 @@ class AsyncClient(BaseClient):
         priority: str | None = None,
         on_overload: str | None = None,
     ) -> list[Prediction | BatchItemError]:
-        """``predict`` for many images through ``POST /batches``: one :class:`Prediction` or
-        :class:`BatchItemError` per image, in order. An image the server refuses (not an image, too many
-        pixels…) or that cannot be read is its item's error and never stops the others.
-
-        Images go in batches of up to 100 within the server's body limit (``/metadata``, read once);
-        one over the inline limit is uploaded first (``POST /uploads``) and sent as its ``upload_id``.
-        The options are ``predict``'s, for every image.
-        """
+        """``predict`` for many images through ``POST /batches`` (see :meth:`twopass.client.Client.predict_many`)."""
         options = batch_options(deadline_seconds, priority, on_overload)
         return await self._run(flows.predict_many(self, images, options))
 
@@ -127,14 +111,8 @@ class AsyncClient(BaseClient):
         deadline_seconds: float | None = None,
         priority: str | None = None,
     ) -> list[JobResult | BatchItemError]:
-        """``predict_many`` then ``wait`` for each job (all at once): one :class:`JobResult` or
-        :class:`BatchItemError` per image, in order. A job that failed, was cancelled or expired is
-        returned as its result (check ``succeeded``) rather than raised, so one job's end never hides
-        the others'. Raises WaitTimeoutError when ``timeout`` seconds (for them all) pass before every
-        job ended.
-
-        As in ``predict_and_wait``, an overloaded service is asked to refuse rather than shed.
-        """
+        """``predict_many`` then ``wait`` for each job, all at once (see
+        :meth:`twopass.client.Client.predict_many_and_wait`)."""
         predictions = await self.predict_many(
             images, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject"
         )
@@ -230,25 +208,15 @@ class AsyncClient(BaseClient):
         """The input/output contract and both model cards (``GET /metadata``)."""
         return await self._run(flows.call(self, "GET", "metadata", metadata_from_json))
 
-    # -- running a flow: its steps, awaited --------------------------------------------------------
-
-    async def _run[T](self, flow: flows.Flow[T]) -> T:
-        run = flows.Running(flow)
-        while run.step is not None:
-            try:
-                outcome = await self._do(run.step)
-            except flows.STEP_ERRORS as exc:
-                run.fail(exc)
-            else:
-                run.reply(outcome)
-        return run.result
+    def _run[T](self, flow: flows.Flow[T]) -> Awaitable[T]:
+        return flows.arun(flow, self._do)
 
     async def _do(self, step: flows.Step) -> Any:
+        """One step of a flow: send, sleep, or read an image (a file or a PIL image in a thread)."""
         if isinstance(step, flows.Send):
             return await self._http.send(step.request)
         if isinstance(step, flows.Sleep):
-            await self._sleep(step.seconds)
-            return None
+            return await self._sleep(step.seconds)
         if isinstance(step.image, bytes | bytearray | memoryview):
             return self._predict_body(step.image)
         # Reading a file or encoding a PIL image blocks; a thread keeps the loop responsive.

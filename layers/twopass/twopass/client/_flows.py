@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -67,27 +67,51 @@ STEP_ERRORS: Final = (httpx.TransportError, InvalidInputError, OSError)
 _JSON: Final = {"content-type": "application/json"}
 
 
-class Running[T]:
-    """A flow being run: ``step`` is the I/O to do next (None once the flow returned its ``result``);
-    ``reply`` hands it the step's outcome, ``fail`` the step's error."""
-
-    def __init__(self, flow: Flow[T]) -> None:
-        self._flow = flow
-        self.step: Step | None = None
-        self.result: T
-        self.reply(None)
-
-    def reply(self, outcome: Any) -> None:
-        self._resume(lambda: self._flow.send(outcome))
-
-    def fail(self, error: Exception) -> None:
-        self._resume(lambda: self._flow.throw(error))
-
-    def _resume(self, resume: Callable[[], Step]) -> None:
+def run[T](flow: Flow[T], do: Callable[[Step], Any]) -> T:
+    """Run ``flow`` to its end, each step done by ``do`` (blocking)."""
+    outcome: Any = None
+    error: Exception | None = None
+    while True:
         try:
-            self.step = resume()
+            step = flow.send(outcome) if error is None else flow.throw(error)
         except StopIteration as done:
-            self.step, self.result = None, done.value
+            result: T = done.value
+            return result
+        outcome, error = None, None
+        try:
+            outcome = do(step)
+        except STEP_ERRORS as exc:
+            error = exc
+
+
+async def arun[T](flow: Flow[T], do: Callable[[Step], Awaitable[Any]]) -> T:
+    """Run ``flow`` to its end, each step done by ``do`` (awaited)."""
+    outcome: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = flow.send(outcome) if error is None else flow.throw(error)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        outcome, error = None, None
+        try:
+            outcome = await do(step)
+        except STEP_ERRORS as exc:
+            error = exc
+
+
+def predict_many_and_wait(
+    client: BaseClient,
+    images: Iterable[ImageInput],
+    options: Mapping[str, Any],
+    timeout: float | None,
+    poll_interval: float,
+    max_interval: float,
+) -> Flow[list[JobResult | BatchItemError]]:
+    """``predict_many`` then ``wait`` for each job in turn, all within ``timeout``; failed jobs returned."""
+    predictions = yield from predict_many(client, images, options)
+    return (yield from _wait_each(client, predictions, timeout, poll_interval, max_interval))
 
 
 def predict_and_wait(
@@ -103,7 +127,7 @@ def predict_and_wait(
     return (yield from wait(client, prediction, timeout, poll_interval, max_interval, raise_on_failure))
 
 
-def wait_each(
+def _wait_each(
     client: BaseClient,
     predictions: list[Prediction | BatchItemError],
     timeout: float | None,

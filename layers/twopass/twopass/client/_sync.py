@@ -116,8 +116,7 @@ class Client(BaseClient):
         one over the inline limit is uploaded first (``POST /uploads``) and sent as its ``upload_id``.
         The options are ``predict``'s, for every image.
         """
-        options = batch_options(deadline_seconds, priority, on_overload)
-        return self._run(flows.predict_many(self, images, options))
+        return self._run(flows.predict_many(self, images, batch_options(deadline_seconds, priority, on_overload)))
 
     def predict_many_and_wait(
         self,
@@ -136,10 +135,8 @@ class Client(BaseClient):
 
         As in ``predict_and_wait``, an overloaded service is asked to refuse rather than shed.
         """
-        predictions = self.predict_many(
-            images, deadline_seconds=deadline_seconds, priority=priority, on_overload="reject"
-        )
-        return self._run(flows.wait_each(self, predictions, timeout, poll_interval, max_interval))
+        options = batch_options(deadline_seconds, priority, "reject")
+        return self._run(flows.predict_many_and_wait(self, images, options, timeout, poll_interval, max_interval))
 
     def job(self, job: JobRef) -> JobResult:
         """The job's current state (raises NotFoundError for an unknown or expired id)."""
@@ -226,26 +223,16 @@ class Client(BaseClient):
         """The input/output contract and both model cards (``GET /metadata``)."""
         return self._run(flows.call(self, "GET", "metadata", metadata_from_json))
 
-    # -- running a flow: its steps, blocking ---------------------------------------------------------
-
     def _run[T](self, flow: flows.Flow[T]) -> T:
-        run = flows.Running(flow)
-        while run.step is not None:
-            try:
-                outcome = self._do(run.step)
-            except flows.STEP_ERRORS as exc:
-                run.fail(exc)
-            else:
-                run.reply(outcome)
-        return run.result
+        return flows.run(flow, self._do)
 
     def _do(self, step: flows.Step) -> Any:
+        """One step of a flow: send (never from inside a running event loop), sleep, or read an image."""
         if isinstance(step, flows.Send):
             _refuse_running_loop()
             return self._http.send(step.request)
         if isinstance(step, flows.Sleep):
-            self._sleep(step.seconds)
-            return None
+            return self._sleep(step.seconds)
         return self._predict_body(step.image)
 
 
