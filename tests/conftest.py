@@ -17,6 +17,7 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 
 import contextlib  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -60,6 +61,24 @@ def slow_classifier():  # type: ignore[no-untyped-def]
     return Classifier.from_location(Settings().slow_model, top_k=5)
 
 
+_DYNAMODB_LOCK = threading.Lock()
+
+
+def _atomic_dynamodb(env: pytest.MonkeyPatch) -> None:
+    """One in-process DynamoDB call at a time, as the local emulator does (twopass.local.emulator):
+    moto checks a condition, then writes, without a lock, and copies tables while other threads
+    write to them; real DynamoDB is atomic per request, which is what the tests are about."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    call_action = DynamoHandler.call_action
+
+    def locked(self: DynamoHandler) -> object:
+        with _DYNAMODB_LOCK:
+            return call_action(self)
+
+    env.setattr(DynamoHandler, "call_action", locked)
+
+
 @contextlib.contextmanager
 def template_in_moto() -> Iterator[Settings]:
     """moto in-process with the template's queues, table and bucket created through CloudFormation.
@@ -73,6 +92,7 @@ def template_in_moto() -> Iterator[Settings]:
 
     reset_clients()
     with mock_aws(), pytest.MonkeyPatch.context() as env:
+        _atomic_dynamodb(env)
         provisioned = provision(lambda service: boto3.client(service, region_name="us-east-1"))
         for key, value in provisioned.api_env.items():
             env.setenv(key, value)
