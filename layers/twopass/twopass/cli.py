@@ -690,96 +690,108 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 async def _predict_all(files: list[Path], args: argparse.Namespace, progress: _Progress) -> list[_Row]:
-    rows = [_Row(str(path)) for path in files]
-    semaphore = asyncio.Semaphore(args.concurrency)
-    # Auth and reachability fail the same way for every file: after the first, stop sending.
-    abort = asyncio.Event()
-    deadline = time.monotonic() + args.timeout
-    # Waiting wants the slow answer: an overloaded service is to refuse (and be retried), not shed it.
-    options: dict[str, Any] = {
-        "deadline_seconds": args.deadline,
-        "priority": args.priority,
-        "on_overload": "reject" if args.wait else None,
-    }
-
     async with _CliAsyncClient(**_client_options(args)) as client:
+        return await _PredictRun(client, args, progress).run(files)
 
-        def done(row: _Row) -> None:
-            if row.server_problem:
-                abort.set()
-            progress.finished(row)
-            if args.json:
-                progress.print(json.dumps(row.to_json()), sys.stdout)
 
-        async def settle(row: _Row, work: Callable[[], Awaitable[None]]) -> None:
-            """Run ``work`` for the row, its failure the row's error; the row is done after."""
-            try:
-                await work()
-            except WaitTimeoutError as exc:
-                row.result, row.status, row.code = exc.last, "timeout", EXIT_TIMEOUT
-                row.error = str(exc)
-            except (ClientError, OSError) as exc:
-                row.status, row.error, row.code = "error", str(exc), _exit_code_for(exc)
-            finally:
-                done(row)
+class _PredictRun:
+    """One ``twopass predict``: files sent one by one or in batches, each row filled as it settles."""
 
-        async def predicted(row: _Row, prediction: Prediction) -> None:
-            row.prediction, row.status = prediction, str(prediction.status)
-            progress.predicted()
-            if args.wait:
-                remaining = max(0.0, deadline - time.monotonic())
-                row.result = await client.wait(prediction, timeout=remaining, raise_on_failure=False)
-                row.status = str(row.result.status)
-                if not row.result.succeeded:
-                    row.error, row.code = row.result.error or row.status, EXIT_FAILED
+    def __init__(self, client: _CliAsyncClient, args: argparse.Namespace, progress: _Progress) -> None:
+        self.client, self.args, self.progress = client, args, progress
+        self.semaphore = asyncio.Semaphore(args.concurrency)
+        # Auth and reachability fail the same way for every file: after the first, stop sending.
+        self.abort = asyncio.Event()
+        self.deadline = time.monotonic() + args.timeout
+        # Waiting wants the slow answer: an overloaded service is to refuse (and be retried), not shed it.
+        self.options: dict[str, Any] = {
+            "deadline_seconds": args.deadline,
+            "priority": args.priority,
+            "on_overload": "reject" if args.wait else None,
+        }
 
-        async def one(path: Path, row: _Row) -> None:
-            if abort.is_set():
-                row.status, row.code = "skipped", EXIT_UNAVAILABLE
-                return
-            async with semaphore:
-                if abort.is_set():
-                    row.status, row.code = "skipped", EXIT_UNAVAILABLE
-                    return
-                prediction = await client.predict(path, **options)
-            await predicted(row, prediction)
-
-        async def answered(row: _Row, answer: Prediction | BatchItemError) -> None:
-            if isinstance(answer, BatchItemError):  # this file's refusal, as POST /predict's would be
-                row.status, row.error, row.code = "error", str(answer), EXIT_FAILED
-                return
-            await predicted(row, answer)
-
-        async def batch(paths: list[Path], batch_rows: list[_Row]) -> None:
-            answers: list[Prediction | BatchItemError] | None = None
-            error: ClientError | OSError | None = None
-            if not abort.is_set():
-                async with semaphore:
-                    if not abort.is_set():
-                        try:
-                            answers = await client.predict_many(paths, **options)
-                        except (ClientError, OSError) as exc:  # the whole call failed: each of its files says why
-                            error = exc
-            if answers is None:
-                for row in batch_rows:
-                    if error is None:
-                        row.status, row.code = "skipped", EXIT_UNAVAILABLE
-                    else:
-                        row.status, row.error, row.code = "error", str(error), _exit_code_for(error)
-                    done(row)
-                return
-            await asyncio.gather(
-                *(settle(row, functools.partial(answered, row, a)) for row, a in zip(batch_rows, answers, strict=True))
-            )
-
+    async def run(self, files: list[Path]) -> list[_Row]:
+        rows = [_Row(str(path)) for path in files]
         if len(files) > BATCH_OVER:
             groups = range(0, len(files), BATCH_FILES)
-            await asyncio.gather(*(batch(files[i : i + BATCH_FILES], rows[i : i + BATCH_FILES]) for i in groups))
+            await asyncio.gather(*(self.batch(files[i : i + BATCH_FILES], rows[i : i + BATCH_FILES]) for i in groups))
         else:
             await asyncio.gather(
-                *(settle(row, functools.partial(one, path, row)) for path, row in zip(files, rows, strict=True))
+                *(
+                    self.settle(row, functools.partial(self.one, path, row))
+                    for path, row in zip(files, rows, strict=True)
+                )
             )
-    return rows
+        return rows
+
+    def done(self, row: _Row) -> None:
+        if row.server_problem:
+            self.abort.set()
+        self.progress.finished(row)
+        if self.args.json:
+            self.progress.print(json.dumps(row.to_json()), sys.stdout)
+
+    def skip(self, row: _Row) -> None:
+        row.status, row.code = "skipped", EXIT_UNAVAILABLE
+
+    async def settle(self, row: _Row, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` for the row, its failure the row's error; the row is done after."""
+        try:
+            await work()
+        except WaitTimeoutError as exc:
+            row.result, row.status, row.code = exc.last, "timeout", EXIT_TIMEOUT
+            row.error = str(exc)
+        except (ClientError, OSError) as exc:
+            row.status, row.error, row.code = "error", str(exc), _exit_code_for(exc)
+        finally:
+            self.done(row)
+
+    async def predicted(self, row: _Row, prediction: Prediction) -> None:
+        row.prediction, row.status = prediction, str(prediction.status)
+        self.progress.predicted()
+        if self.args.wait:
+            remaining = max(0.0, self.deadline - time.monotonic())
+            row.result = await self.client.wait(prediction, timeout=remaining, raise_on_failure=False)
+            row.status = str(row.result.status)
+            if not row.result.succeeded:
+                row.error, row.code = row.result.error or row.status, EXIT_FAILED
+
+    async def one(self, path: Path, row: _Row) -> None:
+        if self.abort.is_set():
+            return self.skip(row)
+        async with self.semaphore:
+            if self.abort.is_set():
+                return self.skip(row)
+            prediction = await self.client.predict(path, **self.options)
+        await self.predicted(row, prediction)
+
+    async def answered(self, row: _Row, answer: Prediction | BatchItemError) -> None:
+        if isinstance(answer, BatchItemError):  # this file's refusal, as POST /predict's would be
+            row.status, row.error, row.code = "error", str(answer), EXIT_FAILED
+            return
+        await self.predicted(row, answer)
+
+    async def batch(self, paths: list[Path], rows: list[_Row]) -> None:
+        answers: list[Prediction | BatchItemError] | None = None
+        error: ClientError | OSError | None = None
+        if not self.abort.is_set():
+            async with self.semaphore:
+                if not self.abort.is_set():
+                    try:
+                        answers = await self.client.predict_many(paths, **self.options)
+                    except (ClientError, OSError) as exc:  # the whole call failed: each of its files says why
+                        error = exc
+        if answers is None:
+            for row in rows:
+                if error is None:
+                    self.skip(row)
+                else:
+                    row.status, row.error, row.code = "error", str(error), _exit_code_for(error)
+                self.done(row)
+            return
+        await asyncio.gather(
+            *(self.settle(row, functools.partial(self.answered, row, a)) for row, a in zip(rows, answers, strict=True))
+        )
 
 
 def _table(rows: list[_Row], wait: bool) -> str:
