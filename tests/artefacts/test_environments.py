@@ -102,7 +102,7 @@ class Emulator:
 
     def lookup(self, logical_id: str, attribute: str | None) -> str:
         physical = self.provisioned.resources[logical_id]
-        if attribute is None:
+        if attribute in (None, "Name"):
             return physical
         raise KeyError(f"GetAtt {logical_id}.{attribute}")
 

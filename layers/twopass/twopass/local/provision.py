@@ -57,16 +57,19 @@ def provision(
         # moto gives an event bus no physical id (its name is an output: JobEventsBusName).
         if "LogicalResourceId" in r and "PhysicalResourceId" in r
     }
+    # A resource moto creates without a physical id (the event bus) gets its name from the output naming it.
+    for key, output in cfn.get("Outputs", {}).items():
+        value = output.get("Value")
+        if isinstance(value, dict) and "Fn::GetAtt" in value and key in outputs:
+            logical_id, attribute = value["Fn::GetAtt"]
+            if attribute == "Name":
+                resources.setdefault(logical_id, str(outputs[key]))
 
     def lookup(logical_id: str, attribute: str | None) -> str:
         if logical_id not in resources:
-            # A resource moto creates without a physical id (the event bus): from an output naming it.
-            for key, output in cfn.get("Outputs", {}).items():
-                if output.get("Value") == {"Fn::GetAtt": [logical_id, attribute]} and key in outputs:
-                    return str(outputs[key])
             raise KeyError(f"{logical_id} is not created locally")
         physical = resources[logical_id]
-        if attribute is None:
+        if attribute in (None, "Name"):
             return physical
         if attribute == "Arn":
             if physical.startswith("http"):
