@@ -126,5 +126,7 @@ def test_a_long_batch_is_marked_running_up_front(
     monkeypatch.setattr(recorder, "RUNNING_MARK_SECONDS", 0.0)  # every batch is long once one was measured
     counter = run_backlog(aws, slow_classifier, cat_jpeg, 16, max_batch_size=4, heartbeat_seconds=3600)
     job_writes = counter.total("DynamoDB", DYNAMODB_WRITES) - 2
-    # The first batch folds (nothing measured yet); every later one marks its 4 jobs, then finishes them.
-    assert 16 < job_writes <= 16 + 12, counter.snapshot()
+    # The first batch folds (nothing measured yet: at least its one job is written once); every later
+    # one marks its jobs, then finishes them. How big the first batch is depends on how the receives
+    # came back, so the bound is the one that holds for any first batch.
+    assert 16 < job_writes <= 16 + 15, counter.snapshot()
