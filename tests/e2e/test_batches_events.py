@@ -188,6 +188,6 @@ def test_upload_items_in_a_batch_reach_their_slow_labels(
             state: dict[str, Any] = client.get(f"/batches/{response.json()['batch_id']}").json()
             return state if state["done"] else None
 
-        state = until(done, 60, "the upload's job")
+        state = until(done, 120, "the upload's job")
         assert state["counts"]["succeeded"] == 1 and state["counts"]["refused"] == 2
         assert state["items"][0]["slow"]["label"] in CAT_LABELS
