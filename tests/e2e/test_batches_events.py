@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -45,22 +44,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def worker(stack: LocalStack) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[str] = []
 
     def start() -> subprocess.Popen[bytes]:
-        proc = stack.start_worker(f"worker-{len(started)}-{time.monotonic_ns()}")
-        started.append(proc)
-        return proc
+        started.append(f"worker-{len(started)}-{time.monotonic_ns()}")
+        return stack.start_worker(started[-1])
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    stack.stop_workers(started)
 
 
 def http(stack: LocalStack) -> httpx.Client:

@@ -9,7 +9,6 @@ in tests/unit/test_rollout.py, with the in-process worker.)
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -48,14 +47,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def worker(stack: LocalStack) -> Iterator[subprocess.Popen[bytes]]:
-    proc = stack.start_worker("worker-cascade")
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    yield stack.start_worker("worker-cascade")
+    stack.stop_workers(["worker-cascade"])
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ every job stays retryable; its backlog limit is 50 with a depth cached for 0.2 s
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -51,22 +50,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture
 def worker(stack: LocalStack) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """Starts a worker when the test calls it; stops it (SIGTERM, it drains) when the test ends."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[str] = []
 
     def start() -> subprocess.Popen[bytes]:
-        proc = stack.start_worker(f"worker-{len(started)}-{time.monotonic_ns()}")
-        started.append(proc)
-        return proc
+        started.append(f"worker-{len(started)}-{time.monotonic_ns()}")
+        return stack.start_worker(started[-1])
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    stack.stop_workers(started)
 
 
 def http(stack: LocalStack, key: str = KEY_A) -> httpx.Client:

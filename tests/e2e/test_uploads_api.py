@@ -7,9 +7,7 @@ The stack takes two API keys (two tenants), uploads up to 24 MB, and upload URLs
 from __future__ import annotations
 
 import io
-import signal
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,20 +51,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def worker(stack: LocalStack) -> Iterator[Callable[[], None]]:
     """Starts the module's one worker when a test first needs it; stops it (SIGTERM) at the end."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[str] = []
 
     def start() -> None:
         if not started:
-            started.append(stack.start_worker(f"uploads-worker-{time.monotonic_ns()}"))
+            started.append(f"uploads-worker-{time.monotonic_ns()}")
+            stack.start_worker(started[-1])
 
     yield start
-    for proc in started:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stack.stop_workers(started)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,10 @@ class LocalStack:
         proc = self.children.spawn(name, self.worker_command(), self.app_env())
         self._restarts.started(name)
         return proc
+
+    def stop_workers(self, names: Iterable[str], grace: float = 15.0) -> None:
+        """SIGTERM the named workers (they drain), SIGKILL any still up after ``grace`` seconds."""
+        self.children.terminate(names, time.monotonic() + grace)
 
     def alive(self) -> dict[str, bool]:
         return self.children.alive()
