@@ -182,6 +182,11 @@ class RecordingSource(MemoryQueue):
         super().__init__(visibility=60)
         self.extended: list[list[str]] = []
         self.released: list[list[str]] = []
+        self.delete_calls: list[int] = []
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        self.delete_calls.append(len(deliveries))
+        return super().ack(deliveries)
 
     def extend(self, deliveries: Sequence[Delivery], seconds: int) -> None:
         self.extended.append([d.message_id for d in deliveries])
@@ -211,4 +216,27 @@ def test_leases_extend_what_is_held_past_half_its_visibility_and_nothing_release
     leases.extend_due()
     assert len(source.extended) == 1  # acked: no longer held, never extended again
     assert source.released == [[other_old.message_id]]
+    leases.flush()
     assert len(source) == 1  # the released one is back; the acked ones are gone
+
+
+def test_acks_share_delete_calls_across_batches_and_none_waits_past_its_linger() -> None:
+    source = RecordingSource()
+    for i in range(20):
+        source.publish(JobMessage(job_id=f"{i:032x}", image=b"img"))
+    deliveries = source.receive(10, 0) + source.receive(10, 0)
+    leases = Leases(source, visibility_seconds=60)
+    leases.hold(deliveries)
+    leases.ack(deliveries[:8])  # one batch of 8: waits for company
+    assert source.delete_calls == []
+    leases.ack(deliveries[8:16])  # the next one fills a call of ten; six wait
+    assert source.delete_calls == [10]
+    leases.flush(linger=60)  # not waited long enough
+    assert source.delete_calls == [10]
+    time.sleep(0.05)
+    leases.flush(linger=0.01)
+    assert source.delete_calls == [10, 6]
+    leases.ack(deliveries[16:])
+    leases.flush()  # shutdown: whatever waits goes now
+    assert source.delete_calls == [10, 6, 4]
+    assert len(source) == 0 and source.ping()["in_flight"] == 0

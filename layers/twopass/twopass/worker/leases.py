@@ -3,6 +3,12 @@
 A message is held from receipt until it is acked (its job's final state is durable), released (never
 started) or dropped (something failed in between: it comes back after its visibility timeout and the
 store's conditional transitions make the redelivery harmless).
+
+Acks are deleted ten to a call (SQS's batch limit) across batches: a batch of 8 leaves its deletes
+waiting up to :data:`ACK_LINGER_SECONDS` for the next batch's, so a steady stream costs one delete
+call per ten jobs instead of one per batch. Waiting is safe: the job is final already, so a message
+whose delete is lost to a crash is a harmless duplicate; and the wait is far shorter than any
+visibility timeout. Shutdown flushes what waits.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from twopass.queue.base import Delivery, MessageSource
 
 logger = logging.getLogger(__name__)
 
+#: Deletes one call takes (SQS's DeleteMessageBatch limit).
+ACK_BATCH = 10
+#: Longest an ack waits to share its delete call with later ones (checked every keep-alive tick).
+ACK_LINGER_SECONDS = 0.5
+
 
 class Leases:
     """Visibility bookkeeping for one worker over its :class:`MessageSource`."""
@@ -29,6 +40,10 @@ class Leases:
         # One visibility change at a time, so an extension computed before a release can never
         # land after it (that would hide a released message for a whole visibility timeout).
         self._visibility_lock = threading.Lock()
+        #: Acked deliveries whose delete has not been sent yet, and when the oldest was acked.
+        self._unsent: list[Delivery] = []
+        self._unsent_since = 0.0
+        self._ack_lock = threading.Lock()
 
     def hold(self, deliveries: Sequence[Delivery]) -> None:
         with self._held_lock:
@@ -46,14 +61,33 @@ class Leases:
         return self.source.last_attempt(delivery)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Delete messages whose jobs are final and durable."""
+        """Delete messages whose jobs are final and durable: now when ten are waiting, else soon."""
+        if not deliveries:
+            return
+        self.drop(deliveries)
+        with self._ack_lock:
+            if not self._unsent:
+                self._unsent_since = time.monotonic()
+            self._unsent.extend(deliveries)
+            full = len(self._unsent) - len(self._unsent) % ACK_BATCH
+            due, self._unsent = self._unsent[:full], self._unsent[full:]
+        self._delete(due)
+
+    def flush(self, linger: float = 0.0) -> None:
+        """Send the waiting deletes, if the oldest has waited ``linger`` seconds."""
+        with self._ack_lock:
+            if not self._unsent or time.monotonic() - self._unsent_since < linger:
+                return
+            due, self._unsent = self._unsent, []
+        self._delete(due)
+
+    def _delete(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         try:
             self.source.ack(deliveries)
         except DependencyError as exc:  # the results are durable: a redelivery is a harmless duplicate
             logger.warning("ack of %d message(s) failed: %s", len(deliveries), exc)
-        self.drop(deliveries)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         """Make unstarted messages visible again at once."""
@@ -84,7 +118,8 @@ class Leases:
             for d in due:
                 d.leased_at = now
 
-    def keep_alive(self, stop: threading.Event, every: float = 1.0) -> None:
-        """Thread body: :meth:`extend_due` every ``every`` seconds until ``stop`` is set."""
+    def keep_alive(self, stop: threading.Event, every: float = ACK_LINGER_SECONDS) -> None:
+        """Thread body: :meth:`extend_due` and lingering deletes every ``every`` seconds until ``stop`` is set."""
         while not stop.wait(every):
             self.extend_due()
+            self.flush(linger=ACK_LINGER_SECONDS)

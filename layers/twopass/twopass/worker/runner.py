@@ -163,6 +163,7 @@ class Worker:
             if thread.name not in ("dlq-sweep", "reconcile"):
                 thread.join(timeout=_HEARTBEAT_JOIN_SECONDS)
         self.recorder.close()
+        self.leases.flush()  # the deletes still waiting to share a call
         self.events.close()
         try:
             self.store.forget_worker(self.worker_id)
