@@ -72,8 +72,8 @@ def test_folded_start_cannot_revive_a_cancelled_job(store: JobStore) -> None:
 
 def run_backlog(
     settings: Settings, classifier: Classifier, image: bytes, jobs: int, **overrides: object
-) -> CallCounter:
-    """``jobs`` jobs queued first, then one worker drains them; returns what the worker called."""
+) -> tuple[CallCounter, int]:
+    """``jobs`` jobs queued first, then one worker drains them: what it called, and its duplicate deliveries."""
     store = DynamoJobStore(settings.table_name)
     publisher = SqsPublisher(settings.queue_url)
     ids = [new_job_id() for _ in range(jobs)]
@@ -95,7 +95,7 @@ def run_backlog(
     records = [store.get(j) for j in ids]
     assert all(r is not None and r.status is JobStatus.SUCCEEDED and r.attempts == 1 for r in records)
     assert all(r is not None and r.started_at is not None and r.worker == worker.worker_id for r in records)
-    return counter
+    return counter, worker.stats.duplicates
 
 
 def test_worker_writes_each_job_once_and_amortises_sqs_over_the_batch(
@@ -107,9 +107,12 @@ def test_worker_writes_each_job_once_and_amortises_sqs_over_the_batch(
     monkeypatch.setattr(recorder, "RUNNING_MARK_SECONDS", 60.0)
     jobs = 48
     # heartbeat off the clock of this test: the per-job budget is what is checked here
-    counter = run_backlog(aws, slow_classifier, cat_jpeg, jobs, max_batch_size=8, heartbeat_seconds=3600)
+    counter, duplicates = run_backlog(aws, slow_classifier, cat_jpeg, jobs, max_batch_size=8, heartbeat_seconds=3600)
     job_writes = counter.total("DynamoDB", DYNAMODB_WRITES) - 2  # the heartbeat at start, its removal at exit
-    assert job_writes == jobs, counter.snapshot()
+    # The emulator can hand one message to two concurrent receives. Such a duplicate costs at most a
+    # running mark and a refused final write; every job that came once is written once.
+    assert duplicates <= jobs // 8, counter.snapshot()
+    assert jobs <= job_writes <= jobs + 2 * duplicates, (counter.snapshot(), duplicates)
     # Receives that brought messages and deletes (the redrive policy read at start-up and empty polls
     # are time's, not the jobs'); with the API's one send, under 1.3 requests per job.
     job_calls = counter.total("SQS") - counter.total("SQS", frozenset({"GetQueueAttributes"})) - counter.empty_receives
@@ -124,9 +127,10 @@ def test_a_long_batch_is_marked_running_up_front(
     from twopass.worker import recorder
 
     monkeypatch.setattr(recorder, "RUNNING_MARK_SECONDS", 0.0)  # every batch is long once one was measured
-    counter = run_backlog(aws, slow_classifier, cat_jpeg, 16, max_batch_size=4, heartbeat_seconds=3600)
+    counter, duplicates = run_backlog(aws, slow_classifier, cat_jpeg, 16, max_batch_size=4, heartbeat_seconds=3600)
     job_writes = counter.total("DynamoDB", DYNAMODB_WRITES) - 2
     # The first batch folds (nothing measured yet: at least its one job is written once); every later
     # one marks its jobs, then finishes them. How big the first batch is depends on how the receives
     # came back, so the bound is the one that holds for any first batch.
-    assert 16 < job_writes <= 16 + 15, counter.snapshot()
+    # A duplicate delivery from the emulator adds at most two refused or repeated writes.
+    assert 16 < job_writes <= 16 + 15 + 2 * duplicates, (counter.snapshot(), duplicates)
