@@ -136,10 +136,12 @@ def _service_metric(stat: dict[str, Any], name: str) -> bool:
     )
 
 
-def test_scalable_target_goes_down_to_zero() -> None:
+def test_scalable_target_goes_down_to_zero_unless_a_floor_is_set() -> None:
     (target_id, target) = next(iter(_resources("AWS::ApplicationAutoScaling::ScalableTarget").items()))
     props = target["Properties"]
-    assert props["MinCapacity"] == 0
+    assert props["MinCapacity"] == {"Ref": "WorkerMinTasks"}
+    floor = _cfn()["Parameters"]["WorkerMinTasks"]
+    assert floor["Default"] == 0 and floor["MinValue"] == 0
     assert props["MaxCapacity"] == {"Ref": "WorkerMaxTasks"}
     assert props["ServiceNamespace"] == "ecs"
     assert props["ScalableDimension"] == "ecs:service:DesiredCount"

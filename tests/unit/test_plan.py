@@ -110,6 +110,7 @@ def test_a_steady_load_needs_a_floor_under_backlog_tracking() -> None:
     result = plan(load, slow, WORKER, scaling, p99=30)
     assert result.floor == 3 and result.meets_p99
     assert result.result.p99 < 30 and result.to_dict()["min_capacity_needed"] == 3
+    assert result.parameters["WorkerMinTasks"] == 3  # the template parameter that sets the floor
 
 
 def test_spread_in_service_times_widens_the_tail_not_the_arrivals() -> None:

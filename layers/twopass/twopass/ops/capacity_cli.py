@@ -215,8 +215,8 @@ def format_plan(report: dict[str, object]) -> str:
     ]
     if r.get("min_capacity_needed"):
         lines.append(
-            f"needs {r['min_capacity_needed']} task(s) kept running: set the worker's scalable target MinCapacity "
-            "(0 in the template); backlog tracking alone scales a steady load in below what it needs"
+            f"needs {r['min_capacity_needed']} task(s) kept running (WorkerMinTasks, 0 by default): backlog "
+            "tracking alone scales a steady load in below what it needs"
         )
     if r.get("meets_p99") is False:
         lines.append("p99 goal NOT met by any backlog target: raise WorkerMaxTasks or lower --task-start-seconds")

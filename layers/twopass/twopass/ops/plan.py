@@ -106,7 +106,7 @@ class Scaling:
     initial_tasks: int | None = None
     #: Switch autoscaling off: ``initial_tasks`` for the whole run (the validation against a fixed stack).
     fixed: bool = False
-    #: The scalable target's MinCapacity: 0 in the template (scale to zero); a floor keeps a steady
+    #: WorkerMinTasks (the scalable target's MinCapacity): 0 scales to zero; a floor keeps a steady
     #: load from being scaled in below what it needs (see :func:`plan`).
     min_tasks: int = 0
 
@@ -652,6 +652,7 @@ def _search(
 def template_parameters(scaling: Scaling, worker: Worker) -> dict[str, Any]:
     """The template parameters a plan sets (``sam deploy --parameter-overrides``)."""
     return {
+        "WorkerMinTasks": scaling.min_tasks,
         "WorkerMaxTasks": scaling.max_tasks,
         "WorkerTargetBacklogPerTask": round(scaling.target_backlog_per_task),
         "WorkerScaleFromZeroTasks": scaling.scale_from_zero_tasks,
