@@ -39,8 +39,11 @@ def key_owner(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def caller(context: Context, request: Request, key: Annotated[str | None, Security(api_key_header)]) -> str:
-    """The caller's owner id, after checking its key when the app is configured with keys."""
+async def caller(context: Context, request: Request, key: Annotated[str | None, Security(api_key_header)]) -> str:
+    """The caller's owner id, after checking its key when the app is configured with keys.
+
+    Async only to stay off the thread pool (see :func:`~twopass.api.context.get_context`); it never blocks.
+    """
     keys = context.settings.api_key_set
     if keys:
         given = (key or "").encode()

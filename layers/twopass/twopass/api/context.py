@@ -51,7 +51,9 @@ class ApiContext:
         return asyncio.get_running_loop().run_in_executor(self.inference_pool, fn, *args)
 
 
-def get_context(request: Request) -> ApiContext:
+# Async although they never await: FastAPI runs a plain ``def`` dependency on its thread pool, a
+# thread hop per dependency per request for what is an attribute read.
+async def get_context(request: Request) -> ApiContext:
     context: ApiContext = request.app.state.twopass
     return context
 
