@@ -258,7 +258,7 @@ def client(aws: Settings, fast_classifier: Classifier) -> Iterator[TestClient]:
 
 def messages(queue_url: str) -> list[dict[str, object]]:
     sqs = boto3.client("sqs", region_name="us-east-1")
-    out = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    out = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0)
     return [json.loads(m["Body"]) for m in out.get("Messages", [])]
 
 

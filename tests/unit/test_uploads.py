@@ -68,7 +68,7 @@ def put_through(settings: Settings, grant: dict[str, object], data: bytes, conte
 
 def messages(queue_url: str) -> list[dict[str, object]]:
     sqs = boto3.client("sqs", region_name="us-east-1")
-    out = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    out = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0)
     return [json.loads(m["Body"]) for m in out.get("Messages", [])]
 
 
