@@ -25,8 +25,12 @@ logger = logging.getLogger(__name__)
 
 #: Deletes one call takes (SQS's DeleteMessageBatch limit).
 ACK_BATCH = 10
-#: Longest an ack waits to share its delete call with later ones (checked every keep-alive tick).
-ACK_LINGER_SECONDS = 0.5
+#: Longest an ack waits to share its delete call with later ones: longer than a CPU batch of 8, so
+#: consecutive batches share calls there too, and a trickle of lone jobs shares them as well. A job is
+#: final before its ack, so the wait only keeps its message in flight a little longer.
+ACK_LINGER_SECONDS = 2.0
+#: How often the keep-alive thread extends leases and sends lingering deletes.
+KEEP_ALIVE_TICK = 0.5
 
 
 class Leases:
@@ -71,6 +75,8 @@ class Leases:
             self._unsent.extend(deliveries)
             full = len(self._unsent) - len(self._unsent) % ACK_BATCH
             due, self._unsent = self._unsent[:full], self._unsent[full:]
+            if due and self._unsent:  # what is left came with this call: its wait starts now
+                self._unsent_since = time.monotonic()
         self._delete(due)
 
     def flush(self, linger: float = 0.0) -> None:
@@ -118,7 +124,7 @@ class Leases:
             for d in due:
                 d.leased_at = now
 
-    def keep_alive(self, stop: threading.Event, every: float = ACK_LINGER_SECONDS) -> None:
+    def keep_alive(self, stop: threading.Event, every: float = KEEP_ALIVE_TICK) -> None:
         """Thread body: :meth:`extend_due` and lingering deletes every ``every`` seconds until ``stop`` is set."""
         while not stop.wait(every):
             self.extend_due()
