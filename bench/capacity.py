@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,10 +36,10 @@ MEASURED_JSON = REPO / "layers" / "twopass" / "twopass" / "data" / "measured.jso
 class CapacityConfig:
     workers: tuple[int, ...] = (1, 2)
     #: Arrival rates as shares of the capacity the calibration measured for that many workers.
-    loads: tuple[float, ...] = (0.3, 0.65)
-    run_seconds: float = 30.0
+    loads: tuple[float, ...] = (0.25, 0.5)
+    run_seconds: float = 45.0
     calibrate_jobs: int = 40
-    lone_jobs: int = 8
+    lone_jobs: int = 30
     seeds: int = 20
     calls_jobs: int = 64
     handler_requests: int = 40
@@ -111,22 +113,61 @@ def post_now(url: str, n: int, image: bytes, concurrency: int = 4) -> list[str]:
 # -- the local stack ------------------------------------------------------------------------------
 
 
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """(the API's, emulator's and load's cores; the workers' cores), or None on one core or off Linux."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
 @contextlib.contextmanager
 def local_stack(workers: int, env: dict[str, str], log_dir: Path) -> Iterator[Any]:
+    """The local stack, its workers on cores of their own when the machine has two or more.
+
+    ``make run`` starts workers at a low priority on the shared cores, so a laptop stays responsive;
+    a GPU task instead has its instance to itself, and that is what the planner simulates. Here
+    the API, the emulator and this load generator run on the first half of the cores and the
+    workers, at normal priority, on the other half.
+    """
     from twopass.local.stack import LocalStack
 
-    stack = LocalStack(
+    split = split_cores()
+
+    class Stack(LocalStack):
+        def worker_command(self) -> list[str]:
+            if split is None:
+                return super().worker_command()
+            return [sys.executable, "-m", "bench.pinned", ",".join(map(str, sorted(split[1]))), "twopass.worker"]
+
+    before = os.sched_getaffinity(0) if split else None
+    if split is not None:
+        os.sched_setaffinity(0, split[0])  # inherited by the API and the emulator
+    stack = Stack(
         api_port=free_port(),
         emulator_port=free_port(),
         workers=workers,
         log_dir=log_dir,
         api_key=None,
         # JSON logs and EMF lines as on AWS: their bytes are what CloudWatch would ingest.
-        env={"TWOPASS_LOG_FORMAT": "json", "POWERTOOLS_METRICS_DISABLED": "false", **env},
+        env={
+            "TWOPASS_LOG_FORMAT": "json",
+            "POWERTOOLS_METRICS_DISABLED": "false",
+            # onnxruntime sizes its pool by the machine's cores, not the process's: one per core given.
+            **({"TWOPASS_INTRA_OP_THREADS": str(len(split[1]))} if split else {}),
+            **env,
+        },
     )
-    with stack:
-        _wait_workers(stack, workers)
-        yield stack
+    try:
+        with stack:
+            _wait_workers(stack, workers)
+            yield stack
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
 
 
 def _wait_workers(stack: Any, workers: int, timeout: float = 120) -> None:
@@ -143,8 +184,31 @@ def _wait_workers(stack: Any, workers: int, timeout: float = 120) -> None:
     raise TimeoutError(f"{workers} worker(s) not alive after {timeout} s")
 
 
-def job_records(stack: Any, job_ids: list[str], timeout: float = 180) -> list[dict[str, Any]]:
-    """The jobs' items once all are final: created_at, finished_at, batch size and model time."""
+def queued_times(log_dir: Path) -> dict[str, float]:
+    """When the API sent each job to the queue: its ``job queued`` log line (JSON logs, ms resolution)."""
+    from datetime import datetime
+
+    out: dict[str, float] = {}
+    for path in log_dir.glob("api*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"job queued' not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                at = datetime.strptime(entry["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z")
+                out[str(entry["job_id"])] = at.timestamp()
+    return out
+
+
+def job_records(
+    stack: Any, job_ids: list[str], timeout: float = 180, log_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """The jobs' items once all are final: created_at, finished_at, batch size and model time.
+
+    ``latency`` runs from the moment the API queued the job (read from its log in ``log_dir``) to
+    the final write: the part the planner simulates. The fast answer before it is the API's, which
+    scales by itself on Lambda; here it shares cores with the emulator and the load generator.
+    """
     from boto3.dynamodb.types import TypeDeserializer
 
     db = stack.client("dynamodb")
@@ -165,12 +229,14 @@ def job_records(stack: Any, job_ids: list[str], timeout: float = 180) -> list[di
         time.sleep(0.5)
     if len(found) < len(wanted):
         raise TimeoutError(f"{len(wanted) - len(found)} of {len(wanted)} jobs not final after {timeout} s")
+    queued = queued_times(log_dir) if log_dir is not None else {}
     out = []
     for data in found.values():
         result = data.get("result") or {}
+        start = queued.get(str(data["job_id"]), float(data["created_at"]))
         out.append(
             {
-                "latency": float(data["finished_at"]) - float(data["created_at"]),
+                "latency": float(data["finished_at"]) - start,
                 "batch_size": int(result.get("batch_size", 1)),
                 "inference_s": float(result.get("inference_ms", 0)) / 1000,
                 "finished_at": float(data["finished_at"]),
@@ -215,16 +281,18 @@ def fit_curve(records: list[dict[str, Any]]) -> dict[int, float]:
 def calibrate(stack: Any, config: CapacityConfig, image: bytes) -> dict[str, Any]:
     lone: list[dict[str, Any]] = []
     for _ in range(config.lone_jobs):
-        lone += job_records(stack, post_now(stack.api_url, 1, image))
+        lone += job_records(stack, post_now(stack.api_url, 1, image), log_dir=stack.log_dir)
         time.sleep(0.3)
-    overhead = median([r["latency"] - r["inference_s"] for r in lone])
+    overheads = sorted(round(r["latency"] - r["inference_s"], 5) for r in lone)
+    overhead = median(overheads)
     spread = [r["latency"] for r in lone]
     cv = statistics.stdev(spread) / statistics.fmean(spread) if len(spread) > 1 else 0.0
     ids = post_now(stack.api_url, config.calibrate_jobs, image)
-    drained = job_records(stack, ids)
+    drained = job_records(stack, ids, log_dir=stack.log_dir)
     span = max(r["finished_at"] for r in drained) - min(r["created_at"] for r in drained)
     return {
         "overhead_s": round(overhead, 4),
+        "overhead_samples_s": overheads,
         "cv": round(cv, 3),
         "lone_latency_p50_s": round(median([r["latency"] for r in lone]), 4),
         "curve": fit_curve(drained + lone),
@@ -265,14 +333,19 @@ def validate(config: CapacityConfig) -> dict[str, Any]:
             calibrations[str(workers)] = cal
             log(f"  {cal}")
             curve = plan.ServiceCurve(tuple(cal["curve"].items()), f"measured: local stack, {workers} worker(s)")
-            worker = plan.Worker(settings.max_batch_size, cal["overhead_s"], cal["cv"])
+            worker = plan.Worker(
+                settings.max_batch_size,
+                overhead_seconds=cal["overhead_s"],
+                cv=cal["cv"],
+                overhead_samples=tuple(cal["overhead_samples_s"]),
+            )
             for share in config.loads:
                 rate = round(share * cal["capacity_jobs_per_s"], 2)
                 before = log_bytes(Path(tmp))
                 ids, failures = open_loop(
                     stack.api_url, rate, config.run_seconds, seed=workers * 100 + int(share * 100), image=image
                 )
-                records = job_records(stack, ids)
+                records = job_records(stack, ids, log_dir=stack.log_dir)
                 after = log_bytes(Path(tmp))
                 measured = [r["latency"] for r in records]
                 own = plan.ServiceCurve(tuple(fit_curve(records).items()), "measured in this run")

@@ -120,3 +120,14 @@ def test_spread_in_service_times_widens_the_tail_not_the_arrivals() -> None:
     assert steady.arrived == noisy.arrived  # the same arrivals: the noise has its own generator
     assert noisy.p99 > 1.5 * steady.p99
     assert noisy.p50 == pytest.approx(steady.p50, rel=0.3)
+
+
+def test_measured_overheads_carry_their_tail_into_the_latencies() -> None:
+    """Overheads drawn from measured samples: a rare slow write shows in p99, not in p50."""
+    load = Load(2, duration=600, seed=3)
+    samples = (0.01,) * 95 + (1.0,) * 5  # one job in twenty meets a slow table
+    sampled = simulate(load, CURVE, replace(WORKER, overhead_samples=samples), ONE_TASK)
+    fixed = simulate(load, CURVE, replace(WORKER, overhead_seconds=0.01), ONE_TASK)
+    assert sampled.p50 == pytest.approx(fixed.p50, rel=0.2)
+    assert sampled.p99 > fixed.p99 + 0.9
+    assert min(sampled.latencies) >= 0.01 + CURVE.seconds(1) - 1e-9

@@ -125,6 +125,9 @@ class Worker:
     max_batch_size: int = 32  # WorkerMaxBatchSize
     #: Receive + result write around each job, not overlapped with the model (measured locally).
     overhead_seconds: float = 0.02
+    #: Measured overheads to draw each job's from, when given (their tail is the queue's and the
+    #: table's, heavier than the log-normal spread below); ``overhead_seconds`` and ``cv`` otherwise.
+    overhead_samples: tuple[float, ...] = ()
     #: Spread of a batch's time and a job's overhead around the curve (coefficient of variation of a
     #: log-normal factor with mean 1): 0 makes every batch of a size take exactly the same time.
     cv: float = 0.0
@@ -133,6 +136,12 @@ class Worker:
     depth: int = 2
     #: How long before the running batch ends the next one is formed (the worker's FORM_LEAD_SECONDS).
     form_lead_seconds: float = 0.1
+
+    def overhead(self, rng: random.Random) -> float:
+        """One job's overhead: drawn from the samples, else the fixed figure with the spread."""
+        if self.overhead_samples:
+            return rng.choice(self.overhead_samples)
+        return self.overhead_seconds * self.factor(rng)
 
     def factor(self, rng: random.Random) -> float:
         if self.cv <= 0:
@@ -347,7 +356,7 @@ class _Simulation:
         if done <= self.load.duration:
             self.completed += size
         for arrived_at in batch:
-            latency = done + self.worker.overhead_seconds * self.worker.factor(self.noise) - arrived_at
+            latency = done + self.worker.overhead(self.noise) - arrived_at
             if arrived_at >= self.load.warmup:
                 self.latencies.append(latency)
             if len(self.first) < 20:
