@@ -96,7 +96,8 @@ def markdown(results: dict[str, Any]) -> list[str]:
             *(f"| {name} | {v['p50_ms']} | {v['p99_ms']} |" for name, v in c1.items()),
             "",
             f"HTTP twopass / bare FastAPI p50: {r['http_vs_bare']:.2f} (goal ≤ 1.3); handler / raw p50: "
-            f"{r['handler_vs_raw']:.2f} (goal ≤ 1.2).",
+            f"{r['handler_vs_raw']:.2f} (goal ≤ 1.2). Raw and the handler run in processes of their own, "
+            f"as on Lambda; each ratio is the {over.get('ratio_basis', 'median over the repeats')}.",
             "",
         ]
     stack = results.get("stack")

@@ -7,6 +7,7 @@ import http.client
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -198,16 +199,56 @@ class HttpClient:
         self.conn.close()
 
 
-def interleaved(calls: dict[str, Callable[[], object]], n: int, block: int = 10) -> dict[str, list[float]]:
+class ChildPath:
+    """A path in a process of its own (``bench/path_child.py``), timed there block by block."""
+
+    def __init__(self, kind: str) -> None:
+        args = [sys.executable, "-m", "bench.path_child", kind]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=child_env(), cwd=REPO, text=True,
+        )  # fmt: skip
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in, self._out = self.proc.stdin, self.proc.stdout
+        if self._out.readline().strip() != "ready":
+            raise RuntimeError(f"bench.path_child {kind} did not start (exit {self.proc.poll()})")
+
+    def block(self, n: int) -> list[float]:
+        self._in.write(f"{n}\n")
+        self._in.flush()
+        line = self._out.readline()
+        if not line:
+            raise RuntimeError(f"bench.path_child exited ({self.proc.poll()})")
+        durations: list[float] = json.loads(line)
+        return durations
+
+    def close(self) -> None:
+        self._in.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+#: A path to time: a call made here, or a path in a process of its own.
+Timed = Callable[[], object] | ChildPath
+
+
+def interleaved(calls: dict[str, Timed], n: int, block: int = 10) -> dict[str, list[float]]:
     """``n`` calls of each path in blocks of ``block``, the paths taking turns block by block.
 
     Every path sees the same stretches of machine noise, while within a block it runs warm, as a
-    Lambda instance or server does between requests a few milliseconds apart.
+    Lambda instance or server does between requests a few milliseconds apart. A :class:`ChildPath`
+    times its block in its own process.
     """
     out: dict[str, list[float]] = {name: [] for name in calls}
     for start in range(0, n, block):
+        size = min(block, n - start)
         for name, call in calls.items():
-            for _ in range(min(block, n - start)):
+            if isinstance(call, ChildPath):
+                out[name] += call.block(size)
+                continue
+            for _ in range(size):
                 t0 = time.perf_counter()
                 call()
                 out[name].append(time.perf_counter() - t0)
