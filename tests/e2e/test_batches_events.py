@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CAT_LABELS
+from tests.e2e.helpers import api, until, workers_on_demand
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -44,18 +45,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def worker(stack: LocalStack) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    started: list[str] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        started.append(f"worker-{len(started)}-{time.monotonic_ns()}")
-        return stack.start_worker(started[-1])
-
-    yield start
-    stack.stop_workers(started)
+    with workers_on_demand(stack) as start:
+        yield start
 
 
 def http(stack: LocalStack) -> httpx.Client:
-    return httpx.Client(base_url=stack.api_url, timeout=60, headers={"x-api-key": KEY})
+    return api(stack, KEY, timeout=60)
 
 
 def thumbnail(jpeg: bytes, size: int) -> str:
@@ -64,16 +59,6 @@ def thumbnail(jpeg: bytes, size: int) -> str:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)
     return base64.b64encode(out.getvalue()).decode()
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events(stack: LocalStack, seen: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -10,13 +10,13 @@ in tests/unit/test_rollout.py, with the in-process worker.)
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.e2e.helpers import final
 from twopass.config import REPO_ROOT
 from twopass.local.stack import LocalStack, free_port
 
@@ -63,16 +63,6 @@ def post(http: httpx.Client, image: bytes, slow: str | None = None) -> dict[str,
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
-
-
-def final(http: httpx.Client, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = http.get(f"/job/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not final after {timeout} s")
 
 
 def queued(stack: LocalStack) -> int:

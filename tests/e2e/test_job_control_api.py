@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import CAT_LABELS
+from tests.e2e.helpers import api, final, queue_depth, until, workers_on_demand
 from twopass.cli import main as cli
 from twopass.client import Client
 from twopass.local.stack import LocalStack, free_port
@@ -50,45 +51,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture
 def worker(stack: LocalStack) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """Starts a worker when the test calls it; stops it (SIGTERM, it drains) when the test ends."""
-    started: list[str] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        started.append(f"worker-{len(started)}-{time.monotonic_ns()}")
-        return stack.start_worker(started[-1])
-
-    yield start
-    stack.stop_workers(started)
+    with workers_on_demand(stack) as start:
+        yield start
 
 
 def http(stack: LocalStack, key: str = KEY_A) -> httpx.Client:
-    return httpx.Client(base_url=stack.api_url, timeout=30, headers={"x-api-key": key})
-
-
-def until(check: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met after {timeout} s")
-
-
-def final(client: httpx.Client, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/job/{job_id}").json()
-        return body if body["status"] not in ("queued", "running") else None
-
-    result: dict[str, Any] = until(ended, timeout, f"job {job_id} ending")
-    return result
-
-
-def queue_depth(stack: LocalStack, logical_id: str = "JobsQueue") -> int:
-    attrs = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.resources[logical_id],
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return api(stack, key)
 
 
 def test_a_job_cancelled_while_queued_never_runs_once_a_worker_starts(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import CAT_LABELS
+from tests.e2e.helpers import api, final, queue_depth, until
 from twopass.local.stack import LocalStack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture
 def worker(stack: LocalStack) -> Iterator[Callable[..., tuple[str, subprocess.Popen[bytes]]]]:
     """Starts a worker (with extra settings) when the test calls it; SIGTERM at the end of the test."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(**env: str) -> tuple[str, subprocess.Popen[bytes]]:
         name = f"worker-{len(started)}-{time.monotonic_ns()}"
@@ -50,33 +51,18 @@ def worker(stack: LocalStack) -> Iterator[Callable[..., tuple[str, subprocess.Po
         finally:
             stack.env.clear()
             stack.env.update(saved)
-        started.append(proc)
+        started.append((name, proc))
         return name, proc
 
     yield start
-    for proc in started:
+    for _, proc in started:
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    stack.stop_workers([name for name, _ in started])
 
 
 def http(stack: LocalStack) -> httpx.Client:
-    return httpx.Client(base_url=stack.api_url, timeout=30, headers={"x-api-key": stack.api_key or ""})
-
-
-def until(check: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met after {timeout} s")
+    return api(stack)
 
 
 def submit(client: httpx.Client, image: bytes, **fields: Any) -> dict[str, Any]:
@@ -84,23 +70,6 @@ def submit(client: httpx.Client, image: bytes, **fields: Any) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def final(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/job/{job_id}").json()
-        return body if body["status"] not in ("queued", "running") else None
-
-    result: dict[str, Any] = until(ended, timeout, f"job {job_id} ending")
-    return result
-
-
-def depth(stack: LocalStack, logical_id: str) -> int:
-    attrs = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.resources[logical_id],
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
 def worker_log(stack: LocalStack, name: str) -> list[dict[str, Any]]:
@@ -123,18 +92,18 @@ def test_a_job_whose_deadline_passes_before_any_worker_ends_expired_and_can_be_r
         in_time = submit(client, cat_jpeg, deadline_seconds=600)["job_id"]
         time.sleep(2)  # no worker: the deadline passes in the queue
         worker()
-        expired = final(client, job_id)
+        expired = final(client, job_id, timeout=120)
         assert expired["status"] == "expired", expired
         assert "deadline" in (expired["error"] or "")
         assert expired["attempts"] == 0 and expired["started_at"] is None and expired["slow"] is None
-        assert final(client, in_time)["status"] == "succeeded"
-        until(lambda: depth(stack, "JobsQueue") == 0, 30, "the expired job's message deleted")
+        assert final(client, in_time, timeout=120)["status"] == "succeeded"
+        until(lambda: queue_depth(stack, "JobsQueue") == 0, 30, "the expired job's message deleted")
 
         # Its inline image was kept by the worker, so it can still be run, now, under the same id.
         retried = client.post(f"/job/{job_id}/retry")
         assert retried.status_code == 200, retried.text
         assert retried.json()["status"] == "queued"
-        done = final(client, job_id)
+        done = final(client, job_id, timeout=120)
         assert done["status"] == "succeeded" and done[job_id]["prediction"] in CAT_LABELS
         assert [h["status"] for h in done["history"]] == ["expired"]
 
@@ -174,12 +143,12 @@ def test_a_job_cancelled_while_running_has_its_result_discarded(
         assert cancelled, "no job was seen running"
 
         for job_id in ids:
-            body = final(client, job_id)
+            body = final(client, job_id, timeout=120)
             if job_id in cancelled:
                 assert body["status"] == "cancelled" and body["slow"] is None and body[job_id] == {"prediction": None}
             else:
                 assert body["status"] == "succeeded"
-        until(lambda: depth(stack, "JobsQueue") == 0, 30, "every message deleted")
+        until(lambda: queue_depth(stack, "JobsQueue") == 0, 30, "every message deleted")
         # The worker ran those jobs and threw their results away: discarded, not failed, not duplicates.
         discarded = until(
             lambda: (
@@ -200,12 +169,12 @@ def test_high_priority_jobs_finish_first_while_normal_ones_still_progress(
         normal = [submit(client, cat_jpeg)["job_id"] for _ in range(40)]
         high = [submit(client, cat_jpeg, priority="high")["job_id"] for _ in range(12)]
         assert client.get(f"/job/{high[0]}").json()["priority"] == "high"
-        assert depth(stack, "HighPriorityJobsQueue") == 12 and depth(stack, "JobsQueue") == 40
+        assert queue_depth(stack, "HighPriorityJobsQueue") == 12 and queue_depth(stack, "JobsQueue") == 40
         worker(TWOPASS_MAX_BATCH_SIZE="4", TWOPASS_RECEIVERS="1")
-        highs = [final(client, job_id) for job_id in high]
+        highs = [final(client, job_id, timeout=120) for job_id in high]
         assert all(h["status"] == "succeeded" for h in highs)
         last_high = max(h["finished_at"] for h in highs)
-        normals = [final(client, job_id) for job_id in normal]
+        normals = [final(client, job_id, timeout=120) for job_id in normal]
         assert all(n["status"] == "succeeded" for n in normals)
         before = [n for n in normals if n["finished_at"] <= last_high]
         # Normal work kept its share while high-priority work went first: some normal jobs finished

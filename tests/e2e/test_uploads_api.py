@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CAT_LABELS, PHOTOS
+from tests.e2e.helpers import api, final, workers_on_demand
 from twopass.cli import main as cli
 from twopass.client import Client
 from twopass.local.stack import LocalStack, free_port
@@ -51,15 +53,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def worker(stack: LocalStack) -> Iterator[Callable[[], None]]:
     """Starts the module's one worker when a test first needs it; stops it (SIGTERM) at the end."""
-    started: list[str] = []
+    with workers_on_demand(stack) as start_one:
+        started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> None:
-        if not started:
-            started.append(f"uploads-worker-{time.monotonic_ns()}")
-            stack.start_worker(started[-1])
+        def start() -> None:
+            if not started:
+                started.append(start_one())
 
-    yield start
-    stack.stop_workers(started)
+        yield start
+
+
+def http(stack: LocalStack, key: str = KEY_A) -> httpx.Client:
+    return api(stack, key, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +77,6 @@ def big_photo() -> bytes:
     return data
 
 
-def http(stack: LocalStack, key: str = KEY_A) -> httpx.Client:
-    return httpx.Client(base_url=stack.api_url, timeout=60, headers={"x-api-key": key})
-
-
 def upload(client: httpx.Client, data: bytes, content_type: str = "image/png") -> dict[str, Any]:
     created = client.post("/uploads", json={"content_type": content_type, "content_length": len(data)})
     assert created.status_code == 201, created.text
@@ -83,15 +84,6 @@ def upload(client: httpx.Client, data: bytes, content_type: str = "image/png") -
     put = httpx.request(grant["method"], grant["url"], content=data, headers=grant["headers"], timeout=60)
     assert put.status_code == 200, put.text
     return grant
-
-
-def final(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = client.get(f"/job/{job_id}", params={"wait": 20}).json()
-        if body["status"] not in ("queued", "running"):
-            return body
-    raise AssertionError(f"job {job_id} did not end within {timeout} s")
 
 
 def test_a_20_mb_photo_goes_through_an_upload_to_a_slow_result(
@@ -107,7 +99,7 @@ def test_a_20_mb_photo_goes_through_an_upload_to_a_slow_result(
             assert answer.status_code == 200, answer.text
             assert answer.json()["efficientnet-lite0"] in CAT_LABELS
             job_id = answer.json()["job_id"]
-            done = final(client, job_id)
+            done = final(client, job_id, timeout=120)
             timings.append(time.perf_counter() - started)
             assert done["status"] == "succeeded" and done[job_id]["prediction"] in CAT_LABELS
             again = client.post("/predict", json={"upload_id": grant["upload_id"]})
