@@ -25,6 +25,9 @@ import pytest  # noqa: E402
 
 from twopass.aws import reset_clients  # noqa: E402
 from twopass.config import DATA_DIR, Settings  # noqa: E402
+from twopass.jobs.base import JobStore  # noqa: E402
+from twopass.jobs.dynamodb import DynamoJobStore  # noqa: E402
+from twopass.jobs.memory import MemoryJobStore  # noqa: E402
 from twopass.local.stack import LocalStack, free_port  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -106,6 +109,16 @@ def template_in_moto() -> Iterator[Settings]:
 def aws() -> Iterator[Settings]:
     with template_in_moto() as settings:
         yield settings.replace(poll_wait_seconds=0, heartbeat_seconds=0.2)
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+    """Each job store twin in turn: DynamoDB (the template's table in moto) and in memory."""
+    if request.param == "memory":
+        yield MemoryJobStore()
+    else:
+        settings: Settings = request.getfixturevalue("aws")
+        yield DynamoJobStore(settings.table_name)
 
 
 @pytest.fixture(scope="session")

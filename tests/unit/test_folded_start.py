@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import template_in_moto
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, JobStore, Start, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
-from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
 from twopass.ops.calls import DYNAMODB_WRITES, CallCounter
 from twopass.queue.base import JobMessage
 from twopass.queue.sqs import SqsPublisher, SqsSource
 from twopass.worker.runner import Worker
-
-
-@pytest.fixture(params=["memory", "dynamodb"])
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryJobStore()
-        return
-    with template_in_moto() as settings:
-        yield DynamoJobStore(settings.table_name)
 
 
 def test_final_write_with_a_start_records_the_attempt(store: JobStore) -> None:

@@ -27,21 +27,11 @@ from twopass.jobs.base import (
     new_job_id,
 )
 from twopass.jobs.dynamodb import DynamoJobStore
-from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
 from twopass.ops.calls import CallCounter
 from twopass.queue.sqs import SqsPublisher
 
 RESULT = {"model": "m", "label": "tabby", "top_k": [{"label": "tabby", "probability": 0.75, "class_id": 281}]}
-
-
-@pytest.fixture(params=["dynamodb", "memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryJobStore()
-    else:
-        settings: Settings = request.getfixturevalue("aws")
-        yield DynamoJobStore(settings.table_name)
 
 
 def created(store: JobStore, owner: str = "o", **fields: object) -> str:

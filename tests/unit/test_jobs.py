@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, JobStore, is_job_id, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
-from twopass.jobs.memory import MemoryJobStore
 
 RESULT = {"model": "m", "label": "tabby", "top_k": [{"label": "tabby", "probability": 0.75, "class_id": 281}]}
-
-
-@pytest.fixture(params=["dynamodb", "memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryJobStore()
-    else:
-        settings: Settings = request.getfixturevalue("aws")
-        yield DynamoJobStore(settings.table_name)
 
 
 def created(store: JobStore) -> str:
