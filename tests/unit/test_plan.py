@@ -131,3 +131,59 @@ def test_measured_overheads_carry_their_tail_into_the_latencies() -> None:
     assert sampled.p50 == pytest.approx(fixed.p50, rel=0.2)
     assert sampled.p99 > fixed.p99 + 0.9
     assert min(sampled.latencies) >= 0.01 + CURVE.seconds(1) - 1e-9
+
+
+def test_a_gpu_curve_makes_small_batches_less_efficient_than_full_ones() -> None:
+    gpu = ServiceCurve.with_batch_overhead(400, batch=32, overhead_seconds=0.004)
+    assert gpu.throughput(32) == pytest.approx(400)
+    assert gpu.seconds(1) == pytest.approx(0.004 + (0.08 - 0.004) / 32)
+    assert gpu.throughput(1) < 0.5 * gpu.throughput(32)
+    # The fixed part never exceeds half a full batch's time, whatever was asked.
+    assert ServiceCurve.with_batch_overhead(10_000, 32, 1.0).seconds(1) < ServiceCurve.from_throughput(10_000).seconds(
+        32
+    )
+
+
+def test_a_steady_trickle_is_never_scaled_to_zero() -> None:
+    """20 jobs/s on a 400 images/s task keeps the queue empty, but every minute some job is in flight
+    (deletes wait up to 2 s): the template's alarm never sees an idle minute, nor does the planner."""
+    curve = ServiceCurve.with_batch_overhead(400, 32)
+    run = simulate(Load(20, duration=3600, seed=1), curve, WORKER, Scaling())
+    assert min(desired for *_, desired in run.timeline) >= 1
+    assert run.p99 < 1.0
+    # Lone jobs every few minutes do leave idle minutes: those still scale to zero.
+    sparse = simulate(Load(1 / 300, duration=3 * 3600, seed=1), curve, WORKER, Scaling(idle_minutes=15))
+    assert 0 in [desired for *_, desired in sparse.timeline]
+
+
+def test_paid_instances_never_exceed_what_can_exist_and_lingering_ones_are_reused() -> None:
+    """A task asked for while a stopped task's instance lingers takes that instance (no second bill,
+    no full start); no more instances than WorkerMaxTasks are ever up."""
+    curve = ServiceCurve.with_batch_overhead(400, 32)
+    scaling = Scaling(max_tasks=2, idle_minutes=5, task_start_seconds=240, task_restart_seconds=60)
+    # Work, 10 minutes of nothing (scale to zero at 5), then work again inside the 15-minute linger.
+    load = Load(2, duration=3600, bursts=(Burst(start=600, duration=600, rate=0),), seed=3)
+    run = simulate(load, curve, WORKER, scaling)
+    desired = [d for *_, d in run.timeline]
+    assert 0 in desired and desired[-1] >= 1, "scaled to zero in the gap, and back"
+    assert run.peak_instances <= scaling.max_tasks
+    assert run.mean_tasks <= run.peak_instances
+    # The instance was reused: paid the whole hour once (no second instance's start), and the jobs
+    # after the gap waited for a restart, not a boot.
+    assert run.instance_seconds == pytest.approx(3600, rel=0.01)
+    assert run.p99 < 240
+
+
+def test_plan_warns_when_p99_is_minutes(capsys: pytest.CaptureFixture[str]) -> None:
+    from twopass.cli import main as cli
+
+    args = ["plan", "--rate", "5", "--images-per-second", "400", "--from-zero", "--duration", "900", "--json"]
+    assert cli(args) == 0
+    import json
+
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["result"]["p99_s"] > 60
+    assert any("over a minute" in w for w in report["warnings"]) and "over a minute" in captured.err
+    assert report["utilisation"] < 0.1 and report["sagemaker_async_usd_per_million_images"] > 0
+    assert report["fixed_usd_per_month"] > 0

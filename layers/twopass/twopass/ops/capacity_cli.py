@@ -1,9 +1,11 @@
 """``twopass cost`` and ``twopass plan``: dollars per million images, and GPU tasks for a load.
 
-Both read the figures ``make bench`` measured (``twopass/data/measured.json``) and the committed price
-table (``twopass/data/prices.json``). A GPU task's throughput was not measured on a GPU here: give
-``--images-per-second`` (an input); without it the CPU figures measured here stand in, and the output
-says so on its first line.
+Both read the figures ``make bench`` measured (``twopass/data/measured.json``), the committed price
+table (``twopass/data/prices.json``) and the stack's standing parts (``twopass/data/stack.json``). A
+GPU task's throughput was not measured on a GPU here: give ``--images-per-second`` or ``--curve``
+(inputs); without them the CPU figures measured here stand in, and the output says so with a
+warning (stderr, and ``"warnings"`` in the JSON). With ``--rate``, ``twopass cost`` takes the
+utilisation and batch sizes from the planner's simulation of that load, as ``twopass plan`` does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ COST_EPILOG = """\
 examples:
   twopass cost --images-per-second 400                 # a g4dn.xlarge task at 400 images/s (your figure)
   twopass cost --images-per-second 900 --instance g5.xlarge --image-kb 120 --polls 0
+  twopass cost --images-per-second 400 --rate 50      # utilisation and batches simulated at 50 jobs/s
   twopass cost --json | jq .twopass.total_usd_per_million
 """
 
@@ -41,6 +44,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="slow-model images/s one worker task sustains on that instance: an input unless you measured it "
         "(default: the CPU figure measured by make bench, which is not a GPU's)",
+    )
+    parser.add_argument("--curve", help="seconds per batch by size, e.g. 1:0.01,32:0.08 (a measured batch-time curve)")
+    parser.add_argument(
+        "--batch-overhead-ms",
+        type=float,
+        default=4.0,
+        help="with --images-per-second: fixed milliseconds each batch costs on the GPU (launch, copies), so "
+        "small batches serve fewer images/s than full ones (an estimate; default 4)",
+    )
+    parser.add_argument("--max-batch-size", type=int, default=32, help="WorkerMaxBatchSize (default 32)")
+    parser.add_argument(
+        "--nat-gateways", type=int, default=0, help="NAT gateways (private subnets; default 0: public subnets)"
     )
     parser.add_argument("--measured", type=Path, help="measured figures (default: the committed measured.json)")
     parser.add_argument("--prices", type=Path, help="price table (default: the committed prices.json)")
@@ -62,10 +77,13 @@ def cost_parser() -> argparse.ArgumentParser:
         "--claim-check-share", type=float, default=0.0, help="share of images over 256 KiB, sent via S3 (default 0)"
     )
     parser.add_argument(
+        "--rate", type=float, help="mean arrival rate, jobs/s: utilisation and batch sizes from the planner"
+    )
+    parser.add_argument(
         "--overprovision",
         type=float,
         default=1.0,
-        help="tasks paid per task kept busy (default 1: fully used; twopass plan prints it for a load)",
+        help="tasks paid per task kept busy, when --rate is not given (default 1: fully used, with a warning)",
     )
     return parser
 
@@ -84,8 +102,6 @@ def plan_parser() -> argparse.ArgumentParser:
         "--burst", action="append", default=[], metavar="RATE:START:DURATION", help="another rate for a while"
     )
     parser.add_argument("--p99", type=float, help="p99 job latency goal in seconds: search the backlog target")
-    parser.add_argument("--curve", help="seconds per batch by size, e.g. 1:0.01,32:0.08 (an input curve)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="WorkerMaxBatchSize (default 32)")
     parser.add_argument("--max-tasks", type=int, default=4, help="WorkerMaxTasks to start from (default 4)")
     parser.add_argument("--target", type=float, default=200.0, help="WorkerTargetBacklogPerTask (default 200)")
     parser.add_argument("--idle-minutes", type=int, default=15, help="WorkerIdleMinutes (default 15)")
@@ -94,6 +110,12 @@ def plan_parser() -> argparse.ArgumentParser:
         type=float,
         default=240.0,
         help="request → serving for a new task: instance boot, image pull, model load (an input; default 240)",
+    )
+    parser.add_argument(
+        "--task-restart-seconds",
+        type=float,
+        default=60.0,
+        help="request → serving for a task on an instance still up (image cached): an input; default 60",
     )
     parser.add_argument("--from-zero", action="store_true", help="start with no task (default: enough tasks running)")
     parser.add_argument("--duration", type=float, default=3600.0, help="simulated seconds (default 3600)")
@@ -106,11 +128,33 @@ def _load(args: argparse.Namespace) -> tuple[costmodel.Measured, costmodel.Price
 
 
 def _fleet(args: argparse.Namespace, measured: costmodel.Measured) -> costmodel.Fleet:
-    if args.images_per_second > 0:
-        return costmodel.Fleet(args.instance, args.images_per_second, "input")
+    if args.images_per_second > 0 or args.curve:
+        return costmodel.Fleet(args.instance, args.images_per_second, "input", nat_gateways=args.nat_gateways)
     return costmodel.Fleet(
-        args.instance, measured.cpu_images_per_second, f"measured on CPU, not a GPU: {measured.cpu_description}"
+        args.instance,
+        measured.cpu_images_per_second,
+        f"measured on CPU, not a GPU: {measured.cpu_description}",
+        nat_gateways=args.nat_gateways,
     )
+
+
+def _curve(args: argparse.Namespace, measured: costmodel.Measured, fleet: costmodel.Fleet) -> planner.ServiceCurve:
+    """The batch-time curve: given, or the GPU figure with a per-batch cost, or the CPU one measured here."""
+    if args.curve:
+        return planner.ServiceCurve.parse(args.curve, "input: a batch-time curve")
+    if args.images_per_second > 0:
+        overhead = args.batch_overhead_ms / 1000
+        source = (
+            f"input: {args.images_per_second:g} images/s at batch {args.max_batch_size}, "
+            f"{args.batch_overhead_ms:g} ms a batch"
+        )
+        return planner.ServiceCurve.with_batch_overhead(args.images_per_second, args.max_batch_size, overhead, source)
+    return replace(planner.parse_curve(measured.cpu_service_curve), source=fleet.throughput_source)
+
+
+def _warn(warnings: Sequence[str], command: str) -> None:
+    for warning in warnings:
+        print(f"twopass {command}: warning: {warning}", file=sys.stderr)
 
 
 def cost_main(argv: Sequence[str] | None = None) -> int:
@@ -118,13 +162,25 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
     try:
         measured, prices = _load(args)
         fleet = replace(_fleet(args, measured), overprovision=args.overprovision)
+        curve = _curve(args, measured, fleet)
+        fleet = replace(fleet, images_per_second=curve.throughput(args.max_batch_size))
         traffic = costmodel.Traffic(
-            image_bytes=int(args.image_kb * 1000), polls_per_job=args.polls, claim_check_share=args.claim_check_share
+            image_bytes=int(args.image_kb * 1000),
+            polls_per_job=args.polls,
+            claim_check_share=args.claim_check_share,
+            rate=args.rate,
         )
-        comparison = costmodel.compare(traffic, fleet, measured=measured, prices=prices)
+        if args.rate is not None:
+            worker = planner.Worker(args.max_batch_size, measured.worker_overhead_seconds)
+            sim = planner.simulate(planner.Load(args.rate), curve, worker, planner.Scaling())
+            fleet = simulated_fleet(fleet, sim)
+        comparison = costmodel.compare(
+            traffic, fleet, measured=measured, prices=prices, utilisation_known=args.rate is not None
+        )
     except (OSError, ValueError, KeyError) as exc:
         print(f"twopass cost: error: {exc}", file=sys.stderr)
         return 2
+    _warn(comparison.warnings, "cost")
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
@@ -132,18 +188,22 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def simulated_fleet(fleet: costmodel.Fleet, sim: planner.Result) -> costmodel.Fleet:
+    """``fleet`` as a simulated load used it: tasks paid per task busy, the batches they ran."""
+    mean_rate = sim.arrived / sim.duration if sim.duration else 0.0
+    busy_tasks = mean_rate / fleet.images_per_second if fleet.images_per_second else 0.0
+    overprovision = sim.mean_tasks / busy_tasks if busy_tasks else 1.0
+    return replace(
+        fleet, overprovision=max(overprovision, 1e-9), mean_batch=round(sim.mean_batch, 2), tasks=sim.mean_tasks
+    )
+
+
 def plan_main(argv: Sequence[str] | None = None) -> int:
     args = plan_parser().parse_args(argv)
     try:
         measured, prices = _load(args)
         fleet = _fleet(args, measured)
-        if args.curve:
-            curve = planner.ServiceCurve.parse(args.curve, "input")
-        elif args.images_per_second > 0:
-            curve = planner.ServiceCurve.from_throughput(args.images_per_second, args.max_batch_size, "input")
-        else:
-            curve = planner.parse_curve(measured.cpu_service_curve)
-            curve = replace(curve, source=fleet.throughput_source)
+        curve = _curve(args, measured, fleet)
         load = planner.Load(
             args.rate, duration=args.duration, bursts=tuple(map(planner.Burst.parse, args.burst)), seed=args.seed
         )
@@ -153,19 +213,27 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
             max_tasks=args.max_tasks,
             idle_minutes=args.idle_minutes,
             task_start_seconds=args.task_start_seconds,
+            task_restart_seconds=args.task_restart_seconds,
             initial_tasks=0 if args.from_zero else None,
         )
         result = planner.plan(load, curve, worker, scaling, p99=args.p99)
         fleet = replace(fleet, images_per_second=curve.throughput(args.max_batch_size))
-        report = planner_report(result, load, curve, fleet, measured, prices)
+        report = planner_report(result, load, curve, fleet, measured, prices, p99_goal=args.p99)
     except (OSError, ValueError, KeyError) as exc:
         print(f"twopass plan: error: {exc}", file=sys.stderr)
         return 2
+    warnings = report["warnings"]
+    assert isinstance(warnings, list)
+    _warn(warnings, "plan")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_plan(report))
     return 0 if result.meets_p99 is not False else 1
+
+
+#: A p99 over this many seconds is flagged whatever the goal: jobs then wait for tasks to start.
+SLOW_P99_SECONDS = 60.0
 
 
 def planner_report(
@@ -175,25 +243,40 @@ def planner_report(
     fleet: costmodel.Fleet,
     measured: costmodel.Measured,
     prices: costmodel.Prices,
+    *,
+    p99_goal: float | None = None,
 ) -> dict[str, object]:
-    """The plan with its costs: GPU per hour from the simulated instance-hours, the rest per image."""
+    """The plan with its costs, both sides at the simulated utilisation and batch sizes."""
     sim = result.result
+    fleet = simulated_fleet(fleet, sim)
     mean_rate = sim.arrived / sim.duration if sim.duration else 0.0
-    busy_tasks = mean_rate / fleet.images_per_second if fleet.images_per_second else 0.0
-    overprovision = sim.mean_tasks / busy_tasks if busy_tasks else 1.0
     comparison = costmodel.compare(
-        costmodel.Traffic(), replace(fleet, overprovision=max(overprovision, 1e-9)), measured=measured, prices=prices
+        costmodel.Traffic(rate=mean_rate), fleet, measured=measured, prices=prices, stack=None
     )
+    warnings = list(comparison.warnings)
+    if sim.latencies and p99_goal is not None and sim.p99 > p99_goal:
+        warnings.append(f"simulated p99 {sim.p99:.1f} s is over the goal of {p99_goal:g} s")
+    if sim.latencies and sim.p99 > SLOW_P99_SECONDS:
+        warnings.append(
+            f"simulated p99 is {sim.p99:.0f} s, over a minute: jobs wait for tasks to start or scale out "
+            "(a floor of tasks, WorkerMinTasks, or a lower backlog target shortens it)"
+        )
     hourly = sim.mean_tasks * prices.instance(fleet.instance_type)
     per_task = curve.throughput(result.parameters["WorkerMaxBatchSize"])
+    sagemaker = comparison.to_dict().get("sagemaker_async_with_fast_path_usd_per_million")
+    sagemaker = round(float(sagemaker), 3) if isinstance(sagemaker, float) else None
     return {
         "throughput": {"images_per_second_per_task": round(per_task, 2), "source": curve.source},
         "load": {"rate": load.rate, "bursts": [b.__dict__ for b in load.bursts], "duration_s": load.duration},
         **result.to_dict(),
         "gpu_usd_per_hour": round(hourly, 3),
         "usd_per_million_images": round(comparison.twopass.total, 3) if sim.arrived else None,
+        "sagemaker_async_usd_per_million_images": sagemaker if sim.arrived else None,
+        "fixed_usd_per_month": round(comparison.monthly.total, 2) if comparison.monthly else None,
         "mean_tasks_paid": round(sim.mean_tasks, 2),
-        "tasks_busy": round(busy_tasks, 2),
+        "tasks_busy": round(sim.mean_tasks * fleet.utilisation, 2),
+        "utilisation": round(fleet.utilisation, 4),
+        "warnings": warnings,
     }
 
 
@@ -210,9 +293,16 @@ def format_plan(report: dict[str, object]) -> str:
         f"tasks needed at the peak rate (80% busy): {r['tasks_needed']}",
         f"simulated: p50 {res['p50_s']} s, p99 {res['p99_s']} s; {res['completed']} of {res['arrived']} jobs done, "
         f"{res['final_queue']} still queued; mean batch {res['mean_batch']}",
-        f"tasks paid on average: {r['mean_tasks_paid']} (busy: {r['tasks_busy']}), peak {res['peak_tasks']}",
-        f"cost: GPU ${r['gpu_usd_per_hour']}/h; ${r['usd_per_million_images']} per million images, all components",
+        f"tasks paid on average: {r['mean_tasks_paid']} (busy: {r['tasks_busy']}, utilisation "
+        f"{float(str(r['utilisation'])):.0%}), peak {res['peak_tasks']} tasks on {res['peak_instances']} instances",
+        f"cost: GPU ${r['gpu_usd_per_hour']}/h; ${r['usd_per_million_images']} per million images, all components; "
+        "SageMaker async at the same utilisation with the same fast path: "
+        f"${r['sagemaker_async_usd_per_million_images']}",
+        f"per month whatever the load: ${r['fixed_usd_per_month']}",
     ]
+    warnings = r["warnings"]
+    assert isinstance(warnings, list)
+    lines = [f"WARNING: {w}" for w in warnings] + lines
     if r.get("min_capacity_needed"):
         lines.append(
             f"needs {r['min_capacity_needed']} task(s) kept running (WorkerMinTasks, 0 by default): backlog "

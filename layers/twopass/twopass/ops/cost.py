@@ -32,6 +32,22 @@ RRU_BYTES = 4096
 MONTH_HOURS = 730.0
 #: Lambda's own log lines per invocation (START, END, REPORT), estimated from their format.
 LAMBDA_PLATFORM_LOG_BYTES = 330
+#: One API Gateway access log line (the template's JSON format with typical values), estimated.
+ACCESS_LOG_BYTES = 350
+#: X-Ray's default sampling rule: the first request each second (the reservoir), then 5 % of the rest.
+XRAY_RESERVOIR_PER_SECOND = 1.0
+XRAY_FIXED_RATE = 0.05
+#: Messages one SQS receive or DeleteMessageBatch handles at most, and entries one PutEvents carries.
+SQS_BATCH_MAX = 10
+EVENTS_BATCH_MAX = 10
+#: The worker holds deletes up to this long so that consecutive batches share a DeleteMessageBatch.
+DELETE_LINGER_SECONDS = 2.0
+#: The job table's global secondary indexes (``pending-created``, ``owner-created``), both projecting
+#: every attribute: the API's put writes the item into both; the worker's final update rewrites it in
+#: ``owner-created`` and removes it from ``pending-created`` (``pending`` is dropped). Each index write
+#: is at least one write unit, so a narrower projection saves nothing while items stay under 1 KB.
+GSI_WRITES_CREATE = 2
+GSI_WRITES_FINAL = 2
 
 
 def _data(name: str) -> dict[str, Any]:
@@ -129,6 +145,10 @@ class Traffic:
     traced_share: float = 0.05
     #: Size of a slow result as SageMaker would write it (JSON, top 5).
     result_bytes: int = 600
+    #: Mean arrival rate (jobs/s), when known: X-Ray's reservoir traces far more than 5 % at low rates.
+    rate: float | None = None
+    #: Bytes sent back to the client per image (the POST answer and the polls' answers): data transfer out.
+    response_bytes: int = 1_500
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,20 @@ class Fleet:
     overprovision: float = 1.0
     root_volume_gib: int = 60  # WorkerRootVolumeGiB
     lambda_memory_mb: int = 2048  # ApiMemorySize
+    #: Mean batch the workers run (the planner's simulation gives it for a load); ``None``: the
+    #: measured run's batch size, whose call counts are taken as they are.
+    mean_batch: float | None = None
+    #: Each GPU instance in the created VPC's public subnets has a public IPv4 address (billed hourly).
+    public_ipv4: bool = True
+    #: Private subnets behind NAT gateways (one per AZ): hourly, and per GB of queue traffic through them.
+    nat_gateways: int = 0
+    #: Worker tasks paid on average (the planner's figure): deletes of several tasks are not shared.
+    tasks: float = 1.0
+
+    @property
+    def utilisation(self) -> float:
+        """Share of the paid task-hours spent serving images."""
+        return 1.0 / self.overprovision
 
 
 @dataclass(frozen=True)
@@ -186,9 +220,29 @@ def message_bytes(measured: Measured, traffic: Traffic) -> float:
     return overhead + traffic.image_bytes * 4 / 3
 
 
-def _all_calls(measured: Measured) -> dict[str, float]:
+def worker_calls(measured: Measured, traffic: Traffic, fleet: Fleet) -> dict[str, float]:
+    """The worker's AWS calls per image at ``fleet.mean_batch``, or as measured when it is not given.
+
+    A receive returns at most 10 messages and a batch of ``b`` jobs was received together, so a batch
+    costs ``1/min(10, b)`` receives per job; completion events go out per batch the same way; deletes
+    also share calls across the batches of the last 2 s of one task (the worker's delete linger).
+    """
+    if fleet.mean_batch is None:
+        return dict(measured.worker_calls)
+    batch = max(1.0, fleet.mean_batch)
+    per_task_rate = (traffic.rate or 0.0) / max(1.0, fleet.tasks)
+    delete_group = min(SQS_BATCH_MAX, max(batch, per_task_rate * DELETE_LINGER_SECONDS))
+    calls = {k: v for k, v in measured.worker_calls.items() if not k.startswith(("SQS", "EventBridge"))}
+    calls["SQS ReceiveMessage"] = 1 / min(SQS_BATCH_MAX, batch)
+    calls["SQS DeleteMessageBatch"] = 1 / delete_group
+    if measured.worker_entries.get("EventBridge PutEvents"):
+        calls["EventBridge PutEvents"] = 1 / min(EVENTS_BATCH_MAX, batch)
+    return calls
+
+
+def _all_calls(measured: Measured, traffic: Traffic | None = None, fleet: Fleet | None = None) -> dict[str, float]:
     """AWS calls per image, API and worker together."""
-    calls = dict(measured.worker_calls)
+    calls = worker_calls(measured, traffic, fleet) if traffic and fleet else dict(measured.worker_calls)
     for name, n in measured.api_calls.items():
         calls[name] = calls.get(name, 0.0) + n
     return calls
@@ -240,13 +294,16 @@ def _queue_line(measured: Measured, traffic: Traffic, calls: dict[str, float], p
 
 
 def _table_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> list[Line]:
-    """DynamoDB: the job record's writes, its reads by polls, and its week of storage."""
+    """DynamoDB: the job record's writes and its index writes, its reads by polls, and its week of storage."""
     p = prices.price
     puts = _calls(calls, "DynamoDB", {"PutItem", "TransactWriteItems", "BatchWriteItem"})
     updates = _calls(calls, "DynamoDB", {"UpdateItem", "DeleteItem"})
     # An update is sized by the larger of the item before and after: the final item.
-    wru = puts * math.ceil(measured.item_bytes_created / WRU_BYTES)
-    wru += updates * math.ceil(measured.item_bytes_final / WRU_BYTES)
+    created_units = math.ceil(measured.item_bytes_created / WRU_BYTES)
+    final_units = math.ceil(measured.item_bytes_final / WRU_BYTES)
+    wru = puts * created_units + updates * final_units
+    # The indexes project every attribute: each index write is sized like the item it holds.
+    index_wru = GSI_WRITES_CREATE * created_units + GSI_WRITES_FINAL * final_units
     rru = traffic.polls_per_job * math.ceil(measured.item_bytes_final / RRU_BYTES)
     rru += _calls(calls, "DynamoDB", {"GetItem", "Query"})
     week = 7 / 30  # JobRetentionDays' default: an item lives a week
@@ -260,6 +317,14 @@ def _table_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], 
             "measured",
         ),
         Line(
+            "index writes (pending-created, owner-created)",
+            "DynamoDB",
+            index_wru * p("dynamodb_on_demand_per_million_wru"),
+            f"{index_wru:.2f} WRU per image: the put enters both indexes, the final update rewrites "
+            "owner-created and leaves pending-created",
+            "estimate",
+        ),
+        Line(
             "job reads (GET /job)",
             "DynamoDB",
             rru * p("dynamodb_on_demand_per_million_rru"),
@@ -267,13 +332,24 @@ def _table_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], 
             "input",
         ),
         Line(
-            "job record storage (7 days)",
+            "job record storage (7 days, table and both indexes)",
             "DynamoDB",
-            MILLION * measured.item_bytes_final / GB * week * p("dynamodb_storage_per_gb_month"),
-            f"{measured.item_bytes_final} B for 7 days",
+            3 * MILLION * measured.item_bytes_final / GB * week * p("dynamodb_storage_per_gb_month"),
+            f"{measured.item_bytes_final} B for 7 days, in the table and owner-created (pending-created while queued)",
             "measured",
         ),
     ]
+
+
+def traced_share(traffic: Traffic) -> float:
+    """Share of API requests X-Ray records: the reservoir's one a second, then the fixed rate."""
+    if traffic.rate is None:
+        return traffic.traced_share
+    requests_per_second = traffic.rate * (1 + traffic.polls_per_job)
+    if requests_per_second <= 0:
+        return 0.0
+    reservoir = min(requests_per_second, XRAY_RESERVOIR_PER_SECOND)
+    return (reservoir + XRAY_FIXED_RATE * (requests_per_second - reservoir)) / requests_per_second
 
 
 def _side_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> list[Line]:
@@ -314,27 +390,44 @@ def _side_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], p
             "measured",
         )
     )
-    if traffic.traced_share:
-        lines.append(
-            Line(
-                "traces",
-                "X-Ray",
-                requests * traffic.traced_share * p("xray_per_million_traces"),
-                f"{traffic.traced_share:.0%} of requests traced",
-                "input",
-            )
+    lines.append(
+        Line(
+            "API access logs",
+            "CloudWatch",
+            MILLION * requests * ACCESS_LOG_BYTES / GB * p("cloudwatch_logs_ingest_per_gb"),
+            f"~{ACCESS_LOG_BYTES} B per request (the stage's JSON access log line), {requests:g} requests per image",
+            "estimate",
         )
+    )
+    share = traced_share(traffic)
+    if share:
+        basis = (
+            f"{share:.1%} of requests traced at {traffic.rate:g} jobs/s (1 request/s, then 5 %)"
+            if traffic.rate is not None
+            else f"{share:.0%} of requests traced (input; at low rates the 1 request/s reservoir traces more)"
+        )
+        lines.append(Line("traces", "X-Ray", requests * share * p("xray_per_million_traces"), basis, "input"))
+    lines.append(
+        Line(
+            "data transfer out (answers to clients)",
+            "Data transfer",
+            MILLION * traffic.response_bytes / GB * p("data_transfer_out_per_gb"),
+            f"{traffic.response_bytes} B of answers per image",
+            "input",
+        )
+    )
     return lines
 
 
 def twopass(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> Breakdown:
     """Dollars per million images through twopass, by component."""
-    calls = _all_calls(measured)
+    calls = _all_calls(measured, traffic, fleet)
     lines = _api_lines(measured, traffic, fleet, prices)
     lines.append(_queue_line(measured, traffic, calls, prices))
     lines += _table_lines(measured, traffic, calls, prices)
     lines += _side_lines(measured, traffic, calls, prices)
     lines += _gpu_lines(fleet, prices, prices.instance(fleet.instance_type), fleet.instance_type)
+    lines += _network_lines(measured, traffic, fleet, prices)
     hourly = worker_hourly(measured, prices)
     lines.append(
         Line(
@@ -366,6 +459,35 @@ def _gpu_lines(fleet: Fleet, prices: Prices, hourly: float, label: str, service:
         Line(f"GPU instance-hours ({label})", service, hourly / per_hour * MILLION, basis, kind),
         Line("GPU instance root volume", "EBS", volume / per_hour * MILLION, disk, kind),
     ]
+
+
+def _network_lines(measured: Measured, traffic: Traffic, fleet: Fleet, prices: Prices) -> list[Line]:
+    """The GPU instances' public IPv4 addresses, or the NAT gateways private subnets need instead."""
+    p = prices.price
+    per_hour = _images_per_hour(fleet)
+    lines: list[Line] = []
+    if fleet.public_ipv4 and not fleet.nat_gateways:
+        lines.append(
+            Line(
+                "public IPv4 address of each GPU instance",
+                "VPC",
+                p("public_ipv4_per_hour") / per_hour * MILLION,
+                f"${p('public_ipv4_per_hour')}/h per instance while it runs",
+                "input",
+            )
+        )
+    if fleet.nat_gateways:
+        # Hourly NAT cost is fixed (see fixed_monthly); the queue's messages pass through it.
+        lines.append(
+            Line(
+                "NAT gateway data processed",
+                "VPC",
+                MILLION * message_bytes(measured, traffic) / GB * p("nat_gateway_per_gb"),
+                f"{message_bytes(measured, traffic) / 1024:.0f} KiB of queue message per image through NAT",
+                "estimate",
+            )
+        )
+    return lines
 
 
 def worker_hourly(measured: Measured, prices: Prices) -> float:
@@ -408,6 +530,13 @@ def sagemaker_async(measured: Measured, traffic: Traffic, fleet: Fleet, prices: 
             f"{traffic.result_bytes} B per result",
             "input",
         ),
+        Line(
+            "input and output storage (7 days)",
+            "S3",
+            MILLION * (traffic.image_bytes + traffic.result_bytes) / GB * (7 / 30) * p("s3_storage_per_gb_month"),
+            "each image and its result kept 7 days (as long as twopass keeps a job)",
+            "input",
+        ),
         Line("success notification", "SNS", p("sns_per_million_publishes"), "1 publish per image", "input"),
         Line(
             "endpoint logs",
@@ -421,9 +550,143 @@ def sagemaker_async(measured: Measured, traffic: Traffic, fleet: Fleet, prices: 
     return Breakdown(f"SageMaker async on ml.{fleet.instance_type}", lines)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """What the deployed stack holds whatever the load (``twopass/data/stack.json``, counted from
+    ``template.yaml`` by the tests): alarms, dashboards, custom metrics, SnapStart, the image."""
+
+    source: str
+    #: Metrics the alarms watch (a metric-math alarm bills each metric it reads).
+    alarm_metrics: int
+    dashboards: int
+    #: EMF metric names (each with its ``service`` dimension); more with per-version dimensions.
+    custom_metrics: int
+    #: ApiSnapStart's default: one published version's snapshot cached.
+    snapstart: bool
+    #: The GPU worker image in ECR (compressed), an estimate for the CUDA base image.
+    worker_image_gb: float
+    #: Subnets (one per AZ) the created VPC spans: NAT gateways, when chosen, are one per AZ.
+    availability_zones: int
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Stack:
+        data = json.loads(path.read_text()) if path is not None else _data("stack.json")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class MonthlyLine:
+    component: str
+    service: str
+    usd_per_month: float
+    basis: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Monthly:
+    """Costs per month whatever the load: the stack's standing parts."""
+
+    lines: list[MonthlyLine]
+
+    @property
+    def total(self) -> float:
+        return sum(line.usd_per_month for line in self.lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        lines = [{**line.__dict__, "usd_per_month": round(line.usd_per_month, 2)} for line in self.lines]
+        return {"total_usd_per_month": round(self.total, 2), "lines": lines}
+
+
+def fixed_monthly(stack: Stack, fleet: Fleet, traffic: Traffic, prices: Prices, measured: Measured) -> Monthly:
+    """What the stack costs a month at any load, zero included (instances scale to zero; these do not)."""
+    p = prices.price
+    gb = fleet.lambda_memory_mb / 1024
+    lines = [
+        MonthlyLine(
+            "alarms",
+            "CloudWatch",
+            stack.alarm_metrics * p("cloudwatch_alarm_per_month"),
+            f"{stack.alarm_metrics} alarm metrics",
+            "measured",
+        ),
+        MonthlyLine(
+            "dashboard",
+            "CloudWatch",
+            stack.dashboards * p("cloudwatch_dashboard_per_month"),
+            f"{stack.dashboards} dashboard (free if the account has fewer than 3)",
+            "measured",
+        ),
+        MonthlyLine(
+            "custom metrics (EMF)",
+            "CloudWatch",
+            stack.custom_metrics * p("cloudwatch_metric_per_month"),
+            f"{stack.custom_metrics} metric names, each billed only in a month it is emitted",
+            "measured",
+        ),
+        MonthlyLine(
+            "worker image",
+            "ECR",
+            stack.worker_image_gb * p("ecr_storage_per_gb_month"),
+            f"{stack.worker_image_gb:g} GB compressed (one image; old tags cost as much each)",
+            "estimate",
+        ),
+    ]
+    if stack.snapstart:
+        cached = gb * MONTH_HOURS * 3600 * p("lambda_snapstart_cache_per_gb_second")
+        lines.append(
+            MonthlyLine(
+                "SnapStart snapshot cache",
+                "Lambda",
+                cached,
+                f"one published version at {fleet.lambda_memory_mb} MB (restores are per cold start, not counted)",
+                "measured",
+            )
+        )
+    if traffic.rate is not None:
+        table_gb = traffic.rate * 7 * 86400 * measured.item_bytes_final / GB
+        lines.append(
+            MonthlyLine(
+                "point-in-time recovery",
+                "DynamoDB",
+                table_gb * p("dynamodb_pitr_per_gb_month"),
+                f"a table of {table_gb:.2f} GB (7 days of jobs at {traffic.rate:g} jobs/s)",
+                "estimate",
+            )
+        )
+    if fleet.nat_gateways:
+        lines.append(
+            MonthlyLine(
+                "NAT gateways",
+                "VPC",
+                fleet.nat_gateways * MONTH_HOURS * p("nat_gateway_per_hour"),
+                f"{fleet.nat_gateways} gateway(s), one per AZ",
+                "input",
+            )
+        )
+    return Monthly(lines)
+
+
 def fast_path_lines(breakdown: Breakdown) -> list[Line]:
     """The lines of a twopass breakdown that give the fast answer (API Gateway, Lambda, X-Ray)."""
     return [line for line in breakdown.lines if line.service in ("API Gateway", "Lambda", "X-Ray")]
+
+
+#: Said when the GPU throughput is the CPU figure measured here.
+CPU_STAND_IN = (
+    "GPU throughput not given: the CPU figure measured here stands in, so GPU costs are a CPU's; "
+    "give --images-per-second (or --curve) measured on the GPU instance"
+)
+#: Said when nothing says how busy the tasks are.
+FULL_UTILISATION = (
+    "utilisation assumed 100 % (a task busy every second it is paid for); give --rate for the load's "
+    "own figure from the planner, or --overprovision"
+)
+#: SageMaker async's instances run one request per invocation unless the container batches itself.
+SAGEMAKER_BATCHING = (
+    "SageMaker async invokes the model once per request: reaching the same images/s per instance needs "
+    "a container that batches concurrent invocations (MaxConcurrentInvocationsPerInstance above 1)"
+)
 
 
 @dataclass(frozen=True)
@@ -434,6 +697,9 @@ class Comparison:
     measured: Measured
     traffic: Traffic
     fleet: Fleet
+    monthly: Monthly | None = None
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -441,34 +707,66 @@ class Comparison:
             "measured": self.measured.source,
             "traffic": self.traffic.__dict__,
             "fleet": self.fleet.__dict__,
+            "utilisation": round(self.fleet.utilisation, 4),
+            "mean_batch": self.fleet.mean_batch if self.fleet.mean_batch is not None else self.measured.batch_size,
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
             "twopass": self.twopass.to_dict(),
         }
         if self.sagemaker is not None:
             fast = sum(line.usd_per_million for line in fast_path_lines(self.twopass))
             out["sagemaker_async"] = self.sagemaker.to_dict()
             out["sagemaker_async_with_fast_path_usd_per_million"] = round(self.sagemaker.total + fast, 4)
+        if self.monthly is not None:
+            out["fixed_monthly"] = self.monthly.to_dict()
         return out
 
 
 def compare(
-    traffic: Traffic, fleet: Fleet, *, measured: Measured | None = None, prices: Prices | None = None
+    traffic: Traffic,
+    fleet: Fleet,
+    *,
+    measured: Measured | None = None,
+    prices: Prices | None = None,
+    stack: Stack | None = None,
+    utilisation_known: bool = True,
 ) -> Comparison:
+    """Both breakdowns at the same utilisation, the fixed monthly costs, and what to be wary of."""
     measured = measured or Measured.load()
     prices = prices or Prices.load()
+    stack = stack or Stack.load()
+    warnings: list[str] = []
+    if fleet.images_per_second <= 0 or fleet.throughput_source.startswith("measured on CPU"):
+        warnings.append(CPU_STAND_IN)
     if fleet.images_per_second <= 0:
         source = f"measured on CPU, not a GPU: {measured.cpu_description}"
         fleet = replace(fleet, images_per_second=measured.cpu_images_per_second, throughput_source=source)
+    if not utilisation_known and fleet.overprovision == 1.0:
+        warnings.append(FULL_UTILISATION)
     sm = sagemaker_async(measured, traffic, fleet, prices) if prices.sagemaker_instance(fleet.instance_type) else None
-    return Comparison(twopass(measured, traffic, fleet, prices), sm, prices, measured, traffic, fleet)
+    return Comparison(
+        twopass(measured, traffic, fleet, prices),
+        sm,
+        prices,
+        measured,
+        traffic,
+        fleet,
+        fixed_monthly(stack, fleet, traffic, prices, measured),
+        tuple(warnings),
+        (SAGEMAKER_BATCHING,) if sm is not None else (),
+    )
 
 
 def markdown(comparison: Comparison) -> str:
     """The breakdown as Markdown tables, twopass beside SageMaker async."""
     c = comparison
-    out = [
+    batch = c.fleet.mean_batch if c.fleet.mean_batch is not None else c.measured.batch_size
+    out = [f"WARNING: {w}" for w in c.warnings]
+    out += [
         f"Prices: {c.prices.region}, list prices as of {c.prices.as_of} (`twopass/data/prices.json`, sources there). "
         f"Measured figures: {c.measured.source}. GPU throughput: {c.fleet.images_per_second:g} images/s per task "
-        f"({c.fleet.throughput_source}).",
+        f"({c.fleet.throughput_source}). Utilisation: {c.fleet.utilisation:.0%} of paid task time busy; "
+        f"mean batch {batch:g}.",
         "",
         "| component | service | $ per million images | share | basis |",
         "|---|---|---|---|---|",
@@ -488,4 +786,10 @@ def markdown(comparison: Comparison) -> str:
         out.append(f"| **total: {c.sagemaker.title}** (no fast answer) | | **{c.sagemaker.total:.2f}** | |")
         with_fast = c.sagemaker.total + fast
         out.append(f"| **with the same fast path in front** (API Gateway + Lambda) | | **{with_fast:.2f}** | |")
+        out += ["", *(f"Note: {n}" for n in c.notes)]
+    if c.monthly is not None:
+        out += ["", "| per month whatever the load | service | $ per month | basis |", "|---|---|---|---|"]
+        for m in sorted(c.monthly.lines, key=lambda x: -x.usd_per_month):
+            out.append(f"| {m.component} | {m.service} | {m.usd_per_month:.2f} | {m.basis} ({m.kind}) |")
+        out.append(f"| **total per month** | | **{c.monthly.total:.2f}** | |")
     return "\n".join(out)

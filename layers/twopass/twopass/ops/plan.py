@@ -56,6 +56,19 @@ class ServiceCurve:
         return cls(((1, 1 / images_per_second), (batch, batch / images_per_second)), source)
 
     @classmethod
+    def with_batch_overhead(
+        cls, images_per_second: float, batch: int = 32, overhead_seconds: float = 0.004, source: str = "input"
+    ) -> ServiceCurve:
+        """``images_per_second`` at full batches of ``batch``, each batch also paying ``overhead_seconds``
+        (a GPU's launch and copy costs): a batch of 1 is far less efficient than a full one."""
+        if images_per_second <= 0:
+            raise ValueError("images per second must be positive")
+        full = batch / images_per_second
+        fixed = min(overhead_seconds, 0.5 * full)  # never more than half a full batch's time
+        per_image = (full - fixed) / batch
+        return cls(((1, fixed + per_image), (batch, full)), source)
+
+    @classmethod
     def parse(cls, text: str, source: str = "input") -> ServiceCurve:
         """``"1:0.036,8:0.21,32:0.8"``: batch size and seconds per batch, comma-separated."""
         try:
@@ -102,6 +115,12 @@ class Scaling:
     task_start_seconds: float = 240.0
     #: A stopped task's instance is paid until the capacity provider terminates it.
     instance_linger_seconds: float = 900.0
+    #: Request → serving for a task placed on an instance still lingering (booted, image cached):
+    #: placement and model load only (an input).
+    task_restart_seconds: float = 60.0
+    #: A job stays in flight until its delete, which the worker holds up to 2 s for company: the
+    #: scale-to-zero alarm's in-flight count sees it that long after its batch.
+    delete_linger_seconds: float = 2.0
     #: Tasks running (ready) when the simulation starts; ``None``: enough for ``rate`` (a warm service).
     initial_tasks: int | None = None
     #: Switch autoscaling off: ``initial_tasks`` for the whole run (the validation against a fixed stack).
@@ -200,9 +219,27 @@ class Load:
 
 
 @dataclass
+class _Instance:
+    """A GPU instance: paid from its request until ``linger`` after its last task left it."""
+
+    requested_at: float
+    released_at: float | None = None
+
+    def free(self, now: float, linger: float) -> bool:
+        """Up with no task on it, and not yet terminated by the capacity provider."""
+        return self.released_at is not None and now < self.released_at + linger
+
+    def paid(self, end: float, linger: float) -> float:
+        stopped = end if self.released_at is None else min(end, self.released_at + linger)
+        return max(0.0, stopped - self.requested_at)
+
+
+@dataclass
 class _Task:
     ready_at: float
     requested_at: float
+    instance: _Instance = field(default_factory=lambda: _Instance(0.0))
+    last_done: float = -math.inf
     busy_until: float = 0.0
     stop: bool = False
     stopped_at: float | None = None
@@ -235,12 +272,16 @@ class _Task:
         if not self.running(now):
             while self.formed:
                 waiting.extendleft(reversed(self.formed.pop()))
-            self.stopped_at = now
+            self.halt(now)
 
-    def paid(self, end: float, linger: float) -> float:
-        """Instance-seconds paid until ``end``: from the request to the stop plus the instance's linger."""
-        stopped = end if self.stopped_at is None else min(end, self.stopped_at + linger)
-        return max(0.0, stopped - self.requested_at)
+    def halt(self, now: float) -> None:
+        """Stopped: its instance is free for another task until the capacity provider ends it."""
+        self.stopped_at = now
+        self.instance.released_at = now
+
+    def in_flight(self, now: float, delete_linger: float) -> bool:
+        """Messages of this task still not deleted: batches on hand, or deletes held after the last one."""
+        return self.committed(now) > 0 or now < self.last_done + delete_linger
 
 
 @dataclass
@@ -255,12 +296,14 @@ class Result:
     max_queue: int
     #: (time, waiting jobs, tasks serving, tasks asked for) at every metric period.
     timeline: list[tuple[float, int, int, int]]
-    #: Instance-seconds paid (request to stop plus linger), over the run.
+    #: Instance-seconds paid (request to the last task's stop plus linger), over the run.
     instance_seconds: float
     duration: float
     batches: int
     mean_batch: float
     first_latencies: list[float] = field(default_factory=list)
+    #: Instances up at once, at most (tasks on them, or lingering without one).
+    peak_instances: int = 0
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies, q)
@@ -292,6 +335,7 @@ class Result:
             "max_queue": self.max_queue,
             "mean_tasks": round(self.mean_tasks, 3),
             "peak_tasks": self.peak_tasks,
+            "peak_instances": self.peak_instances,
             "batches": self.batches,
             "mean_batch": round(self.mean_batch, 2),
         }
@@ -328,6 +372,8 @@ class _Simulation:
     def __init__(self, load: Load, curve: ServiceCurve, worker: Worker, scaling: Scaling, initial: int) -> None:
         self.load, self.curve, self.worker, self.scaling = load, curve, worker, scaling
         self.tasks: list[_Task] = [_Task(ready_at=0.0, requested_at=0.0) for _ in range(initial)]
+        self.instances: list[_Instance] = [t.instance for t in self.tasks]
+        self.peak_instances = len(self.instances)
         self.waiting: deque[float] = deque()
         self.latencies: list[float] = []
         self.first: list[float] = []
@@ -351,6 +397,7 @@ class _Simulation:
         size = len(batch)
         done = now + self.curve.seconds(size) * self.worker.factor(self.noise)
         task.busy_until = done
+        task.last_done = max(task.last_done, done)
         self.batches += 1
         self.batched += size
         if done <= self.load.duration:
@@ -430,7 +477,7 @@ class _Simulation:
         task = self.tasks[i]
         if task.stop:
             if not task.formed and task.open is None:
-                task.stopped_at = now
+                task.halt(now)
             elif task.formed:
                 self.start(i, task.formed.popleft(), now)
             return
@@ -447,18 +494,35 @@ class _Simulation:
         desired = self.state.desired
         if desired > len(live):
             for _ in range(desired - len(live)):
-                self.tasks.append(_Task(ready_at=now + self.scaling.task_start_seconds, requested_at=now))
-                self.push(now + self.scaling.task_start_seconds, "ready", len(self.tasks) - 1)
+                self.place(now)
         elif desired < len(live):
             # Idle tasks go first, then those still starting, then busy ones (after their batches).
             ranked = sorted(live, key=lambda i: (self.tasks[i].committed(now) > 0, self.tasks[i].ready_at <= now))
             for i in ranked[: len(live) - desired]:
                 self.tasks[i].retire(self.waiting, now)
 
+    def place(self, now: float) -> None:
+        """A new task: on an instance still lingering when there is one (the capacity provider reuses
+        it: no boot, the image cached), else on a new instance (the full start)."""
+        linger = self.scaling.instance_linger_seconds
+        spare = next((x for x in self.instances if x.free(now, linger)), None)
+        if spare is not None:
+            spare.released_at = None
+            ready = now + min(self.scaling.task_restart_seconds, self.scaling.task_start_seconds)
+        else:
+            spare = _Instance(requested_at=now)
+            self.instances.append(spare)
+            ready = now + self.scaling.task_start_seconds
+        self.tasks.append(_Task(ready_at=ready, requested_at=now, instance=spare))
+        self.push(ready, "ready", len(self.tasks) - 1)
+        up = sum(1 for x in self.instances if x.released_at is None or x.free(now, linger))
+        self.peak_instances = max(self.peak_instances, up)
+
     def tick(self, now: float) -> None:
         up = sum(1 for t in self.tasks if t.serving(now))
         self.samples.append((now, len(self.waiting), up))
-        busy = sum(1 for t in self.tasks if t.stopped_at is None and t.committed(now) > 0)
+        linger = self.scaling.delete_linger_seconds
+        busy = sum(1 for t in self.tasks if t.stopped_at is None and t.in_flight(now, linger))
         if not self.scaling.fixed:
             _autoscale(now, self.samples, busy, self.scaling, self.state)
             self.rescale(now)
@@ -516,11 +580,12 @@ def _result(sim: _Simulation) -> Result:
         final_queue=len(sim.waiting) + sum(len(b) for t in sim.tasks for b in t.formed),
         max_queue=sim.max_queue,
         timeline=sim.timeline,
-        instance_seconds=sum(t.paid(end, sim.scaling.instance_linger_seconds) for t in sim.tasks),
+        instance_seconds=sum(x.paid(end, sim.scaling.instance_linger_seconds) for x in sim.instances),
         duration=end,
         batches=sim.batches,
         mean_batch=sim.batched / sim.batches if sim.batches else 0.0,
         first_latencies=sim.first,
+        peak_instances=sim.peak_instances,
     )
 
 

@@ -1,0 +1,78 @@
+"""The generated parts of ``docs/cost-and-capacity.md``: every price the cost model uses (unit and
+source page), and what ``twopass cost`` and ``twopass plan`` print for the example loads.
+
+    python -m infra.docs.cost_page          # rewrite the regions
+    python -m infra.docs.cost_page --check  # exit 1 when they are out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+
+from infra.docs import markers
+from twopass.config import REPO_ROOT
+from twopass.ops import capacity_cli
+from twopass.ops.cost import Prices
+
+PAGE = REPO_ROOT / "docs" / "cost-and-capacity.md"
+#: The example commands, run as a user would (their stdout is the region's body).
+COST_EXAMPLE = ["--images-per-second", "400", "--rate", "50"]
+PLAN_EXAMPLES = (
+    ["--rate", "20", "--images-per-second", "400"],
+    ["--rate", "50", "--images-per-second", "400"],
+    ["--rate", "400", "--images-per-second", "400"],
+)
+
+
+def price_table() -> str:
+    prices = Prices.load()
+    rows = ["| price | value | unit | source |", "|---|---|---|---|"]
+    for name, item in prices.items.items():
+        rows.append(f"| `{name}` | {item['price']:g} | {item['unit']} | {item['source']} |")
+    for kind, table in (("EC2 on-demand", prices.ec2), ("SageMaker inference", prices.sagemaker)):
+        listed = ", ".join(f"{k} ${v:g}" for k, v in table.items())
+        rows.append(
+            f"| {kind} instance-hours | | {listed} | {prices.sources['ec2' if kind[0] == 'E' else 'sagemaker']} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _run(main: object, argv: list[str]) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert callable(main)
+        main(argv)
+    return out.getvalue()
+
+
+def bodies() -> dict[str, str]:
+    cost = _run(capacity_cli.cost_main, COST_EXAMPLE)
+    plans = []
+    for argv in PLAN_EXAMPLES:
+        plans += [f"$ twopass plan {' '.join(argv)}", _run(capacity_cli.plan_main, argv).rstrip("\n"), ""]
+    return {
+        "cost.prices": price_table(),
+        "cost.example": f"`twopass cost {' '.join(COST_EXAMPLE)}`:\n\n{cost}",
+        "cost.plans": "```console\n" + "\n".join(plans).rstrip("\n") + "\n```\n",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that the page is up to date")
+    args = parser.parse_args(argv)
+    if args.check:
+        current = PAGE.read_text()
+        if markers.replace(current, bodies()) != current:
+            print(f"{PAGE} is out of date: run python -m infra.docs.cost_page", file=sys.stderr)
+            return 1
+        return 0
+    markers.rewrite(PAGE, bodies())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
