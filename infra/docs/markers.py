@@ -6,8 +6,10 @@ The begin marker may carry a note after the name (who writes the region), kept a
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -51,3 +53,21 @@ def rewrite(path: Path, bodies: Mapping[str, str]) -> bool:
     if new != old:
         path.write_text(new)
     return new != old
+
+
+def page_main(
+    page: Path, bodies: Callable[[], Mapping[str, str]], module: str, doc: str | None, argv: list[str] | None
+) -> int:
+    """The command line of a script that owns regions of ``page``: rewrite them, or ``--check`` them
+    (exit 1, naming the command to run, when the page is out of date)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that the page is up to date")
+    args = parser.parse_args(argv)
+    if args.check:
+        current = page.read_text()
+        if replace(current, bodies()) != current:
+            print(f"{page} is out of date: run python -m {module}", file=sys.stderr)
+            return 1
+        return 0
+    rewrite(page, bodies())
+    return 0

@@ -41,7 +41,8 @@ def counts() -> dict[str, Any]:
         tracking = props.get("TargetTrackingScalingPolicyConfiguration")
         if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy" and tracking:
             alarm_metrics += 2 * _metric_count(tracking.get("CustomizedMetricSpecification", {}))
-    zones = sum(1 for r in resources.values() if r["Type"] == "AWS::EC2::Subnet")
+    # The created VPC has one subnet per AZ, as many as WorkerAvailabilityZones says by default.
+    zones = int(template["Parameters"]["WorkerAvailabilityZones"]["Default"])
     return {
         "source": "template.yaml and twopass.observability.metrics (python -m infra.docs.stack_counts)",
         "alarm_metrics": alarm_metrics,

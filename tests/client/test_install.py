@@ -146,7 +146,7 @@ def test_the_local_stack_imports_and_provisions_with_the_local_extra_alone() -> 
         # What the local stack imports only once running: the emulator, the template transform, /docs.
         for name in (
             "moto.moto_server.werkzeug_app", "werkzeug.serving", "samtranslator.translator.transform",
-            "samtranslator.yaml_helper", "swagger_ui_bundle", "aws_lambda_powertools.metrics",
+            "samtranslator.yaml_helper", "fastapi_offline", "jwt", "aws_lambda_powertools.metrics",
             "aws_lambda_powertools.logging.formatter", "uvicorn.main", "botocore.config",
         ):
             importlib.import_module(name)

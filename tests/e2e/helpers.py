@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
 
-from twopass.local.stack import LocalStack
+from twopass.local.stack import LocalStack, free_port
 
 
 def api(stack: LocalStack, key: str | None = None, timeout: float = 30) -> httpx.Client:
@@ -63,3 +64,17 @@ def workers_on_demand(stack: LocalStack) -> Iterator[Callable[[], subprocess.Pop
         yield start
     finally:
         stack.stop_workers(started)
+
+
+def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any) -> Iterator[LocalStack]:
+    """A stack of a test file's own (``yield from`` it in a module fixture): its own ports and logs, no
+    worker (the tests start theirs), and ``options`` as :class:`LocalStack` takes them."""
+    local = LocalStack(
+        api_port=free_port(),
+        emulator_port=free_port(),
+        workers=0,
+        log_dir=tmp_path_factory.mktemp(f"{name}-logs"),
+        **options,
+    )
+    with local:
+        yield local

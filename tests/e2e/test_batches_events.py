@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CAT_LABELS
-from tests.e2e.helpers import api, until, workers_on_demand
-from twopass.local.stack import LocalStack, free_port
+from tests.e2e.helpers import api, own_stack, until, workers_on_demand
+from twopass.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -31,16 +31,12 @@ KEY = "key-a"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(
-        api_port=free_port(),
-        emulator_port=free_port(),
-        workers=0,
+    yield from own_stack(
+        tmp_path_factory,
+        "batch",
         api_key=KEY,
-        log_dir=tmp_path_factory.mktemp("batch-logs"),
         env={"TWOPASS_POLL_WAIT_SECONDS": "1", "TWOPASS_HEARTBEAT_SECONDS": "1", "TWOPASS_INLINE_IMAGE_BYTES": "1024"},
     )
-    with local:
-        yield local
 
 
 @pytest.fixture
@@ -134,6 +130,8 @@ def test_a_batch_of_100_with_3_bad_items_and_an_event_for_every_final_state(
     seen: dict[str, dict[str, Any]] = {}
     until(lambda: wanted <= set(events(stack, seen)), 60, "an event for every job")
     assert seen[cancelled]["detail-type"] == "Job Cancelled" and seen[cancelled]["detail"]["status"] == "cancelled"
+    # The id consumers de-duplicate on: job, run, attempts (never started), final state.
+    assert seen[cancelled]["detail"]["event_id"] == f"{cancelled}-0-0-cancelled"
     assert seen[failing]["detail-type"] == "Job Failed" and "invalid image" in seen[failing]["detail"]["error"]
     assert seen[expiring]["detail-type"] == "Job Expired" and seen[expiring]["detail"]["error"]
     for job in jobs:

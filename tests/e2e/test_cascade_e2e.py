@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import final
+from tests.e2e.helpers import final, own_stack
 from twopass.config import REPO_ROOT
-from twopass.local.stack import LocalStack, free_port
+from twopass.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +28,10 @@ CANDIDATE = REPO_ROOT / "layers" / "models" / "slow" / "efficientnet-lite2-fp16.
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(
-        api_port=free_port(),
-        emulator_port=free_port(),
-        workers=0,
+    yield from own_stack(
+        tmp_path_factory,
+        "cascade",
         parameters={"CascadeThreshold": str(THRESHOLD), "ResultCache": "true"},
-        log_dir=tmp_path_factory.mktemp("cascade-logs"),
         env={
             "TWOPASS_POLL_WAIT_SECONDS": "1",
             "TWOPASS_HEARTBEAT_SECONDS": "1",
@@ -41,8 +39,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             "TWOPASS_ROLLOUT_MODE": "shadow",
         },
     )
-    with local:
-        yield local
 
 
 @pytest.fixture(scope="module")

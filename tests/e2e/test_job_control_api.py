@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from tests.conftest import CAT_LABELS
-from tests.e2e.helpers import api, final, queue_depth, until, workers_on_demand
+from tests.e2e.helpers import api, final, own_stack, queue_depth, until, workers_on_demand
 from twopass.cli import main as cli
 from twopass.client import Client
-from twopass.local.stack import LocalStack, free_port
+from twopass.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +30,10 @@ MAX_BACKLOG = 50
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(
-        api_port=free_port(),
-        emulator_port=free_port(),
-        workers=0,
+    yield from own_stack(
+        tmp_path_factory,
+        "job-control",
         api_key=f"{KEY_A},{KEY_B}",
-        log_dir=tmp_path_factory.mktemp("job-control-logs"),
         env={
             "TWOPASS_POLL_WAIT_SECONDS": "1",
             "TWOPASS_HEARTBEAT_SECONDS": "1",
@@ -44,8 +42,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             "TWOPASS_BACKLOG_CACHE_SECONDS": "0.2",
         },
     )
-    with local:
-        yield local
 
 
 @pytest.fixture

@@ -18,23 +18,19 @@ import httpx
 import pytest
 
 from tests.conftest import CAT_LABELS
-from tests.e2e.helpers import api, final, queue_depth, until
-from twopass.local.stack import LocalStack, free_port
+from tests.e2e.helpers import api, final, own_stack, queue_depth, until
+from twopass.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(
-        api_port=free_port(),
-        emulator_port=free_port(),
-        workers=0,
-        log_dir=tmp_path_factory.mktemp("job-control-worker-logs"),
+    yield from own_stack(
+        tmp_path_factory,
+        "job-control-worker",
         env={"TWOPASS_POLL_WAIT_SECONDS": "1", "TWOPASS_HEARTBEAT_SECONDS": "1", "TWOPASS_LOG_FORMAT": "json"},
     )
-    with local:
-        yield local
 
 
 @pytest.fixture

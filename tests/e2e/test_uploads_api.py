@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CAT_LABELS, PHOTOS
-from tests.e2e.helpers import api, final, workers_on_demand
+from tests.e2e.helpers import api, final, own_stack, workers_on_demand
 from twopass.cli import main as cli
 from twopass.client import Client
-from twopass.local.stack import LocalStack, free_port
+from twopass.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +33,10 @@ EXPIRY_SECONDS = 6
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(
-        api_port=free_port(),
-        emulator_port=free_port(),
-        workers=0,
+    yield from own_stack(
+        tmp_path_factory,
+        "uploads",
         api_key=f"{KEY_A},{KEY_B}",
-        log_dir=tmp_path_factory.mktemp("uploads-logs"),
         env={
             "TWOPASS_POLL_WAIT_SECONDS": "1",
             "TWOPASS_HEARTBEAT_SECONDS": "1",
@@ -46,8 +44,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             "TWOPASS_UPLOAD_EXPIRY_MINUTES": str(EXPIRY_SECONDS / 60),
         },
     )
-    with local:
-        yield local
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""samconfig.toml: the default, dev and prod environments deploy valid parameters of template.yaml."""
+"""samconfig.toml: the dev and prod environments deploy valid parameters of template.yaml, one stack
+each, stating only what differs from the template's defaults."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from twopass.config import REPO_ROOT
 from twopass.local import template as tpl
 
-ENVIRONMENTS = ("default", "dev", "prod")
+ENVIRONMENTS = ("dev", "prod")
+#: Kept by the stack and set by infra/release.py, never by samconfig.toml (see its header).
+RELEASE_OWNED = ("ImageTag", "AlarmEmail", "ConfigureApiGatewayAccount")
 
 
 @cache
@@ -38,6 +41,9 @@ def test_environments_exist_with_their_own_stacks() -> None:
         assert deploy["resolve_s3"] is True
         assert re.fullmatch(r"[a-z]{2}-[a-z]+-\d", config[env]["global"]["parameters"]["region"])
     assert config["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+    # [default] is for sam build/validate/local only: a bare `sam deploy` names no stack.
+    assert "deploy" not in config["default"]
+    assert "stack_name" not in config["default"]["global"]["parameters"]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -62,3 +68,31 @@ def test_parameter_overrides_are_valid_template_parameters(env: str) -> None:
 def test_overrides_transform(env: str) -> None:
     cfn = tpl.transform(tpl.load(), _overrides(env))
     assert "WorkerService" in cfn["Resources"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_release_path_owns_the_image_tag_alarm_email_and_account_logging_role(env: str) -> None:
+    # A tag here would put an old image back on the next plain `sam deploy --config-env`.
+    assert not set(RELEASE_OWNED) & set(_overrides(env))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_overrides_state_only_what_differs_from_the_template(env: str) -> None:
+    """A value equal to the template's default would silently disagree once the default changes."""
+    parameters = tpl.load()["Parameters"]
+    same = [
+        name
+        for name, value in _overrides(env).items()
+        if name != "Stage" and str(parameters[name].get("Default", "")) == value
+    ]
+    assert same == []
+
+
+def test_the_header_says_what_is_off_by_default_as_the_template_does() -> None:
+    parameters = tpl.load()["Parameters"]
+    header = (REPO_ROOT / "samconfig.toml").read_text()
+    assert "The cascade, the result cache and slow-model rollouts are off by default" in header
+    for name in ("CascadeThreshold", "ResultCache", "CandidateSlowModel", "RolloutMode"):
+        assert str(parameters[name]["Default"]) in ("0", "false", ""), name
+    agreement = parameters["FastSlowAgreementAlarmThreshold"]["Default"]
+    assert f"the agreement alarm is\n# on (FastSlowAgreementAlarmThreshold={agreement:g}" in header

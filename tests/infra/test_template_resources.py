@@ -334,13 +334,18 @@ def test_api_is_rest_with_keys_throttling_access_logs_and_tracing() -> None:
     body = _props("Api")["Body"]
     # The exact image types beside the wildcard are for `sam local` (tests/infra/test_sam_local.py).
     assert body["x-amazon-apigateway-binary-media-types"][:2] == ["image/*", "application/octet-stream"]
-    keyed = {"Fn::If": ["RequireApiKey", [{"api_key": []}], []]}
+    key = {"Fn::If": ["RequireApiKey", [{"api_key": []}], []]}
+    # AuthMode cognito adds the user pool's authorizer (tests/infra/test_template_auth.py).
+    user = {"Fn::If": ["RequireApiKey", [{"api_key": [], "user_pool": []}], [{"user_pool": []}]]}
+    keyed = {"Fn::If": ["UseCognito", user, key]}
     docs = {"Fn::If": ["DocsNeedApiKey", [{"api_key": []}], []]}
     for path, ops in body["paths"].items():
         for method, op in ops.items():
             assert "x-amazon-apigateway-integration" in op, (path, method)
-            # Liveness and readiness probes are open: /health and the Open Inference Protocol's two.
-            probe = path in ("/health", "/v2/health/live", "/v2/health/ready")
+            if method == "options":  # CORS preflights, answered by API Gateway without a key
+                continue
+            # Liveness and readiness probes are open: /health and the Open Inference Protocol's two; the demo page.
+            probe = path in ("/health", "/v2/health/live", "/v2/health/ready") or path.split("/")[1] == "demo"
             expected = [] if probe else docs if path.split("/")[1] in ("docs", "openapi.json") else keyed
             assert op["security"] == expected, (path, method)
     assert body["components"]["securitySchemes"]["api_key"] == {"type": "apiKey", "name": "x-api-key", "in": "header"}
@@ -373,6 +378,24 @@ def test_api_function_concurrency_is_parameterised() -> None:
     assert alias["ProvisionedConcurrencyConfig"]["Fn::If"][0] == "HasProvisionedConcurrency"
 
 
+def test_waiting_reads_are_capped_by_default_below_the_accounts_concurrency() -> None:
+    """?wait= holds an execution per waiting read: by default the template caps what waits can hold."""
+    from twopass.api.routes.jobs import WAIT_MAX, wait_limit
+
+    env = tpl.function_environment(_cfn(), "ApiFunction")
+    assert env["TWOPASS_WAIT_CONCURRENCY"] == {"Ref": "ApiWaitConcurrency"}
+    assert env["TWOPASS_API_RATE_LIMIT"] == {"Ref": "ApiThrottleRateLimit"}
+    cap, rate, burst = (int(_param_default(p)) for p in ("ApiWaitConcurrency", "ApiThrottleRateLimit",
+                                                         "ApiThrottleBurstLimit"))  # fmt: skip
+    assert cap > 0, "waits must be capped unless the operator says otherwise"
+    longest = wait_limit(Settings(wait_concurrency=cap, api_rate_limit=rate))
+    assert 1 <= longest < WAIT_MAX
+    # Waits at the full rate, plus one burst, stay well under the default account limit (1,000).
+    assert rate * longest + burst <= 0.5 * 1000
+    # Uncapped, the same rate of full waits would hold the whole account.
+    assert rate * wait_limit(Settings()) >= 1000
+
+
 # ---------------------------------------------------------------- env var contract with twopass.config
 
 
@@ -389,7 +412,8 @@ def test_worker_container_env_is_exactly_what_settings_reads() -> None:
     assert env["TWOPASS_NORMAL_SHARE"] == {"Ref": "WorkerNormalShare"}
     assert 0 < float(_param_default("WorkerNormalShare")) < 1
     assert env["TWOPASS_TABLE_NAME"] == {"Ref": "JobsTable"}
-    assert env["TWOPASS_SLOW_MODEL"] == {"Fn::Sub": "/opt/models/efficientnet-lite2-${WorkerModelPrecision}.onnx"}
+    bundled = {"Fn::Sub": "/opt/models/efficientnet-lite2-${WorkerModelPrecision}.onnx"}
+    assert env["TWOPASS_SLOW_MODEL"] == {"Fn::If": ["SlowFromS3", {"Ref": "SlowModel"}, bundled]}
     # Every precision the parameter allows is a model the image bakes in (layers/models/slow/).
     precisions = tpl.load()["Parameters"]["WorkerModelPrecision"]["AllowedValues"]
     for precision in precisions:

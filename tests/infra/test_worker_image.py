@@ -1,6 +1,7 @@
-"""The worker image, checked by construction (no Docker here): the Dockerfile's two targets, their
+"""The worker image, checked by construction (no Docker here): the Dockerfile's three targets, their
 pinned requirements and the build context agree with each other, the template and the Lambda deps layer.
-(tests/artefacts runs the worker from exactly the image's requirement file.)"""
+(tests/artefacts runs the worker, its build-time checks and the gpu-slim link check from exactly the
+image's requirement files.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from twopass.local import template as tpl
 
 WORKER = REPO_ROOT / "infra" / "worker"
 DOCKERFILE = WORKER / "Dockerfile"
-VARIANTS = ("cpu", "gpu")
+VARIANTS = ("cpu", "gpu-slim", "gpu")
+GPU_VARIANTS = ("gpu-slim", "gpu")
+#: What the container toolkit reads on the gpu-slim image (the CUDA base image sets its own).
+NVIDIA_ENV = {
+    "NVIDIA_VISIBLE_DEVICES": "all",
+    "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+    "NVIDIA_REQUIRE_CUDA": '"cuda>=13.0"',
+}
 
 
 @dataclass
@@ -78,10 +86,11 @@ def _pins(path: Path) -> dict[str, str]:
 
 def test_one_target_per_variant_and_cpu_never_touches_the_cuda_base() -> None:
     args, stages = _stages()
-    assert [s.name for s in stages] == ["cpu", "gpu"]  # cpu first: the legacy builder builds up to the target
+    # The python-based stages first: the legacy builder builds every stage up to the target.
+    assert [s.name for s in stages] == ["cpu", "gpu-slim", "gpu"]
     assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04", args["CUDA_IMAGE"])
     assert re.fullmatch(r"python:3\.12-slim\S*", args["CPU_IMAGE"])
-    assert _stage("cpu").base == "${CPU_IMAGE}"
+    assert _stage("cpu").base == _stage("gpu-slim").base == "${CPU_IMAGE}"
     assert _stage("gpu").base == "${CUDA_IMAGE}"
     for stage in stages:
         # Nothing is taken from another stage, so building one never builds (or pulls for) the other.
@@ -90,20 +99,67 @@ def test_one_target_per_variant_and_cpu_never_touches_the_cuda_base() -> None:
     assert not DOCKERFILE.read_text().lstrip().lower().startswith("# syntax")
 
 
-def test_the_two_stages_differ_only_in_base_requirements_and_providers() -> None:
-    def tail(variant: str) -> list[tuple[str, str]]:
-        instructions = _stage(variant).instructions
-        start = next(i for i, (w, a) in enumerate(instructions) if w == "COPY" and "requirements-" in a)
-        out = []
-        for word, rest in instructions[start:]:
-            rest = rest.replace(f"requirements-{variant}.txt", "requirements-VARIANT.txt")
-            rest = re.sub(r"TWOPASS_PROVIDERS=\S+", "TWOPASS_PROVIDERS=…", rest)
-            out.append((word, rest.replace(f"worker ({variant})", "worker (VARIANT)")))
-        return out
+def _tail(variant: str) -> list[tuple[str, str]]:
+    """The stage from its requirement file on, with what may differ between stages made generic."""
+    instructions = _stage(variant).instructions
+    start = next(i for i, (w, a) in enumerate(instructions) if w == "COPY" and "requirements-" in a)
+    out = []
+    for word, rest in instructions[start:]:
+        if word == "RUN" and "twopass.worker.linkcheck" in rest:
+            continue  # the GPU stages' own check (test below)
+        rest = rest.replace(f"requirements-{variant}.txt", "requirements-VARIANT.txt")
+        rest = re.sub(r"TWOPASS_PROVIDERS=\S+", "TWOPASS_PROVIDERS=…", rest)
+        rest = re.sub(r" NVIDIA_\w+=\S+", "", rest)
+        out.append((word, rest.replace(f"worker ({variant})", "worker (VARIANT)")))
+    return out
 
-    assert tail("cpu") == tail("gpu")
+
+def test_the_stages_differ_only_in_base_requirements_providers_and_gpu_checks() -> None:
+    assert _tail("cpu") == _tail("gpu-slim") == _tail("gpu")
     assert "TWOPASS_PROVIDERS=cpu" in " ".join(_stage("cpu").all("ENV"))
-    assert "TWOPASS_PROVIDERS=cuda,cpu" in " ".join(_stage("gpu").all("ENV"))
+    for variant in GPU_VARIANTS:
+        # Required, not preferred: a GPU task that cannot use its GPU exits instead of serving on the CPU.
+        assert "TWOPASS_PROVIDERS=cuda,cpu" in " ".join(_stage(variant).all("ENV"))
+
+
+def test_the_gpu_slim_stage_tells_the_container_toolkit_what_it_needs() -> None:
+    env = " ".join(_stage("gpu-slim").all("ENV"))
+    for name, value in NVIDIA_ENV.items():
+        assert f"{name}={value}" in env, name
+    for variant in ("cpu", "gpu"):  # the CUDA base sets its own; the cpu image wants no GPU
+        assert "NVIDIA_" not in " ".join(_stage(variant).all("ENV")), variant
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_stage_checks_its_imports_and_model_at_build_time(variant: str) -> None:
+    runs = _stage(variant).all("RUN")
+    check = next(r for r in runs if "compileall" in r)
+    # The one import walk make test also runs (tests/artefacts/test_worker_checks.py), then the model
+    # loads and runs a batch on the CPU: there is no GPU at build time.
+    assert "python -m twopass.worker.selfcheck" in check
+    assert "TWOPASS_PROVIDERS=cpu" in check and "python -m twopass.worker --preflight" in check
+    assert "python -c" not in check  # no inline copy of the walk to drift from the module
+    links = [r for r in runs if "twopass.worker.linkcheck" in r]
+    expected = {"cpu": [], "gpu": ["python -m twopass.worker.linkcheck"],
+                "gpu-slim": ["python -m twopass.worker.linkcheck --from-wheels"]}[variant]  # fmt: skip
+    assert links == expected
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_health_check_is_the_preflight(variant: str) -> None:
+    (check,) = _stage(variant).all("HEALTHCHECK")
+    assert check.endswith('CMD ["python", "-m", "twopass.worker", "--preflight"]')
+    interval = re.search(r"--interval=(\d+)s", check)
+    assert interval is not None and int(interval.group(1)) >= 60  # a model load each time: not often
+
+
+def test_the_import_walk_leaves_out_what_the_requirement_check_leaves_out() -> None:
+    from tests.artefacts.test_requirements import SHIPPED
+    from twopass.worker.selfcheck import NOT_IN_THE_IMAGE
+
+    for variant in VARIANTS:
+        _, _, skipped = SHIPPED[f"worker image ({variant})"]
+        assert tuple(f"twopass.{name}" for name in skipped) == NOT_IN_THE_IMAGE
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -131,7 +187,10 @@ def test_runs_the_worker_as_non_root_and_stops_on_sigterm(variant: str) -> None:
 def test_model_path_and_telemetry_match_the_task_definition(variant: str) -> None:
     cfn = tpl.transform_file()
     env = tpl.resolve(
-        tpl.container_environment(cfn, "WorkerTaskDefinition"), lambda *_: "x", tpl.parameter_defaults(cfn)
+        tpl.container_environment(cfn, "WorkerTaskDefinition"),
+        lambda *_: "x",
+        tpl.parameter_defaults(cfn),
+        cfn.get("Conditions"),
     )
     model = env["TWOPASS_SLOW_MODEL"]  # the default precision; the image's ENV matches it
     stage = _stage(variant)
@@ -146,7 +205,9 @@ def test_model_path_and_telemetry_match_the_task_definition(variant: str) -> Non
     assert "layers/twopass/twopass /opt/twopass/twopass" in stage.all("COPY")
 
 
-@pytest.mark.parametrize(("variant", "runtime"), [("gpu", "onnxruntime-gpu"), ("cpu", "onnxruntime")])
+@pytest.mark.parametrize(
+    ("variant", "runtime"), [("gpu", "onnxruntime-gpu"), ("gpu-slim", "onnxruntime-gpu"), ("cpu", "onnxruntime")]
+)
 def test_requirements_are_pinned_and_match_the_lambda_layer(variant: str, runtime: str) -> None:
     pins = _pins(WORKER / f"requirements-{variant}.txt")
     layer = _pins(REPO_ROOT / "layers" / "deps" / "requirements.txt")
@@ -165,6 +226,6 @@ def test_dockerignore_sends_only_what_the_image_copies() -> None:
     ]
     assert lines[0] == "**"  # allow-list
     allowed = {line[1:] for line in lines if line.startswith("!")}
-    assert {"infra/worker/requirements-gpu.txt", "infra/worker/requirements-cpu.txt"} <= allowed
+    assert {f"infra/worker/requirements-{variant}.txt" for variant in VARIANTS} <= allowed
     assert "layers/twopass/twopass/**" in allowed
     assert any(a.startswith("layers/models/slow/") for a in allowed)

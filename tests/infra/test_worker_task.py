@@ -80,7 +80,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
             },
         )
         params = tpl.parameter_defaults(_cfn(), {"AWS::Region": REGION})
-        resolved = tpl.resolve(tpl.container_environment(_cfn(), TASK), created.lookup, params)
+        resolved = tpl.resolve(tpl.container_environment(_cfn(), TASK), created.lookup, params, _cfn()["Conditions"])
         created.worker_env = {k: str(v) for k, v in resolved.items()}
         yield created
     aws.reset_clients()
@@ -125,7 +125,21 @@ GRANTED_NOT_CALLED = {"s3:ListBucket"}
 #: Methods of the source, the store and the payload store this test drives; the worker may call no other.
 EXERCISED = {
     "source": {"receive", "receive_lane", "lanes", "ack", "release", "extend", "last_attempt"},
-    "store": {"start", "succeed", "fail", "expire", "get", "keep_image", "beat", "forget_worker"},
+    # message_held and when_announced make no AWS call (they order the ack after the event's
+    # delivery); reannounce makes the same PutEvents call as a final write.
+    "store": {
+        "start",
+        "succeed",
+        "fail",
+        "expire",
+        "get",
+        "keep_image",
+        "beat",
+        "forget_worker",
+        "message_held",
+        "when_announced",
+        "reannounce",
+    },
     "payloads": {"image", "delete", "put"},
 }
 
@@ -305,3 +319,35 @@ def test_the_task_gives_the_image_what_it_expects() -> None:
     assert {"ContainerPath": "/tmp", "Size": 512} in container["LinuxParameters"]["Tmpfs"]
     # The callback secret is always injected, so the image must carry the callback sender's packages.
     assert [s["Name"] for s in container["Secrets"]] == ["TWOPASS_CALLBACK_SECRET"]
+
+
+def test_a_task_that_cannot_use_its_gpu_fails_instead_of_serving_on_the_cpu() -> None:
+    container = _worker_container()
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    # CUDA required (no "?", no TWOPASS_ALLOW_CPU_FALLBACK): the worker exits at start without it,
+    # and the service's circuit breaker stops a rollout whose tasks keep exiting.
+    assert env["TWOPASS_PROVIDERS"] == "cuda,cpu"
+    assert "TWOPASS_ALLOW_CPU_FALLBACK" not in env
+    settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.session_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    breaker = _cfn()["Resources"]["WorkerService"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
+    assert breaker == {"Enable": True, "Rollback": True}
+    # The health check loads the model as configured: a task that loses its GPU turns unhealthy.
+    check = container["HealthCheck"]
+    assert check["Command"] == ["CMD", "python", "-m", "twopass.worker", "--preflight"]
+    # ECS's limits: interval 5-300 s, timeout 2-60 s, start period 0-300 s; the start period covers
+    # the model load, the timeout a load and a warm-up batch on a busy host.
+    assert 60 <= check["Interval"] <= 300 and 10 <= check["Timeout"] <= 60 and 60 <= check["StartPeriod"] <= 300
+
+
+def test_a_gpu_task_serving_on_the_cpu_raises_an_alarm() -> None:
+    from twopass.observability.metrics import Metric
+
+    alarm = _cfn()["Resources"]["GpuTaskOnCpuAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("twopass", Metric.SERVING_PROVIDER.value)
+    # The dimensions the worker reports (tests/unit/test_providers.py reads them off its EMF output).
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+        "service": "twopass-worker", "provider": "CPUExecutionProvider", "requested": "CUDAExecutionProvider",
+    }  # fmt: skip
+    assert (alarm["Statistic"], alarm["ComparisonOperator"], alarm["Threshold"]) == ("Sum", "GreaterThanThreshold", 0)
+    assert alarm["TreatMissingData"] == "notBreaching"

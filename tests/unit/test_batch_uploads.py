@@ -4,11 +4,13 @@ read from the bucket as POST /predict reads them, with its errors as item errors
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -16,6 +18,7 @@ from PIL import Image
 from tests.unit.test_uploads import KEY_A, KEY_B, api, messages, new_upload, put_through
 from twopass.config import Settings
 from twopass.models.runtime import Classifier
+from twopass.payloads import ImageChangedError, PayloadStore
 
 
 def small(jpeg: bytes, size: int = 160) -> bytes:
@@ -75,7 +78,12 @@ def test_upload_items_become_jobs_by_reference_beside_inline_ones_and_bad_upload
     by_job = {m["job_id"]: m for m in messages(aws.queue_url)}
     assert set(by_job) == {answers[0]["job_id"], answers[1]["job_id"]}, "two jobs: the repeat made none"
     upload_message = by_job[answers[0]["job_id"]]
-    assert "image_b64" not in upload_message and str(upload_message["image_ref"]).endswith(f"/{ready['upload_id']}")
+    ref, pin = str(upload_message["image_ref"]).split("#")
+    assert "image_b64" not in upload_message and ref.endswith(f"/{ready['upload_id']}")
+    assert f"sha256={hashlib.sha256(cat_jpeg).hexdigest()}" in pin, "pinned to the bytes the fast model saw"
+    put_through(aws, ready, b"another photo")  # sent again after the batch: the job's reference refuses it
+    with pytest.raises(ImageChangedError):
+        PayloadStore(boto3.client("s3", region_name="us-east-1")).fetch(str(upload_message["image_ref"]))
     assert "image_b64" in by_job[answers[1]["job_id"]], "the inline item stays inline"
 
     state = client.get(f"/batches/{body['batch_id']}", headers=KEY_A).json()

@@ -105,4 +105,7 @@ def test_dynamodb_store_and_the_dead_letter_sweep_publish_to_the_template_bus(aw
     assert event["source"] == "twopass" and event["detail-type"] == "Job Failed"
     assert event["detail"]["job_id"] == job.job_id and event["detail"]["owner"] == "tenant"
     assert "dead-lettered" in event["detail"]["error"]
+    assert event["detail"]["event_id"] == f"{job.job_id}-0-0-failed"
+    swept = store.get(job.job_id)
+    assert swept is not None and swept.event_owed is None  # owed in the sweep's write, settled once out
     assert attach(store, "") is None  # off

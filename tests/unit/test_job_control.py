@@ -29,6 +29,7 @@ from twopass.jobs.base import (
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
 from twopass.ops.calls import CallCounter
+from twopass.payloads import PayloadStore
 from twopass.queue.sqs import SqsPublisher
 
 RESULT = {"model": "m", "label": "tabby", "top_k": [{"label": "tabby", "probability": 0.75, "class_id": 281}]}
@@ -337,6 +338,55 @@ def test_retry_requeues_a_failed_claim_checked_job_until_its_image_is_gone(
         inline = queued_job(client)  # travelled inside its message: nothing kept to run again
         store.fail(inline, "boom")
         assert client.post(f"/job/{inline}/retry", headers=KEY_A).json()["error"] == "image_gone"
+
+
+def test_retry_right_after_a_cancel_waits_for_the_worker_to_keep_the_inline_image(
+    client: TestClient, aws: Settings
+) -> None:
+    store = DynamoJobStore(aws.table_name)
+    job_id = queued_job(client)  # its image travels inside its message
+    assert client.delete(f"/job/{job_id}", headers=KEY_A).status_code == 200
+    pending = client.post(f"/job/{job_id}/retry", headers=KEY_A)
+    assert pending.status_code == 409 and pending.json()["error"] == "image_pending", pending.text
+    assert pending.headers["retry-after"] == "1" and "retry in 1 s" in pending.json()["detail"]
+    assert status(store, job_id) is JobStatus.CANCELLED, "refused: nothing changed"
+    # What a worker does when it meets the cancelled job's message: keeps the image, records it.
+    [message] = [m for m in messages(aws.queue_url) if m["job_id"] == job_id]
+    ref = PayloadStore().put(aws.payload_bucket, job_id, base64.b64decode(str(message["image_b64"])))
+    assert store.keep_image(job_id, ref)
+    retried = client.post(f"/job/{job_id}/retry", headers=KEY_A)
+    assert retried.status_code == 200 and retried.json()["status"] == "queued", retried.text
+
+
+def test_retry_of_a_cancelled_inline_job_is_410_where_no_worker_will_keep_its_image(
+    aws: Settings, fast_classifier: Classifier
+) -> None:
+    with api(aws, fast_classifier, payload_bucket="") as client:  # no bucket: nothing is ever kept
+        job_id = queued_job(client)
+        assert client.delete(f"/job/{job_id}", headers=KEY_A).status_code == 200
+        assert client.post(f"/job/{job_id}/retry", headers=KEY_A).json()["error"] == "image_gone"
+    with api(aws, fast_classifier, queue_retention_seconds=1) as client:  # its message is past the queue's retention
+        job_id = queued_job(client)
+        assert client.delete(f"/job/{job_id}", headers=KEY_A).status_code == 200
+        time.sleep(1.1)
+        gone = client.post(f"/job/{job_id}/retry", headers=KEY_A)
+        assert gone.status_code == 410 and gone.json()["error"] == "image_gone"
+
+
+def test_retry_refuses_an_image_replaced_by_one_over_the_limit_without_reading_it(
+    aws: Settings, fast_classifier: Classifier
+) -> None:
+    store = DynamoJobStore(aws.table_name)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    with api(aws, fast_classifier, inline_image_bytes=1, upload_max_bytes=1000, max_image_bytes=300_000) as client:
+        job_id = queued_job(client)  # claim-checked at payloads/<job id>
+        assert store.start(job_id, "w1") is not None and store.fail(job_id, "boom")
+        s3.put_object(Bucket=aws.payload_bucket, Key=f"payloads/{job_id}", Body=b"0" * 300_001)
+        refused = client.post(f"/job/{job_id}/retry", headers=KEY_A)
+        assert refused.status_code == 413 and refused.json()["error"] == "payload_too_large", refused.text
+        assert "300001 bytes" in refused.json()["detail"] and status(store, job_id) is JobStatus.FAILED
+        s3.put_object(Bucket=aws.payload_bucket, Key=f"payloads/{job_id}", Body=b"0" * 300_000)
+        assert client.post(f"/job/{job_id}/retry", headers=KEY_A).status_code == 200
 
 
 def test_deadline_from_json_query_or_default_within_the_queue_retention(

@@ -16,6 +16,7 @@ import httpcore
 import httpx
 import pytest
 
+from tests.receivers import HostileReceiver
 from twopass.notify.guard import (
     CallbackResolutionError,
     CallbackURLError,
@@ -502,3 +503,182 @@ def test_close_is_bounded_by_its_timeout_when_a_receiver_hangs() -> None:
         # After close nothing new is accepted, and the caller hears so at once.
         sender.submit(f"http://127.0.0.1:{receiver.port}/cb", {"job_id": "late"})
         assert results[-1:] == [False]
+
+
+# -- hostile receivers: bounded reads, a deadline per try, one destination cannot hold the rest ------
+
+
+def until_true(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_an_endless_body_is_not_read_and_its_connection_is_closed() -> None:
+    results: list[bool] = []
+    with HostileReceiver("endless") as receiver:  # unthrottled: as fast as loopback goes
+        sender = local_sender(results)
+        sender.submit(receiver.url, {"job_id": "endless"})
+        settle(sender)
+        until_true(lambda: receiver.connections[0].closed_at is not None)
+        conn = receiver.connections[0]
+        assert conn.closed_at is not None and conn.closed_at - conn.opened_at < 1.0
+        sent = receiver.sent
+        sender.close()
+    assert results == [True]  # a 2xx status line is the answer; the body is the receiver's business
+    assert sent < 16 * 2**20  # what the kernel's socket buffers took before the reset, not a stream
+
+
+def test_a_head_that_never_ends_is_cut_at_the_cap() -> None:
+    results: list[bool] = []
+    with HostileReceiver("bighead") as receiver:
+        sender = local_sender(results, attempts=2)
+        sender.submit(receiver.url, {"job_id": "bighead"})
+        settle(sender)
+        sender.close()
+        until_true(lambda: all(c.closed_at is not None for c in receiver.connections))
+        assert len(receiver.connections) == 2  # refused, retried, refused: each try cut off
+    assert results == [False]
+
+
+def test_each_try_has_one_deadline_however_the_receiver_paces_its_bytes() -> None:
+    """A byte every 0.2 s never trips a per-read timeout; the 1 s deadline of the whole try does."""
+    results: list[bool] = []
+    with HostileReceiver("trickle", interval=0.2) as receiver:
+        sender = local_sender(results, attempts=2, timeout=1.0)
+        started = time.monotonic()
+        sender.submit(receiver.url, {"job_id": "trickle"})
+        settle(sender, timeout=10)
+        took = time.monotonic() - started
+        sender.close()
+        until_true(lambda: all(c.closed_at is not None for c in receiver.connections))
+        held = [c.closed_at - c.opened_at for c in receiver.connections if c.closed_at is not None]
+    assert results == [False] and len(held) == 2
+    assert all(0.9 < h < 1.5 for h in held), held
+    assert took < 3.5  # two tries and one short backoff
+
+
+def test_a_lookup_that_hangs_is_bounded_by_the_deadline_too() -> None:
+    def slow_resolver(host: str, port: int) -> list[str]:
+        time.sleep(3)
+        return ["127.0.0.1"]
+
+    transport = PinnedTransport(allow_private=True, resolver=slow_resolver, attempt_timeout=0.5)
+    started = time.monotonic()
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectTimeout, match=r"0\.5 s deadline"):
+        client.post("http://hooks.test:9/cb", content=b"{}")
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_healthy_receiver_is_not_kept_waiting_by_trickling_ones() -> None:
+    """Four receivers trickle (one of them sent two callbacks), and the healthy one is still answered at once."""
+    results: list[bool] = []
+    hostile = [HostileReceiver("trickle", interval=1.0) for _ in range(4)]
+    with HostileReceiver("healthy") as healthy:
+        for receiver in hostile:
+            receiver.__enter__()
+        try:
+            sender = local_sender(results, threads=8, per_destination=2)
+            for i, receiver in enumerate([hostile[0], *hostile]):
+                sender.submit(receiver.url, {"job_id": f"hostile-{i}"})
+            until_true(lambda: sum(r.open_connections for r in hostile) == 5)
+            submitted = time.time()
+            sender.submit(healthy.url, {"job_id": "healthy"})
+            until_true(lambda: healthy.requests, timeout=2)
+            delay = healthy.requests[0].at - submitted
+            sender.close(timeout=0.1)
+        finally:
+            for receiver in hostile:
+                receiver.__exit__()
+    assert delay < 0.5
+    got = healthy.requests[0]
+    assert verify(SECRET, got.body, got.head[SIGNATURE_HEADER.lower()])
+
+
+def test_one_destination_holds_at_most_its_share_of_the_threads() -> None:
+    results: list[bool] = []
+    with HostileReceiver("trickle", interval=1.0) as hostile, HostileReceiver("healthy") as healthy:
+        sender = local_sender(results, threads=4, per_destination=2)
+        for i in range(10):
+            sender.submit(hostile.url, {"job_id": f"hostile-{i}"})
+        until_true(lambda: hostile.open_connections == 2)
+        for i in range(3):
+            sender.submit(healthy.url, {"job_id": f"healthy-{i}"})
+        until_true(lambda: len(healthy.requests) == 3, timeout=2)
+        assert len(hostile.connections) == 2  # the other eight wait their turn, holding nothing
+        assert sender.close(timeout=0.1) == 10
+    assert results.count(True) == 3 and results.count(False) == 10
+
+
+def test_what_is_left_at_shutdown_is_counted_logged_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+    results: list[bool] = []
+    dropped: list[int] = []
+    with HostileReceiver("silent") as silent:
+        url = silent.url
+        sender = local_sender(results, per_destination=1, on_dropped=dropped.append)
+        for i in range(3):
+            sender.submit(url, {"job_id": f"left-{i}"})
+        until_true(lambda: silent.open_connections == 1)
+        with caplog.at_level("WARNING", logger="twopass.notify.sender"):
+            started = time.monotonic()
+            assert sender.close(timeout=0.3) == 3
+            assert time.monotonic() - started < 0.6
+    assert dropped == [3] and results == [False, False, False]
+    assert "3 callback(s) not delivered at shutdown: 2 queued, 1 still being tried" in caplog.text
+    jobs = {getattr(r, "job_id", None) for r in caplog.records if "dropped at shutdown" in r.getMessage()}
+    assert jobs == {"left-0", "left-1", "left-2"}
+    sender.submit(url, {"job_id": "late"})  # after close: refused at once, and counted
+    assert dropped == [3, 1] and results[-1] is False
+
+
+def test_callbacks_submitted_together_do_not_share_one_idle_thread() -> None:
+    """One idle thread, two callbacks at once: the one behind a hanging receiver does not take both."""
+    results: list[bool] = []
+    with HostileReceiver("silent") as silent, HostileReceiver("healthy") as healthy:
+        sender = local_sender(results, timeout=3.0)
+        sender.submit(healthy.url, {"job_id": "warm-up"})
+        settle(sender)  # one thread, idle
+        submitted = time.time()
+        sender.submit(silent.url, {"job_id": "hangs"})
+        sender.submit(healthy.url, {"job_id": "healthy"})
+        until_true(lambda: len(healthy.requests) == 2, timeout=2)
+        assert healthy.requests[1].at - submitted < 0.5
+        sender.close(timeout=0.1)
+
+
+def test_the_worker_counts_callbacks_dropped_at_shutdown_in_a_metric(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count reaches the metrics output although the worker's events flushed before the sender closed."""
+    from twopass.config import Settings
+    from twopass.worker.events import ObservedEvents
+    from twopass.worker.main import build_events
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    events = build_events(Settings(callback_secret=SECRET, callback_allow_private=True, callback_allow_http=True))
+    assert isinstance(events, ObservedEvents) and events.callbacks is not None
+    with HostileReceiver("silent") as silent:
+        for i in range(2):
+            events.callbacks.submit(silent.url, {"job_id": f"cut-{i}"})
+        until_true(lambda: silent.open_connections == 2)
+        events.close()  # the sender's 2 s, then both are dropped
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert sum(sum(b.get("CallbacksDropped", [])) for b in blobs) == 2
+    assert sum(sum(b.get("CallbacksFailed", [])) for b in blobs) == 2
+
+
+def test_a_budgeted_request_goes_through_tls_too(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_tls, client_tls = tls_pair
+    with Receiver(tls=server_tls) as receiver:
+        internet = LoopbackInternet({(PUBLIC_V4, 443): receiver.port})
+        transport = PinnedTransport(
+            resolver=ScriptedResolver([PUBLIC_V4]),
+            verify=client_tls,
+            network_backend=internet,
+            attempt_timeout=5.0,
+            max_response_bytes=16 * 1024,
+        )
+        with httpx.Client(transport=transport) as client:
+            assert client.post("https://hooks.example/done", content=b"{}").status_code == 200
+        assert receiver.server_names == ["hooks.example"] and len(receiver.received) == 1

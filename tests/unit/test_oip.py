@@ -10,6 +10,7 @@ import base64
 import copy
 import gzip
 import importlib.util
+import io
 import json
 import struct
 import zlib
@@ -21,13 +22,17 @@ import boto3
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.conftest import CAT_LABELS, EVENTS
 from tests.lambda_context import LambdaContext
+from twopass.api import oip
 from twopass.api.app import create_app
+from twopass.api.errors import HTTPProblemError
 from twopass.api.service import TwopassService
 from twopass.config import REPO_ROOT, Settings
-from twopass.imaging import load_tensor
+from twopass.exceptions import ImageTooLargeError
+from twopass.imaging import MAX_SIDE, load_tensor
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
@@ -111,7 +116,8 @@ def expected(classifier: Classifier, image: bytes) -> np.ndarray:
     """The fast model's probabilities for ``image``, computed here without the API."""
     logits = classifier.logits(load_tensor(image, classifier.card.preprocessing, max_pixels=40_000_000)[None])
     e = np.exp(logits[0] - logits[0].max())
-    return e / e.sum()
+    probabilities: np.ndarray = e / e.sum()
+    return probabilities
 
 
 def error_of(response: Any) -> str:
@@ -337,6 +343,20 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("wrong datatype", _tensor(datatype="FP32", data=[0.5]), 400, "BYTES"),
     ("shape mismatch", _tensor(shape=[2]), 400, "shape"),
     ("negative shape", _tensor(shape=[-1]), 400, "negative"),
+    # int64 arithmetic raised on the first (a 500) and wrapped the second's product to 1 (accepted).
+    ("dimension over int64", _tensor(shape=[2**64 + 1]), 400, "over 9223372036854775807"),
+    ("product over int64", _tensor(shape=[2**63 + 1, 2**63 + 1]), 400, "over 9223372036854775807"),
+    ("product wraps in int64", _tensor(shape=[2**32, 2**32]), 400, "18446744073709551616 elements"),
+    # Two valid int64 dimensions whose product is 1 modulo 2**64: np.prod said 1 element.
+    (
+        "product wraps to one",
+        _tensor(shape=[1202937966811756183, 5987454018051221799]),
+        400,
+        "7202535762853416854285193740042633217 elements",
+    ),
+    ("negative pair", _tensor(shape=[-1, -1]), 400, "negative"),
+    ("fractional dimension", _tensor(shape=[1.5]), 400, "shape"),
+    ("too many dimensions", _tensor(shape=[1] * 33), 400, "at most 32"),
     ("not base64", _tensor(data=["%%%"]), 400, "base64"),
     ("number as BYTES", _tensor(data=[7]), 400, "base64 strings"),
     ("no data", _tensor(data=None), 400, "no data"),
@@ -366,10 +386,35 @@ def test_bad_requests_are_4xx_in_the_protocols_shape(
     assert queued(service.settings) == 0
 
 
+@pytest.mark.parametrize(
+    ("shape", "count"),
+    [([1], 1), ([16, 1], 16), ([0, 2**63 - 1], 0), ([2**63 - 1, 2**63 - 1], (2**63 - 1) ** 2), ([], 1)],
+)
+def test_element_count_is_exact(shape: list[int], count: int) -> None:
+    assert oip.element_count(shape) == count
+
+
+@pytest.mark.parametrize("shape", [[2**63], [-1], [1, -(2**63)], [True], [1] * 33])
+def test_element_count_refuses_what_no_int64_shape_holds(shape: list[int]) -> None:
+    with pytest.raises(HTTPProblemError) as caught:
+        oip.element_count(shape)
+    assert caught.value.status == 400
+
+
+def test_probe_refuses_a_side_over_the_limit_from_the_header() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (1, MAX_SIDE + 1)).save(out, format="PNG")
+    with pytest.raises(ImageTooLargeError, match="side"):
+        oip.probe(3, out.getvalue(), max_pixels=40_000_000)
+
+
 def test_bad_binary_framing(client: TestClient, cat_jpeg: bytes) -> None:
     body, headers = binary_request(cat_jpeg)
     for broken, hdrs, says in (
         (body, {"Inference-Header-Content-Length": "abc"}, "Inference-Header-Content-Length"),
+        # str.isdigit() takes a superscript two, which int() then refuses: this was a 500.
+        (body, {"Inference-Header-Content-Length": b"\xb2"}, "Inference-Header-Content-Length"),
+        (body, {"Inference-Header-Content-Length": "9" * 5000}, "Inference-Header-Content-Length"),
         (body, {"Inference-Header-Content-Length": str(len(body) + 1)}, "Inference-Header-Content-Length"),
         (body[:-1], headers, "binary_data_size"),
         (body + b"\0", headers, "binary_data_size"),

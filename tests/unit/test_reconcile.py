@@ -83,3 +83,29 @@ def test_a_republished_job_is_not_republished_again() -> None:
     queue.ack(queue.receive(10, 0))  # consumed without being started (e.g. a crash): queue empty again
     reconciler.run()
     assert reconciler.run().republished == 0
+
+
+def test_a_republished_message_carries_the_job_s_run() -> None:
+    """A retried job's orphan goes out as its current run, so a dead letter of it acts on that run."""
+    store, queue, clock, reconciler = setup()
+    history = [{"status": "failed", "attempts": 1, "retried_at": clock.now - 200}]
+    store.create(JobRecord(job_id="f" * 32, created_at=clock.now - 120, image_ref="s3://b/p", history=history))
+    reconciler.run()
+    assert reconciler.run().republished == 1
+    (delivery,) = queue.receive(10, 0)
+    assert delivery.message.run == 1
+
+
+def test_events_still_owed_long_after_their_write_are_announced_again() -> None:
+    from tests.unit.test_events import FlakyBus, no_wait_publisher
+
+    store, _, clock, reconciler = setup()
+    bus = FlakyBus(failures=1)
+    store.on_final(no_wait_publisher(bus, background=False, attempts=1, store=store))
+    orphan(store, "a" * 32, clock.now - 120)
+    assert store.cancel("a" * 32)  # its event failed to go out: owed on the record
+    clock.now += 30
+    assert reconciler.run().reannounced == 0  # not a minute yet: its publisher may still be at it
+    clock.now += 60
+    assert reconciler.run().reannounced == 1 and len(bus.delivered) == 1
+    assert reconciler.run().reannounced == 0  # settled

@@ -6,6 +6,8 @@ in-process serves no HTTP); tests/e2e/test_uploads_api.py PUTs through the URL i
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import threading
@@ -23,7 +25,8 @@ from twopass.api.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
-from twopass.payloads import PayloadStore
+from twopass.payloads import ImageChangedError, PayloadStore
+from twopass.queue.base import JobMessage
 from twopass.queue.sqs import SqsPublisher
 from twopass.uploads import UPLOAD_PREFIX, Uploads
 
@@ -75,7 +78,7 @@ def messages(queue_url: str) -> list[dict[str, object]]:
 def test_post_uploads_answers_a_presigned_put_under_the_owners_prefix(client: TestClient, aws: Settings) -> None:
     before = time.time()
     grant = new_upload(client, content_length=1234)
-    assert set(grant) == {"upload_id", "url", "method", "headers", "expires_at", "max_bytes"}
+    assert set(grant) == {"upload_id", "url", "method", "headers", "expires_at", "max_bytes", "post"}
     assert grant["method"] == "PUT" and grant["max_bytes"] == 50 * 1024 * 1024
     assert grant["headers"] == {"Content-Type": "image/jpeg", "Content-Length": "1234"}
     url = urlsplit(str(grant["url"]))
@@ -87,6 +90,10 @@ def test_post_uploads_answers_a_presigned_put_under_the_owners_prefix(client: Te
     assert before + 890 <= expires <= time.time() + 910
     other = new_upload(client, KEY_B)
     assert urlsplit(str(other["url"])).path.rsplit("/", 2)[1] != url.path.rsplit("/", 2)[1], "a prefix per owner"
+    post = grant["post"]
+    assert isinstance(post, dict) and url.path.endswith("/" + post["fields"]["key"]), "the POST is for the same key"
+    policy = json.loads(base64.b64decode(post["fields"]["policy"]))
+    assert ["content-length-range", 1, 50 * 1024 * 1024] in policy["conditions"], "S3 caps a POST's size"
 
 
 @pytest.mark.parametrize(
@@ -122,7 +129,9 @@ def test_an_upload_becomes_a_job_by_reference_once_and_for_its_owner_only(
     assert first.json()["efficientnet-lite0"] in {"tabby", "tiger cat", "Egyptian cat"}
     [message] = messages(aws.queue_url)
     assert message["job_id"] == job_id and "image" not in message
-    assert str(message["image_ref"]).endswith(f"/{grant['upload_id']}"), "the job refers to the upload, no copy"
+    ref, pin = str(message["image_ref"]).split("#")
+    assert ref.endswith(f"/{grant['upload_id']}"), "the job refers to the upload, no copy"
+    assert f"sha256={hashlib.sha256(cat_jpeg).hexdigest()}" in pin, "pinned to the bytes the fast model saw"
     assert client.get(f"/job/{job_id}", headers=KEY_A).json()["status"] == "queued"
     again = client.post("/predict", json=body, headers=KEY_A)
     assert again.status_code == 200 and again.json() == first.json()
@@ -208,6 +217,39 @@ def test_uploads_ref_and_claim_are_per_owner() -> None:
     assert uploads.ref("a", "f" * 32) != uploads.ref("b", "f" * 32)
     assert uploads.claim("a", "f" * 32, 60).key_hash != uploads.claim("b", "f" * 32, 60).key_hash
     assert uploads.claim("a", "f" * 32, 60).expires_at == 160
+
+
+# -- an accepted image never changes ---------------------------------------------------------------
+
+
+def test_an_image_sent_again_after_its_job_was_accepted_never_reaches_the_job(
+    client: TestClient, aws: Settings, cat_jpeg: bytes, photo: Callable[[str], bytes]
+) -> None:
+    grant = new_upload(client)
+    put_through(aws, grant, cat_jpeg)
+    accepted = client.post("/predict", json={"upload_id": grant["upload_id"]}, headers=KEY_A)
+    assert accepted.status_code == 200, accepted.text
+    job_id = accepted.json()["job_id"]
+    [message] = messages(aws.queue_url)
+    put_through(aws, grant, photo("coffee.jpg"))  # the URL is still valid: the client sends another photo
+    worker_payloads = PayloadStore(boto3.client("s3", region_name="us-east-1"))
+    with pytest.raises(ImageChangedError, match="replaced after its job was accepted"):
+        worker_payloads.image(JobMessage.decode(json.dumps(message)))  # what the worker reads
+    store = DynamoJobStore(aws.table_name)
+    assert store.start(job_id, "w1") is not None and store.fail(job_id, "invalid image: replaced")
+    retry = client.post(f"/job/{job_id}/retry", headers=KEY_A)
+    assert retry.status_code == 409 and retry.json()["error"] == "image_changed", retry.text
+    assert "retry-after" not in retry.headers, "asking again changes nothing"
+    put_through(aws, grant, b"\xff\xd8\xff" + b"0" * (50 * 1024 * 1024))  # over the limit, then a retry
+    retry = client.post(f"/job/{job_id}/retry", headers=KEY_A)
+    assert retry.status_code == 409 and retry.json()["error"] == "image_changed"
+    put_through(aws, grant, cat_jpeg)  # the very bytes the job was accepted with: it may run again
+    assert client.post(f"/job/{job_id}/retry", headers=KEY_A).status_code == 200
+    assert status_of(client, job_id) == "queued"
+
+
+def status_of(client: TestClient, job_id: str) -> str:
+    return str(client.get(f"/job/{job_id}", headers=KEY_A).json()["status"])
 
 
 # -- GET /job/{id}?wait= ---------------------------------------------------------------------------

@@ -65,7 +65,7 @@ EPILOG: Final = """\
 exit codes:
   0  success (with --wait: every job succeeded)
   1  some job failed, was cancelled or expired, or was not found; the server refused an image,
-     a cancel (the job had ended) or a retry (wrong state, or its image is gone)
+     a cancel (the job had ended) or a retry (wrong state, its image gone or replaced)
   2  usage error (bad option, no such path, no image files)
   3  server unreachable or unavailable (after retries), not a twopass API (check --url),
      or /health/all degraded
@@ -204,7 +204,8 @@ def _add_job_commands(sub: Subparsers[argparse.ArgumentParser], common: argparse
         parents=[common],
         help="run failed, expired or cancelled jobs again",
         description="POST /job/{id}/retry for each id: the job is queued again under the same id while its image "
-        "is still kept. A job in another state, or whose image is gone, is reported, and the exit code is then 1.",
+        "is still kept (right after a cancel, it waits up to 30 s for a worker to keep the image). A job in another "
+        "state, or whose image is gone or was replaced, is reported, and the exit code is then 1.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -260,6 +261,12 @@ def _add_service_commands(sub: Subparsers[argparse.ArgumentParser], common: argp
         help="choose the cascade's confidence threshold from both models' answers on your images "
         "(needs the server extras; `twopass calibrate --help`)",
     )
+    # Everything after `model` goes to twopass.models.cli untouched, --help included.
+    sub.add_parser(
+        "model",
+        add_help=False,
+        help="write a model pack from your ONNX file and check it loads (`twopass model --help`)",
+    )
     # Everything after `local` goes to `python -m twopass.local` untouched, --help included.
     sub.add_parser(
         "local",
@@ -308,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
-        if args.command not in ("local", "calibrate", "cost", "plan") and extras:
+        if args.command not in ("local", "calibrate", "cost", "plan", "model") and extras:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         if args.command is None:
             parser.print_help(sys.stderr)
@@ -320,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _local(extras)
         if args.command == "calibrate":
             return _calibrate(extras)
+        if args.command == "model":
+            return _model(extras)
         if args.command in ("cost", "plan"):
             from twopass.ops import capacity_cli  # standard library only, like this module
 
@@ -415,6 +424,16 @@ def _calibrate(argv: list[str]) -> int:
     return calibrate_main(argv)
 
 
+def _model(argv: list[str]) -> int:
+    missing = [name for name in CALIBRATE_NEEDS if importlib.util.find_spec(name) is None]
+    if missing and not {"-h", "--help"} & set(argv):
+        _error(f"`twopass model` needs the server packages ({', '.join(missing)} missing): pip install -e '.[serve]'")
+        return EXIT_USAGE
+    from twopass.models.cli import main as model_main
+
+    return model_main(argv)
+
+
 # -- twopass redrive ----------------------------------------------------------------------------
 
 
@@ -444,7 +463,8 @@ def _redrive(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     print(
         f"moved {report.moved} message(s) back ({report.reopened} failed job(s) reopened); "
-        f"dropped {report.dropped_done} already succeeded; left {report.unreadable} unreadable in the DLQ"
+        f"dropped {report.dropped_done} already succeeded and {report.dropped_stale} of a run since retried; "
+        f"left {report.unreadable} unreadable in the DLQ"
     )
     return EXIT_OK
 

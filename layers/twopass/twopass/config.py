@@ -50,10 +50,15 @@ class Settings:
         default_factory=lambda: _default_model("slow", "efficientnet-lite2-fp32"),
         metadata={"env": "TWOPASS_SLOW_MODEL"},
     )
-    #: onnxruntime execution providers in order of preference; missing ones are skipped.
+    #: onnxruntime execution providers in order of preference (``cuda``, ``cpu``, ``tensorrt`` or full names).
+    #: Each one named is required: a model that would run without it does not load, and the worker exits. A
+    #: trailing ``?`` makes it optional (``cuda?,cpu``: CUDA when it works, else the CPU).
     providers: tuple[str, ...] = field(
-        default=("CUDAExecutionProvider", "CPUExecutionProvider"), metadata={"env": "TWOPASS_PROVIDERS"}
+        default=("CUDAExecutionProvider?", "CPUExecutionProvider"), metadata={"env": "TWOPASS_PROVIDERS"}
     )
+    #: Let a model serve on the next provider when a required one (CUDA) does not load, as if every
+    #: provider were named with ``?``; ``/health/all`` still says ``degraded`` while it does.
+    allow_cpu_fallback: bool = field(default=False, metadata={"env": "TWOPASS_ALLOW_CPU_FALLBACK"})
     #: Threads one onnxruntime session may use inside an operator (0 = onnxruntime decides).
     intra_op_threads: int = field(default=0, metadata={"env": "TWOPASS_INTRA_OP_THREADS"})
     #: How many predictions the API runs at once (its bounded inference pool).
@@ -75,6 +80,24 @@ class Settings:
     #: Comma-separated API keys the app itself checks in ``x-api-key`` (the local stack sets it;
     #: on AWS, API Gateway's usage plan checks keys before the function runs, so it stays empty).
     api_keys: str = field(default="", metadata={"env": "TWOPASS_API_KEYS"})
+    #: API: secret that keys the HMAC of ``GET /jobs`` page cursors, so an altered cursor, or another
+    #: caller's, is a 400 ``invalid_cursor``. The template generates one per stack; empty: a fixed key
+    #: (cursors are still bound to their caller).
+    cursor_secret: str = field(default="", metadata={"env": "TWOPASS_CURSOR_SECRET"})
+    #: API: who owns a request: ``apikey`` (the API key), ``cognito`` or ``jwt`` (the subject of the user's
+    #: token in ``Authorization: Bearer <JWT>``, checked against the issuer's keys unless API Gateway did).
+    auth_mode: str = field(default="apikey", metadata={"env": "TWOPASS_AUTH_MODE"})
+    #: API (cognito|jwt): the tokens' issuer (``iss``), e.g. ``https://cognito-idp.<region>.amazonaws.com/<pool id>``.
+    jwt_issuer: str = field(default="", metadata={"env": "TWOPASS_JWT_ISSUER"})
+    #: API (cognito|jwt): comma-separated audiences accepted (``aud``, or a Cognito access token's ``client_id``).
+    jwt_audience: str = field(default="", metadata={"env": "TWOPASS_JWT_AUDIENCE"})
+    #: API (cognito|jwt): where the issuer's signing keys are; empty: ``<issuer>/.well-known/jwks.json``.
+    jwks_url: str = field(default="", metadata={"env": "TWOPASS_JWKS_URL"})
+    #: API: comma-separated origins a browser page may call from (CORS); ``*`` for any, ``:*`` for any port
+    #: (``http://localhost:*``); empty: none. The local stack allows localhost and 127.0.0.1 on any port.
+    cors_allow_origins: str = field(default="", metadata={"env": "TWOPASS_CORS_ALLOW_ORIGINS"})
+    #: API: serve the demo page at ``/demo`` (on in the local stack).
+    demo: bool = field(default=False, metadata={"env": "TWOPASS_DEMO"})
     #: How long an ``Idempotency-Key`` maps to its job (at most the job's own TTL).
     idempotency_ttl_hours: float = field(default=24.0, metadata={"env": "TWOPASS_IDEMPOTENCY_TTL_HOURS"})
     #: Largest accepted image, in decoded pixels (width × height): stops decompression bombs.
@@ -98,6 +121,11 @@ class Settings:
     max_backlog: int = field(default=0, metadata={"env": "TWOPASS_MAX_BACKLOG"})
     #: API: how long the queue depth read for ``max_backlog`` is reused before it is read again.
     backlog_cache_seconds: float = field(default=5.0, metadata={"env": "TWOPASS_BACKLOG_CACHE_SECONDS"})
+    #: API under Lambda: the most concurrent executions ``GET /job/{id}?wait=`` may hold at ``api_rate_limit``:
+    #: the longest wait becomes this / the rate (at most 20 s). 0 = no cap (waits up to 20 s).
+    wait_concurrency: int = field(default=0, metadata={"env": "TWOPASS_WAIT_CONCURRENCY"})
+    #: API: the stage's steady request rate (requests/s, ``ApiThrottleRateLimit``), for ``wait_concurrency``.
+    api_rate_limit: float = field(default=0.0, metadata={"env": "TWOPASS_API_RATE_LIMIT"})
     #: Worker: a job still ``queued`` and never started this long after it was created is checked for a
     #: lost queue message (an outage between the record write and the publish) and republished or failed.
     reconcile_after_seconds: float = field(default=900.0, metadata={"env": "TWOPASS_RECONCILE_AFTER_SECONDS"})
@@ -173,6 +201,13 @@ class Settings:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
+    def session_providers(self) -> tuple[str, ...]:
+        """:attr:`providers` as a model loads them: each one optional when :attr:`allow_cpu_fallback` is on."""
+        if not self.allow_cpu_fallback:
+            return self.providers
+        return tuple(p if p.endswith("?") else f"{p}?" for p in self.providers)
+
+    @property
     def job_ttl_seconds(self) -> int:
         return int(self.job_ttl_days * 86400)
 
@@ -214,4 +249,5 @@ _PROVIDER_ALIASES = {
 
 def _provider_name(raw: str) -> str:
     raw = raw.strip()
-    return _PROVIDER_ALIASES.get(raw.lower(), raw)
+    name = raw.removesuffix("?").strip()
+    return _PROVIDER_ALIASES.get(name.lower(), name) + ("?" if raw.endswith("?") else "")

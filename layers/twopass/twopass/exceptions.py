@@ -23,6 +23,10 @@ class ModelLoadError(TwopassError):
     """A model or its card could not be loaded."""
 
 
+class ProviderUnavailableError(ModelLoadError):
+    """An execution provider the settings require (CUDA) did not load: the model would run elsewhere."""
+
+
 class DependencyError(TwopassError):
     """A backing service (queue, table, bucket) failed or could not be reached."""
 

@@ -1,16 +1,18 @@
 """Presigned uploads: an image too big for one API request goes straight into the payload bucket.
 
-``POST /uploads`` hands the client a presigned PUT for ``payloads/uploads/<owner hash>/<upload id>``
-and writes a small *ticket* beside it (``…/<upload id>.ticket``: the upload's expiry and limits). The
-ticket is what tells an unknown upload (404) from one not PUT yet (409): neither has an object.
-``POST /predict {"upload_id"}`` then reads the object and queues the job with the object itself as
-its claim check, so the image is never copied. Keys sit under ``payloads/``, so the bucket's
-lifecycle rule, the worker's delete-after-success and both roles' S3 permissions cover them as they
-cover every other claim check.
+``POST /uploads`` hands the client a presigned POST (and, for older clients, a presigned PUT) for
+``payloads/uploads/<owner hash>/<upload id>`` and writes a small *ticket* beside it (``…/<upload
+id>.ticket``: the upload's expiry and limits). The ticket is what tells an unknown upload (404) from
+one not sent yet (409): neither has an object. ``POST /predict {"upload_id"}`` then reads the object
+and queues the job with the object itself as its claim check, so the image is never copied. Keys sit
+under ``payloads/``, so the bucket's lifecycle rule, the worker's delete-after-success and both roles'
+S3 permissions cover them as they cover every other claim check.
 
-A presigned PUT cannot cap what S3 accepts (a presigned POST policy could, but the contract is a
-PUT): the size is checked with a HEAD before the object is read, and an oversized one is refused
-(413) without being downloaded.
+Sizes: the POST's policy makes S3 refuse a body over the limit (``content-length-range``); a PUT
+cannot be capped by S3, so the size is checked with a HEAD before the object is read, and the read
+itself stops at the limit and one byte. The client may send to its URL again while the URL is valid,
+so the job's reference is *pinned* to the bytes the API read (:func:`twopass.payloads.pin`): the
+worker and a retry refuse a replaced object instead of classifying it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from twopass.exceptions import ImageTooLargeError, InvalidImageError, MissingObjectError, TwopassError
 from twopass.jobs.base import IdempotencyRecord
-from twopass.payloads import PREFIX, PayloadStore
+from twopass.payloads import PREFIX, PayloadStore, pin
 
 UPLOAD_PREFIX = f"{PREFIX}uploads/"
 #: What an upload may hold: the image types the fast model decodes.
@@ -56,13 +58,16 @@ def _owner_dir(owner: str) -> str:
 
 @dataclass(frozen=True)
 class Grant:
-    """What ``POST /uploads`` answers: where and how to PUT the image."""
+    """What ``POST /uploads`` answers: where and how to send the image (a PUT, or a POST S3 caps)."""
 
     upload_id: str
     url: str
     headers: dict[str, str]
     expires_at: float
     max_bytes: int
+    #: The presigned POST: its URL and the form fields to send before the file.
+    post_url: str
+    post_fields: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,11 @@ class Uploads:
         ticket = {"expires_at": expires_at, "content_type": content_type, "max_bytes": self.max_bytes}
         self.payloads.put_ref(ref + ".ticket", json.dumps(ticket).encode(), "application/json")
         url = self.payloads.presign_put(ref, content_type, self.expiry_seconds, content_length)
+        post_url, post_fields = self.payloads.presign_post(ref, content_type, self.expiry_seconds, self.max_bytes)
         headers = {"Content-Type": content_type}
         if content_length is not None:
             headers["Content-Length"] = str(content_length)
-        return Grant(upload_id, url, headers, expires_at, self.max_bytes)
+        return Grant(upload_id, url, headers, expires_at, self.max_bytes, post_url, post_fields)
 
     def expires_at(self, owner: str, upload_id: str) -> float:
         """When the owner's upload's URL expires; raises :class:`UploadNotFoundError` for an unknown one."""
@@ -153,12 +159,13 @@ class Uploads:
             raise UploadTypeError(f"the upload was stored as {content_type!r}, not an image type")
         return Upload(upload_id, ref, size, media)
 
-    def read(self, upload: Upload) -> bytes:
-        """The image's bytes (checked against the limit again: the object may have been replaced since)."""
+    def read(self, upload: Upload) -> tuple[bytes, str]:
+        """``(the image's bytes, the job's reference to them)``: read within the limit (the object may have
+        been replaced since the HEAD), the reference pinned to exactly these bytes."""
         try:
-            data = self.payloads.fetch(upload.ref)
+            data, etag = self.payloads.read(upload.ref, self.max_bytes)
         except MissingObjectError:
             raise UploadNotFoundError(f"upload {upload.upload_id}'s image is gone") from None
-        if len(data) > self.max_bytes:
-            raise ImageTooLargeError(f"the uploaded image is {len(data)} bytes; uploads take up to {self.max_bytes}")
-        return data
+        except ImageTooLargeError:
+            raise ImageTooLargeError(f"the uploaded image is over {self.max_bytes} bytes, the uploads' limit") from None
+        return data, pin(upload.ref, data, etag)

@@ -8,8 +8,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from twopass import __version__
 from twopass.api import errors
 from twopass.api.context import ApiContext
+from twopass.api.cors import CorsMiddleware, OriginPolicy
+from twopass.api.docs import declare_user_token
 from twopass.api.docs import router as docs_router
-from twopass.api.routes import batches, jobs, meta, oip, predict, uploads
+from twopass.api.routes import batches, demo, jobs, meta, oip, predict, uploads
 from twopass.api.service import TwopassService
 from twopass.config import Settings
 from twopass.observability import logs
@@ -43,9 +45,13 @@ def create_app(
         oip.open_router,
         oip.router,
         docs_router,
+        demo.router,
     ):
         app.include_router(router)
+    declare_user_token(app, settings.auth_mode)
     app.add_middleware(StripTrailingSlash)
+    # Outside the routes (added last, it runs first): preflights need no key, and errors carry the headers.
+    app.add_middleware(CorsMiddleware, policy=OriginPolicy.parse(settings.cors_allow_origins))
     return app
 
 

@@ -1,7 +1,8 @@
 """The API's own documentation: error responses for the schema, and Swagger UI served from the package.
 
-``/docs`` loads its script and stylesheet from this app (the ``swagger-ui-bundle`` package), never from
-a CDN: it works offline, and a deployment does not make its users' browsers fetch third-party code.
+``/docs`` loads its script and stylesheet from this app (the Swagger UI 5 build that the
+``fastapi-offline`` package ships; 4.x cannot read the OpenAPI 3.1 FastAPI writes), never from a CDN:
+it works offline, and a deployment does not make its users' browsers fetch third-party code.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
+from twopass.api.auth import TOKEN_MODES, USER_TOKEN_SCHEME
 from twopass.api.errors import HTTPProblemError
 from twopass.api.schemas import ErrorResponse, PredictRequest
 
@@ -21,6 +23,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (400, "The body is not a usable image (bad base64, not an image, truncated, unsupported mode) or bad JSON."),
+        (401, "AuthMode cognito|jwt: missing, expired or invalid user token (Authorization: Bearer <JWT>)."),
         (403, "Missing or invalid x-api-key header."),
         (404, "No such job (or it has expired, or it belongs to another API key)."),
         (
@@ -50,8 +53,13 @@ PREDICT_BODY: dict[str, Any] = {
     },
 }
 
-#: The Swagger UI files ``/docs`` needs, served from the package under ``/docs/``.
-ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+#: The Swagger UI files ``/docs`` needs, served under ``/docs/``, by the package's name for each.
+ASSET_FILES = {
+    "swagger-ui-bundle.js": "swagger-ui-bundle.js",
+    "swagger-ui.css": "swagger-ui.css",
+    "favicon-32x32.png": "favicon.png",
+}
+ASSETS = tuple(ASSET_FILES)
 OPEN_PATHS = frozenset({"/docs", "/openapi.json", *(f"/docs/{name}" for name in ASSETS)})
 
 router = APIRouter(include_in_schema=False)
@@ -59,10 +67,10 @@ router = APIRouter(include_in_schema=False)
 
 def _asset_dir() -> Path | None:
     try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:  # a slim deployment without the docs extra: /docs says so
+        import fastapi_offline
+    except ImportError:  # a slim deployment without the docs package: /docs says so
         return None
-    return Path(swagger_ui_path)
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
 def public_prefix(request: Request) -> str:
@@ -74,6 +82,30 @@ def public_prefix(request: Request) -> str:
     if seen and routed and seen.endswith(routed):
         return seen.removesuffix(routed)
     return str(request.scope.get("root_path", ""))
+
+
+def declare_user_token(app: FastAPI, auth_mode: str) -> None:
+    """In the token modes, the schema (and "Authorize" in ``/docs``) asks for the user's token beside the key.
+
+    Added to the generated schema rather than declared on the dependency, so the API-key mode's
+    schema names only the key it takes.
+    """
+    if auth_mode not in TOKEN_MODES:
+        return
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["UserToken"] = USER_TOKEN_SCHEME
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if isinstance(operation, dict) and operation.get("security"):
+                        operation["security"] = [{**need, "UserToken": []} for need in operation["security"]]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @router.get("/docs")
@@ -98,4 +130,4 @@ async def swagger_asset(name: str) -> Response:
         raise HTTPProblemError(404, "not_found", f"no docs asset {name!r}")
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     headers = {"Cache-Control": "public, max-age=86400"}
-    return Response((folder / name).read_bytes(), media_type=media_type, headers=headers)
+    return Response((folder / ASSET_FILES[name]).read_bytes(), media_type=media_type, headers=headers)

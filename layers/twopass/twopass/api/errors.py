@@ -27,6 +27,7 @@ from twopass.exceptions import (
     TwopassError,
 )
 from twopass.jobs.base import ImageGoneError, JobFinalError, JobNotRetryableError
+from twopass.payloads import ImageChangedError, ImagePendingError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 _MAPPING: list[tuple[type[TwopassError], int, str]] = [
     (ImageTooLargeError, 413, "payload_too_large"),
+    (ImageChangedError, 409, "image_changed"),
     (InvalidImageError, 400, "invalid_image"),
     (JobNotFoundError, 404, "not_found"),
     (IdempotencyKeyReusedError, 422, "idempotency_key_reused"),
@@ -55,6 +57,7 @@ _MAPPING: list[tuple[type[TwopassError], int, str]] = [
     (JobFinalError, 409, "job_final"),
     (JobNotRetryableError, 409, "job_not_retryable"),
     (ImageGoneError, 410, "image_gone"),
+    (ImagePendingError, 409, "image_pending"),
     (ConditionFailedError, 409, "conflict"),
     (EnqueueError, 503, "enqueue_failed"),
     (DependencyError, 503, "dependency_unavailable"),
@@ -62,7 +65,7 @@ _MAPPING: list[tuple[type[TwopassError], int, str]] = [
 ]
 
 #: 409s that asking again will not change: no Retry-After for them.
-_FINAL_CONFLICTS = frozenset({"job_final", "job_not_retryable"})
+_FINAL_CONFLICTS = frozenset({"job_final", "job_not_retryable", "image_changed"})
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 

@@ -1,7 +1,13 @@
-"""What ``GET /health`` and the model card report: per-backend health, the queues' backlog, the slow card."""
+"""What ``GET /health`` and the model card report: per-backend health, the queues' backlog, the slow card.
+
+Every key may call ``/health/all``, so it says how the service is, never where it runs: a worker is
+reported by an opaque id with its model, version and provider; its host, process id and the
+workload figures of its heartbeat (the jobs of every tenant) stay in the table for operators.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,11 +78,18 @@ class HealthReport:
             return {"status": "unknown", "detail": str(exc)}
         now = time.time()
         alive = [b for b in beats if b.age(now) <= self.settings.worker_stale_seconds]
+        workers = [_worker_summary(b, now) for b in alive]
         info: dict[str, Any] = {
             "alive": len(alive),
             "last_heartbeat_age_s": round(beats[0].age(now), 3) if beats else None,
-            "workers": [_worker_summary(b, now) for b in alive],
+            "workers": workers,
         }
+        off = [w for w in workers if w.get("provider_requested") not in (None, w.get("provider"))]
+        if off:
+            # Serving, but not where asked (a GPU task on the CPU, with fallback allowed): slower and
+            # dearer than planned, so the service is degraded, not down.
+            detail = f"{len(off)} of {len(workers)} worker(s) serve on a provider other than the one asked for"
+            return {"status": "degraded", "detail": detail, **info}
         # No live worker is normal when the service has scaled to zero: jobs wait in the queue.
         return {"status": "ok" if alive else "idle", **info}
 
@@ -89,9 +102,18 @@ def _check(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"status": "error", "detail": str(exc)}
 
 
+#: Heartbeat fields any caller may see; everything else in a heartbeat is the operators' (host, pid, counts).
+_PUBLIC_WORKER_FIELDS = ("model", "provider", "provider_requested", "rollout", "candidate_version")
+
+
+def worker_ref(worker_id: str) -> str:
+    """An opaque, stable reference to a worker: its id names the host and the process."""
+    return hashlib.sha256(worker_id.encode()).hexdigest()[:12]
+
+
 def _worker_summary(beat: WorkerBeat, now: float) -> dict[str, Any]:
-    info = {k: v for k, v in beat.info.items() if k != "model_card"}
+    info = {k: beat.info[k] for k in _PUBLIC_WORKER_FIELDS if k in beat.info}
     card = beat.info.get("model_card")
     if isinstance(card, dict):
         info["model_version"], info["model_sha256"] = card.get("version"), card.get("sha256")
-    return {"id": beat.worker_id, "age_s": round(beat.age(now), 3), **info}
+    return {"id": worker_ref(beat.worker_id), "age_s": round(beat.age(now), 3), **info}

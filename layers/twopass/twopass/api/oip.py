@@ -13,6 +13,8 @@ import base64
 import binascii
 import io
 import json
+import math
+import re
 import struct
 import warnings
 import zlib
@@ -28,7 +30,7 @@ from twopass.api.body import parse_json
 from twopass.api.errors import HTTPProblemError
 from twopass.cascade import SlowMode, parse_mode
 from twopass.exceptions import ImageTooLargeError, InvalidImageError, InvalidRequestError
-from twopass.imaging import ALLOWED_FORMATS
+from twopass.imaging import ALLOWED_FORMATS, MAX_SIDE
 
 #: The one input both models take: encoded image files (JPEG, PNG, WebP, GIF, BMP, TIFF), one per element.
 INPUT_NAME = "image"
@@ -45,6 +47,12 @@ SLOW_PARAMETER = "twopass_slow"
 JOB_ID_PARAMETER = "twopass_job_id"
 
 _LENGTH = struct.Struct("<I")
+#: Most dimensions an input's shape may have (images come as [N] or [N, 1]; numpy's own limit is 64).
+MAX_RANK = 32
+#: The largest dimension: shapes are int64 in the protocol.
+MAX_DIMENSION = 2**63 - 1
+#: Inference-Header-Content-Length: ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses).
+_HEADER_LENGTH = re.compile(r"[0-9]{1,15}")
 
 
 # ---------------------------------------------------------------- messages (also the OpenAPI schema)
@@ -218,7 +226,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     length = header_length.strip()
-    if not length.isdigit() or not 0 < int(length) <= len(body):
+    if not _HEADER_LENGTH.fullmatch(length) or not 0 < int(length) <= len(body):
         raise bad_request(
             f"Inference-Header-Content-Length {header_length!r} must be a byte count within the body "
             f"({len(body)} bytes)"
@@ -294,8 +302,6 @@ def _images(tensor: RequestInput, binary: bytes, max_image_bytes: int) -> list[b
             f"input {INPUT_NAME!r} is BYTES (encoded image files), not {tensor.datatype}: "
             "twopass decodes and preprocesses the images itself"
         )
-    if any(d < 0 for d in tensor.shape):
-        raise bad_request(f"input {INPUT_NAME!r} has a negative dimension in its shape {tensor.shape}")
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
@@ -311,9 +317,11 @@ def _images(tensor: RequestInput, binary: bytes, max_image_bytes: int) -> list[b
         if tensor.data is None:
             raise bad_request(f"input {INPUT_NAME!r} has no data (nor binary_data_size)")
         images = [_from_base64(i, text, max_image_bytes) for i, text in enumerate(_flatten(tensor.data))]
-    count = int(np.prod(tensor.shape, dtype=np.int64))
+    count = element_count(tensor.shape)
     if count != len(images):
-        raise bad_request(f"input {INPUT_NAME!r} has shape {tensor.shape} ({count} elements) but {len(images)} images")
+        raise bad_request(
+            f"input {INPUT_NAME!r} has shape {_shape_text(tensor.shape)} ({count} elements) but {len(images)} images"
+        )
     if not 1 <= len(images) <= MAX_IMAGES:
         raise bad_request(f"send 1 to {MAX_IMAGES} images per request, not {len(images)}")
     for i, image in enumerate(images):
@@ -322,6 +330,34 @@ def _images(tensor: RequestInput, binary: bytes, max_image_bytes: int) -> list[b
         if len(image) > max_image_bytes:
             raise ImageTooLargeError(f"image {i} is {len(image)} bytes; the limit is {max_image_bytes} bytes")
     return images
+
+
+def element_count(shape: Sequence[int]) -> int:
+    """How many elements a tensor of ``shape`` holds, exactly; a 400 for a shape no tensor can have.
+
+    Python integers: a product never wraps (``np.prod`` in int64 took ``[2**63+1, 2**63+1]`` for 1
+    element and raised on ``[2**64+1]``). Each dimension must be a whole number from 0 to 2**63 - 1
+    (the protocol's int64), and a shape has at most :data:`MAX_RANK` of them.
+    """
+    if len(shape) > MAX_RANK:
+        raise bad_request(f"input {INPUT_NAME!r} has {len(shape)} dimensions; at most {MAX_RANK} are allowed")
+    for dimension in shape:
+        if type(dimension) is not int:
+            raise bad_request(f"input {INPUT_NAME!r} has shape {_shape_text(shape)}: dimensions are whole numbers")
+        if dimension < 0:
+            raise bad_request(f"input {INPUT_NAME!r} has a negative dimension in its shape {_shape_text(shape)}")
+        if dimension > MAX_DIMENSION:
+            raise bad_request(
+                f"input {INPUT_NAME!r} has shape {_shape_text(shape)}: a dimension is over {MAX_DIMENSION} "
+                "(shapes are int64)"
+            )
+    return math.prod(shape)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    """The shape for an error message, cut short: a client's typo should not echo megabytes back."""
+    text = str(list(shape))
+    return text if len(text) <= 200 else text[:200] + "…]"
 
 
 def _bytes_elements(data: bytes) -> Iterator[bytes]:
@@ -362,7 +398,7 @@ def _from_base64(index: int, text: Any, limit: int) -> bytes:
 
 
 def probe(index: int, data: bytes, max_pixels: int) -> None:
-    """Refuse what is plainly not a usable image from its header alone (format, pixel count).
+    """Refuse what is plainly not a usable image from its header alone (format, pixel count, sides).
 
     A call with several images checks them all this way before queueing any job, so a bad one
     among them rarely leaves the others' jobs behind; decoding still has the final word.
@@ -382,6 +418,8 @@ def probe(index: int, data: bytes, max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"image {index} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLargeError(f"image {index} is {width}x{height}; no side may be over {MAX_SIDE} pixels")
 
 
 # ---------------------------------------------------------------- writing the response

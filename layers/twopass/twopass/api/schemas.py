@@ -115,6 +115,13 @@ class UploadRequest(BaseModel):
     )
 
 
+class UploadPost(BaseModel):
+    """A presigned POST: a ``multipart/form-data`` body of ``fields`` (as given), then the image as ``file``."""
+
+    url: str = Field(description="Where to POST the form.")
+    fields: dict[str, str] = Field(description="Form fields to send first, as given (the policy signs them).")
+
+
 class UploadResponse(BaseModel):
     """``POST /uploads``: where and how to PUT the image, then ``POST /predict {"upload_id": ...}``."""
 
@@ -124,6 +131,9 @@ class UploadResponse(BaseModel):
     headers: dict[str, str] = Field(description="Headers the PUT must send as given (the URL is signed for them).")
     expires_at: str = Field(description="When the URL stops working (ISO 8601 UTC); an upload not PUT by then is gone.")
     max_bytes: int = Field(description="Largest image an upload takes; a bigger one is refused by POST /predict (413).")
+    post: UploadPost | None = Field(
+        default=None, description="The same upload as a presigned POST, whose size S3 itself caps at max_bytes."
+    )
 
 
 class LabelScore(BaseModel):
@@ -346,8 +356,9 @@ class BackendCheck(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    status: Literal["ok", "error", "idle", "unknown"] = Field(
-        description="ok; error (unreachable); idle (no live worker: normal when scaled to zero); unknown."
+    status: Literal["ok", "degraded", "error", "idle", "unknown"] = Field(
+        description="ok; degraded (serving, not as asked: a worker on a provider other than the one configured); "
+        "error (unreachable); idle (no live worker: normal when scaled to zero); unknown."
     )
     detail: str | None = Field(default=None, description="What went wrong, when status is error or unknown.")
 
@@ -360,7 +371,7 @@ class HealthAllResponse(SeedShaped):
         json_schema_extra={"additionalProperties": {"type": "string", "description": "<model name>: ok or why not"}},
     )
 
-    status: Literal["ok", "degraded"] = Field(description="degraded when any backend reports an error.")
+    status: Literal["ok", "degraded"] = Field(description="degraded when any backend reports an error or is degraded.")
     backends: dict[str, BackendCheck] = Field(description="fast_model, queue, table and worker checks.")
 
 

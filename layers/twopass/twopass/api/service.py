@@ -88,12 +88,16 @@ class TwopassService:
 
     @cached_property
     def classifier(self) -> Classifier:
-        return Classifier.from_location(
+        from twopass.models.pack import check_pair
+
+        classifier = Classifier.from_location(
             self.settings.fast_model,
             providers=self.settings.providers,
             intra_op_threads=self.settings.intra_op_threads,
             top_k=self.settings.top_k,
         )
+        check_pair(self.settings.fast_model, self.settings.slow_model)  # both passes must name the same classes
+        return classifier
 
     @cached_property
     def uploads(self) -> Uploads | None:

@@ -143,10 +143,13 @@ class AsyncClient(BaseClient):
     async def retry(self, job: JobRef) -> JobResult:
         """Queue a failed, expired or cancelled job again under the same id; returns it, ``queued``.
 
-        Raises BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
-        and ``image_gone`` (410) once its image is no longer kept.
+        Right after a cancel the server may answer 409 ``image_pending`` (a worker has yet to keep the
+        job's inline image): the call asks again after each ``Retry-After``, for up to 30 s. Raises
+        BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
+        ``image_changed`` (409) when an upload's image was replaced since the job was accepted,
+        ``payload_too_large`` (413), and ``image_gone`` (410) once its image is no longer kept.
         """
-        return await self._run(flows.call(self, "POST", self._retry_path(job), JobResult.from_json))
+        return await self._run(flows.retry(self, job))
 
     async def jobs(
         self, status: str | None = None, *, limit: int = 20, cursor: str | None = None

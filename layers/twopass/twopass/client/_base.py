@@ -406,12 +406,15 @@ class UploadLimits:
 
 @dataclass(frozen=True, slots=True)
 class UploadGrant:
-    """``POST /uploads``'s answer: where to PUT the image."""
+    """``POST /uploads``'s answer: where to PUT the image, and (from servers that offer one) where to POST it."""
 
     upload_id: str
     url: str
     method: str
     headers: dict[str, str]
+    #: The presigned POST's URL and form fields; ``None`` from a server that offers only the PUT.
+    post_url: str | None = None
+    post_fields: dict[str, str] | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> UploadGrant:
@@ -419,6 +422,11 @@ class UploadGrant:
             raise ResponseError(f"POST /uploads: expected a JSON object, got {type(body).__name__}")
         try:
             headers = {str(k): str(v) for k, v in dict(body["headers"]).items()}
+            post = body.get("post")
+            if isinstance(post, Mapping):
+                fields = {str(k): str(v) for k, v in dict(post["fields"]).items()}
+                upload_id, url, method = str(body["upload_id"]), str(body["url"]), str(body["method"])
+                return cls(upload_id, url, method, headers, str(post["url"]), fields)
             return cls(str(body["upload_id"]), str(body["url"]), str(body["method"]), headers)
         except (KeyError, TypeError, ValueError) as exc:
             raise ResponseError(f"POST /uploads: unexpected response body ({type(exc).__name__}: {exc})") from exc

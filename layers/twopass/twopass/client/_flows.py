@@ -190,12 +190,19 @@ def _read_limits(client: BaseClient) -> Flow[None]:
 
 
 def _upload(client: BaseClient, data: bytes) -> Flow[str]:
-    """Put the image in the bucket (``POST /uploads``, then its presigned PUT); its upload id."""
-    body = json.dumps({"content_type": content_type(data), "content_length": len(data)}).encode()
+    """Put the image in the bucket (``POST /uploads``, then its presigned POST, or PUT from a server that
+    offers no POST); its upload id."""
+    media = content_type(data)
+    body = json.dumps({"content_type": media, "content_length": len(data)}).encode()
     grant = yield from call(client, "POST", "uploads", UploadGrant.from_json, content=body, headers=_JSON)
     # Built outside the client's defaults: the API key must not travel to S3.
-    put = httpx.Request(grant.method, grant.url, content=data, headers=grant.headers)
-    response, attempts = yield from _send(client, put, "PUT")
+    if grant.post_url is not None and grant.post_fields is not None:
+        # The POST's policy has S3 itself cap the size. The fields go first: S3 ignores any after the file.
+        request = httpx.Request("POST", grant.post_url, data=grant.post_fields, files={"file": ("image", data, media)})
+    else:
+        request = httpx.Request(grant.method, grant.url, content=data, headers=grant.headers)
+    # Sending the same object to the same key again is harmless: retried as a PUT would be.
+    response, attempts = yield from _send(client, request, "PUT")
     if not response.is_success:
         raise _put_error(response, attempts)
     return grant.upload_id
@@ -204,7 +211,7 @@ def _upload(client: BaseClient, data: bytes) -> Flow[str]:
 def _put_error(response: httpx.Response, attempts: int) -> ApiError:
     """The exception for a PUT the bucket refused (S3 answers in XML: its code is in <Code>)."""
     code = re.search(r"<Code>([^<]+)</Code>", response.text)
-    detail = f"the upload's PUT was refused: {describe_answer(response)}"
+    detail = f"the upload's {response.request.method} was refused: {describe_answer(response)}"
     cls = ServiceUnavailableError if response.status_code >= 500 else BadRequestError
     return cls(response.status_code, code.group(1) if code else "upload_failed", detail, attempts=attempts)
 
@@ -280,6 +287,24 @@ def _send_batch(
     body, headers = chunk.request(options)
     parse = functools.partial(batch_items_from_json, count=len(chunk.items))
     chunk.place((yield from call(client, "POST", "batches", parse, content=body, headers=headers)), results)
+
+
+#: How long :func:`retry` keeps asking while the server says the job's image is on its way (409
+#: ``image_pending``: a worker keeps a cancelled job's image when it meets the job's message).
+IMAGE_PENDING_WAIT: Final = 30.0
+
+
+def retry(client: BaseClient, job: JobRef) -> Flow[JobResult]:
+    """``POST /job/{id}/retry``, asked again after its ``Retry-After`` while the image is on its way."""
+    deadline = client._clock() + IMAGE_PENDING_WAIT
+    while True:
+        try:
+            return (yield from call(client, "POST", client._retry_path(job), JobResult.from_json))
+        except BadRequestError as exc:
+            delay = exc.retry_after if exc.retry_after is not None else 1.0
+            if exc.code != "image_pending" or client._clock() + delay > deadline:
+                raise
+        yield Sleep(delay)
 
 
 def wait(

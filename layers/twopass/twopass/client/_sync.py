@@ -96,7 +96,7 @@ class Client(BaseClient):
         raises RateLimitedError once the retries are spent.
 
         An image over the server's inline limit (``/metadata``, read once) goes through ``POST /uploads``:
-        a presigned PUT straight to the bucket, then ``POST /predict {"upload_id"}``.
+        a presigned POST (or PUT) straight to the bucket, then ``POST /predict {"upload_id"}``.
         """
         return self._run(flows.predict(self, image, predict_params(deadline_seconds, priority, on_overload)))
 
@@ -153,10 +153,13 @@ class Client(BaseClient):
     def retry(self, job: JobRef) -> JobResult:
         """Queue a failed, expired or cancelled job again under the same id; returns it, ``queued``.
 
-        Raises BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
-        and ``image_gone`` (410) once its image is no longer kept.
+        Right after a cancel the server may answer 409 ``image_pending`` (a worker has yet to keep the
+        job's inline image): the call asks again after each ``Retry-After``, for up to 30 s. Raises
+        BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
+        ``image_changed`` (409) when an upload's image was replaced since the job was accepted,
+        ``payload_too_large`` (413), and ``image_gone`` (410) once its image is no longer kept.
         """
-        return self._run(flows.call(self, "POST", self._retry_path(job), JobResult.from_json))
+        return self._run(flows.retry(self, job))
 
     def jobs(self, status: str | None = None, *, limit: int = 20, cursor: str | None = None) -> Iterator[JobPage]:
         """Your jobs, newest first, one :class:`JobPage` at a time (each holds up to ``limit``, 1-100).

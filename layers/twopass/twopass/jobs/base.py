@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from twopass.exceptions import InvalidRequestError, TwopassError
 
@@ -128,11 +130,23 @@ class JobRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: The batch (``POST /batches``) the job was submitted in, if any.
     batch_id: str | None = None
+    #: The outbox: set (a token) in the very write of a final state whose completion event nobody
+    #: else owes, cleared once the event is published (see :meth:`JobStore.settle_event`).
+    event_owed: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def run(self) -> int:
+        """Which run of the job this is: 0 for the first, one more for each retry by its owner.
+
+        Queue messages carry the run they were sent for, so a dead-lettered message of an earlier
+        run never acts on the job's current one.
+        """
+        return len(self.history)
 
     def expired(self, now: float | None = None) -> bool:
         # DynamoDB deletes expired items up to days late (and moto never does): reads must check.
@@ -180,6 +194,19 @@ class BatchRecord:
 
 #: Called with a job's record each time a final state of it is written (see :meth:`JobStore.on_final`).
 FinalListener = Callable[[JobRecord], None]
+#: Told which of the asked jobs' announcements were delivered (see :meth:`JobStore.when_announced`).
+Delivered = Callable[[set[str]], None]
+
+
+@runtime_checkable
+class DeliveryTracker(Protocol):
+    """A final-state listener that delivers later (the completion-event publisher) and says when."""
+
+    def __call__(self, record: JobRecord) -> None: ...
+
+    def when_delivered(self, job_ids: Sequence[str], then: Delivered) -> None:
+        """Call ``then`` once the latest announcement of each of ``job_ids`` has been dealt with, with
+        those that were delivered (the others failed, or were never announced to this listener)."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +252,10 @@ class JobStore(ABC):
 
     Every final state, whoever writes it (the worker, a cancel in the API, an expiry, the dead-letter
     sweep, the reconciler), is written through this interface; listeners registered with
-    :meth:`on_final` hear of each write that landed, with the record as written.
+    :meth:`on_final` hear of each write that landed, with the record as written. While a listener
+    delivers later (the completion-event publisher), a final write also records its event as owed
+    (``event_owed``), in the same write, unless its writer holds the job's queue message
+    (:meth:`message_held`); :meth:`settle_event` clears it and :meth:`owed_events` finds what is left.
     """
 
     def on_final(self, listener: FinalListener) -> None:
@@ -242,6 +272,68 @@ class JobStore(ABC):
                 listener(record)
             except Exception:
                 logger.exception("final-state listener failed for job %s", record.job_id)
+
+    def reannounce(self, record: JobRecord) -> None:
+        """Tell the listeners again of a final state written earlier, whose announcement may have died
+        with its writer (a redelivery met the job final; the reconciler found its event still owed)."""
+        if record.final:
+            self._announce(record)
+
+    # -- the outbox: completion events owed durably ------------------------------------------------
+
+    def _trackers(self) -> list[DeliveryTracker]:
+        return [x for x in self.__dict__.get("_final_listeners", ()) if isinstance(x, DeliveryTracker)]
+
+    @contextlib.contextmanager
+    def message_held(self) -> Iterator[None]:
+        """Final writes made in this block (this thread) owe no event on the job record: their writer
+        holds the job's queue message and deletes it only once the event is delivered, so a crash
+        brings the message, and with it the event, back (see :meth:`when_announced`)."""
+        held = self.__dict__.setdefault("_message_held", threading.local())
+        before = getattr(held, "on", False)
+        held.on = True
+        try:
+            yield
+        finally:
+            held.on = before
+
+    def _outbox_token(self) -> str | None:
+        """The token a final write records in ``event_owed``, or ``None`` when it owes nothing on the
+        record: no listener delivers later (events are off), or the writer holds the job's message."""
+        held = self.__dict__.get("_message_held")
+        if (held is not None and getattr(held, "on", False)) or not self._trackers():
+            return None
+        return uuid.uuid4().hex
+
+    def when_announced(self, job_ids: Sequence[str], then: Delivered) -> None:
+        """Call ``then`` (maybe on another thread) with those of ``job_ids`` whose latest final-state
+        announcement every delivering listener has delivered; at once, with all, when none delivers later."""
+        trackers = self._trackers()
+        if not trackers:
+            then(set(job_ids))
+            return
+        # Delivered means delivered by every tracker: intersect their answers as they come.
+        lock, answers = threading.Lock(), [set(job_ids)]
+        left = [len(trackers)]
+
+        def one(delivered: set[str]) -> None:
+            with lock:
+                answers[0] &= delivered
+                left[0] -= 1
+                if left[0]:
+                    return
+            then(answers[0])
+
+        for tracker in trackers:
+            tracker.when_delivered(job_ids, one)
+
+    def owed_events(self, updated_before: float, limit: int = 100) -> list[JobRecord]:
+        """Final jobs whose event is still owed (``event_owed`` set), last written before ``updated_before``."""
+        return []
+
+    def settle_event(self, job_id: str, token: str) -> bool:
+        """Clear the job's ``event_owed`` if it is still ``token`` (its event was published); ``False`` if not."""
+        return False
 
     @abstractmethod
     def create_batch(self, batch: BatchRecord) -> None:
@@ -300,8 +392,20 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False, start: Start | None = None) -> bool:
-        """queued|running (or only queued) → failed with ``error``; ``False`` if not allowed."""
+    def fail(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        only_if_queued: bool = False,
+        start: Start | None = None,
+        run: int | None = None,
+    ) -> bool:
+        """queued|running (or only queued) → failed with ``error``; ``False`` if not allowed.
+
+        With ``run``, only while the job is in that run (:attr:`JobRecord.run`): what a message of an
+        earlier run reports (a dead letter) never touches the run its owner retried.
+        """
 
     @abstractmethod
     def reopen(self, job_id: str) -> bool:
@@ -369,11 +473,18 @@ def check_page_size(limit: int) -> int:
     return limit
 
 
+#: A cursor's creation time: at most this many characters ("1796000000.123456789" is 20)…
+MAX_CURSOR_TIME_CHARS = 32
+#: …and at most this far ahead of this host's clock.
+CURSOR_CLOCK_SKEW_SECONDS = 86_400.0
+
+
 def encode_cursor(created_at: str, job_id: str) -> str:
     """The opaque cursor after the job created at ``created_at`` (a decimal string, as stored) with ``job_id``.
 
     Base64 of a small JSON object: opaque to clients (they pass it back unchanged), yet free of any
-    owner or table detail, so a cursor shown to another tenant tells it nothing.
+    owner or table detail, so a cursor shown to another tenant tells it nothing. The API hands it out
+    signed for its caller and listing (:mod:`twopass.api.cursors`), so it never takes back another.
     """
     raw = json.dumps({"t": created_at, "j": job_id}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -391,7 +502,14 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         number = Decimal(created_at)
     except (ValueError, TypeError, KeyError, binascii.Error, InvalidOperation):
         raise InvalidCursorError() from None
-    if not number.is_finite() or number < 0 or not is_job_id(job_id):
+    # A creation time a job can have: not before 1970, not beyond a day from now (clock skew between
+    # hosts), and short; "1e200" decodes to a finite number, yet no page ever handed it out.
+    if (
+        len(created_at) > MAX_CURSOR_TIME_CHARS
+        or not number.is_finite()
+        or not 0 <= number <= Decimal(time.time() + CURSOR_CLOCK_SKEW_SECONDS)
+        or not is_job_id(job_id)
+    ):
         raise InvalidCursorError()
     return created_at, job_id
 
@@ -399,6 +517,15 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 def pending_shard(job_id: str) -> str:
     """The shard of ``job_id`` in the "created, never started" index."""
     return str(int(job_id[:2], 16) % PENDING_SHARDS)
+
+
+#: Partitions of the pending index that hold final jobs whose event is owed: this, then a shard.
+OWED_PREFIX = "owed-"
+
+
+def owed_shard(job_id: str) -> str:
+    """The shard of ``job_id`` among final jobs whose event is owed: same index, other partitions."""
+    return OWED_PREFIX + pending_shard(job_id)
 
 
 def batch_key_id(batch_id: str) -> str:

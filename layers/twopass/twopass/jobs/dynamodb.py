@@ -13,6 +13,8 @@ Two attributes exist for operators rather than for the code paths:
   item with ``final_writes > 1`` would show a broken invariant (the chaos test checks it).
 * ``pending`` (a shard number) marks a job created and never started; it feeds the sparse
   ``pending-created`` index the reconciler reads, and is removed by the first start or final write.
+  A final write that owes its completion event sets it to ``owed-<shard>`` instead (with the
+  ``event_owed`` token), other partitions of the same index, until the event is published.
 
 Owners list their jobs through the ``owner-created`` index (``owner``, ``created_at``): only job
 items carry ``owner``, so idempotency keys and heartbeats stay out of it.

@@ -47,11 +47,13 @@ class MemoryJobStore(JobStore):
             if idempotency is not None:
                 if idempotency.key_hash in self._keys:
                     raise IdempotencyConflictError("idempotency key already used for another job")
-                self._keys[idempotency.key_hash] = idempotency
+                self._keys[idempotency.key_hash] = dataclasses.replace(idempotency, job_id=record.job_id)
             now = time.time()
             record.updated_at = record.updated_at or now
             if record.expires_at is None:
                 record.expires_at = int(now + self.ttl_seconds)
+            if record.final:  # answered at once: its event is owed from this very write
+                record.event_owed = self._outbox_token()
             self._jobs[record.job_id] = copy.deepcopy(record)
         if record.final:  # answered at once (the result cache): final from its first write
             self._announce(copy.deepcopy(record))
@@ -81,13 +83,16 @@ class MemoryJobStore(JobStore):
         *,
         only_if_queued: bool = False,
         start: Start | None = None,
+        run: int | None = None,
         **values: Any,
     ) -> bool:
-        """A conditional write of a final state: only from queued|running (or from queued alone)."""
+        """A conditional write of a final state: only from queued|running (or from queued alone), only
+        in ``run`` if given; records the event as owed when the writer holds no message."""
+        token = self._outbox_token()
         with self._lock:
             record = self._jobs.get(job_id)
             allowed = {JobStatus.QUEUED} if only_if_queued else OPEN_STATUSES
-            if record is None or record.status not in allowed:
+            if record is None or record.status not in allowed or (run is not None and record.run != run):
                 return False
             if start is not None:
                 if record.status is JobStatus.QUEUED and record.past_deadline(start.at):
@@ -96,6 +101,8 @@ class MemoryJobStore(JobStore):
                 record.attempts += 1
             now = time.time()
             record.status, record.finished_at, record.updated_at = status, now, now
+            if token is not None:
+                record.event_owed = token
             for name, value in values.items():
                 setattr(record, name, value)
             self.final_writes[job_id] = self.final_writes.get(job_id, 0) + 1
@@ -117,8 +124,16 @@ class MemoryJobStore(JobStore):
     def succeed(self, job_id: str, result: dict[str, Any], *, start: Start | None = None) -> bool:
         return self._finish(job_id, JobStatus.SUCCEEDED, start=start, result=copy.deepcopy(result), error=None)
 
-    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False, start: Start | None = None) -> bool:
-        return self._finish(job_id, JobStatus.FAILED, only_if_queued=only_if_queued, start=start, error=error)
+    def fail(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        only_if_queued: bool = False,
+        start: Start | None = None,
+        run: int | None = None,
+    ) -> bool:
+        return self._finish(job_id, JobStatus.FAILED, only_if_queued=only_if_queued, start=start, run=run, error=error)
 
     def cancel(self, job_id: str) -> bool:
         return self._finish(job_id, JobStatus.CANCELLED)
@@ -135,6 +150,9 @@ class MemoryJobStore(JobStore):
             return True
 
     def retry(self, job_id: str) -> bool:
+        ended = self.get(job_id)
+        if ended is not None and ended.final and ended.event_owed:  # the ended run's event must not be lost
+            self.reannounce(ended)
         with self._lock:
             record = self._jobs.get(job_id)
             if record is None or record.status not in RETRYABLE_STATUSES or record.expired():
@@ -187,6 +205,23 @@ class MemoryJobStore(JobStore):
             record.status, record.error, record.finished_at = JobStatus.QUEUED, None, None
             record.updated_at = time.time()
             self.final_writes[job_id] = 0
+            return True
+
+    def owed_events(self, updated_before: float, limit: int = 100) -> list[JobRecord]:
+        with self._lock:
+            found = [
+                copy.deepcopy(r)
+                for r in self._jobs.values()
+                if r.final and r.event_owed and (r.updated_at or 0.0) < updated_before and not r.expired()
+            ]
+        return sorted(found, key=lambda r: r.updated_at or 0.0)[:limit]
+
+    def settle_event(self, job_id: str, token: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.event_owed != token:
+                return False
+            record.event_owed = None
             return True
 
     def never_started(self, created_before: float, limit: int = 100) -> list[JobRecord]:

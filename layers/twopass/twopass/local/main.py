@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from twopass.config import REPO_ROOT
+from twopass.local.cognito import DEMO_PASSWORD, DEMO_USER
 from twopass.local.foreground import Foreground
 from twopass.local.stack import DEFAULT_API_KEY, STOP_TIMEOUT, LocalStack
 
@@ -31,19 +34,30 @@ def twopass_command() -> str:
     return _shown(script) if script.exists() else "twopass"
 
 
+def _models() -> str:
+    """The model packs in use when they are not the bundled ones (``make run FAST_MODEL=… SLOW_MODEL=…``)."""
+    lines = [
+        f"  {role} model       {os.environ[name]}\n"
+        for role, name in (("fast", "TWOPASS_FAST_MODEL"), ("slow", "TWOPASS_SLOW_MODEL"))
+        if os.environ.get(name)
+    ]
+    return "".join(lines)
+
+
 def banner(stack: LocalStack) -> str:
     url = stack.api_url
     keys = stack.api_keys
     key = f" -H 'x-api-key: {keys[0]}'" if keys else ""
     data = _shown(REPO_ROOT / "tests" / "data")
     secret = stack.callback_secret
+    no_key = "(none: user tokens instead, below)" if stack.user_pool else "(none: auth off)"
     return f"""
 twopass is running on {url}
   queue            {stack.service_env.get("TWOPASS_QUEUE_URL")}
   table            {stack.service_env.get("TWOPASS_TABLE_NAME")}
-  api key          {", ".join(keys) or "(none: auth off)"}  (send it as x-api-key; /health is open)
+  api key          {", ".join(keys) or no_key}  (send it as x-api-key; /health is open)
   callback secret  {secret or "(none: callbacks off)"}  (signs callbacks: twopass.notify.verify(secret, body, header))
-
+{_models()}
 Try:
   curl {url}/health
   curl{key} {url}/predict/test
@@ -54,8 +68,31 @@ Try:
   curl{key} {url}/health/all
   TWOPASS_API_KEY={keys[0] if keys else ""} {twopass_command()} predict {data} --wait --url {url}
   open {url}/docs
+  open {url}/demo{"#key=" + keys[0] if keys else ""}
 
 A worker that dies is restarted. Ctrl-C stops everything.
+{_sign_in_help(stack)}"""
+
+
+def _sign_in_help(stack: LocalStack) -> str:
+    pool = stack.user_pool
+    if pool is None:
+        return ""
+    sign_in = json.dumps(
+        {
+            "AuthFlow": "USER_PASSWORD_AUTH",
+            "ClientId": pool.client_id,
+            "AuthParameters": {"USERNAME": DEMO_USER, "PASSWORD": DEMO_PASSWORD},
+        }
+    )
+    return f"""
+Signed-in users (AuthMode cognito): the emulator's user pool {pool.pool_id}, app client {pool.client_id}.
+  user {DEMO_USER!r}, password {DEMO_PASSWORD!r}: sign in on {stack.api_url}/demo, or get a token with
+  TOKEN=$(curl -s {stack.endpoint_url}/ -H 'Content-Type: application/x-amz-json-1.1' \\
+      -H 'X-Amz-Target: AWSCognitoIdentityProviderService.InitiateAuth' \\
+      -d '{sign_in}' \\
+      | python3 -c 'import json, sys; print(json.load(sys.stdin)["AuthenticationResult"]["IdToken"])')
+  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/jobs
 """
 
 
@@ -84,9 +121,16 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", type=Path, help="write each process's log here instead of the terminal")
     parser.add_argument(
         "--api-key",
-        default=DEFAULT_API_KEY,
-        help=f"key the API requires in the x-api-key header (default {DEFAULT_API_KEY!r}); several keys "
-        "comma-separated; '' turns auth off",
+        default=None,
+        help=f"key the API requires in the x-api-key header (default {DEFAULT_API_KEY!r}, none with "
+        "--auth-mode cognito); several keys comma-separated; '' turns auth off",
+    )
+    parser.add_argument(
+        "--auth-mode",
+        choices=("apikey", "cognito"),
+        default="apikey",
+        help="apikey (default), or cognito: a user pool and a demo user in the emulator, and the API "
+        "requires their tokens (Authorization: Bearer <JWT>)",
     )
     return parser
 
@@ -100,15 +144,36 @@ def _supervised(stack: LocalStack) -> str | None:
     return f"{'; '.join(fatal)}: stopping everything{where}"
 
 
+def _check_models() -> str | None:
+    """An invalid model pack stops the stack before it starts, with the services' own line."""
+    from twopass.config import Settings
+    from twopass.exceptions import ModelLoadError
+    from twopass.models.pack import preflight
+
+    settings = Settings.from_env()
+    try:
+        preflight(settings.fast_model, settings.slow_model)
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _configure_logging()
+    refused = _check_models()
+    if refused:
+        print(f"twopass local: {refused}", file=sys.stderr)
+        return 2
     stack = LocalStack(
         api_port=args.api_port,
         emulator_port=args.emulator_port,
         workers=args.workers,
         log_dir=args.log_dir,
-        api_key=args.api_key or None,
+        api_key=(DEFAULT_API_KEY if args.auth_mode == "apikey" else "")
+        if args.api_key is None
+        else args.api_key or None,
+        auth_mode=args.auth_mode,
     )
     foreground = Foreground(interrupted="stopped while starting", failed="could not start the local stack")
     print(f"starting twopass locally (emulator on {stack.endpoint_url}) …", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ def provision(
                 resources.setdefault(logical_id, str(outputs[key]))
 
     def lookup(logical_id: str, attribute: str | None) -> str:
+        declared = cfn["Resources"].get(logical_id, {}).get("Type")
+        if logical_id not in resources and declared == "AWS::SecretsManager::Secret" and attribute is None:
+            # moto's CloudFormation makes no secrets: a dynamic reference to one (the cursor key)
+            # resolves to a per-stack stand-in, as good a key locally as the generated one on AWS.
+            return f"local-{stack_name}-{logical_id}-{secrets.token_hex(16)}"
         if logical_id not in resources:
             raise KeyError(f"{logical_id} is not created locally")
         physical = resources[logical_id]

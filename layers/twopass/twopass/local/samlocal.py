@@ -42,6 +42,7 @@ from twopass.local.services import (
     STACK_NAME,
     WORKER_COMMAND,
     Emulator,
+    local_switches,
     service_environment,
 )
 
@@ -97,6 +98,7 @@ def function_env(
     values.update(LOCAL_DEFAULTS)
     values.update(provisioned.api_env)
     values.update(LOCAL_FORCED)
+    values.update(local_switches(values, inherited or {}))
     values["AWS_ENDPOINT_URL"] = endpoint_url
     values["TWOPASS_API_KEYS"] = api_key or ""
     for required in ("AWS_ENDPOINT_URL", "TWOPASS_API_KEYS", "TWOPASS_QUEUE_URL", "TWOPASS_TABLE_NAME"):

@@ -25,6 +25,11 @@ LOCAL_DEFAULTS = {
     "TWOPASS_CALLBACK_ALLOW_PRIVATE": "true",
     "TWOPASS_CALLBACK_ALLOW_HTTP": "true",
 }
+#: Local defaults where the template leaves a setting empty: a front-end dev server on this machine
+#: (any port) may call the API.
+LOCAL_WHEN_EMPTY = {"TWOPASS_CORS_ALLOW_ORIGINS": "http://localhost:*,http://127.0.0.1:*"}
+#: On locally whatever the template's default (the shell may still say otherwise): the demo page at /demo.
+LOCAL_ON = {"TWOPASS_DEMO": "true"}
 #: Switched off locally whatever the template says: there is no X-Ray daemon or EMF collector here.
 LOCAL_FORCED = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_TRACE_DISABLED": "true"}
 #: The local API checks this key like API Gateway checks usage-plan keys in front of the function.
@@ -91,6 +96,14 @@ class Emulator:
         )
 
 
+def local_switches(env: Mapping[str, str], shell: Mapping[str, str]) -> dict[str, str]:
+    """:data:`LOCAL_WHEN_EMPTY` and :data:`LOCAL_ON` over ``env`` (the template's values resolved);
+    the ``shell``'s own values win over both."""
+    switches = {key: env.get(key) or shell.get(key) or value for key, value in LOCAL_WHEN_EMPTY.items()}
+    switches.update({key: shell.get(key) or value for key, value in LOCAL_ON.items()})
+    return switches
+
+
 def service_environment(
     base: Mapping[str, str], template_env: Mapping[str, str], api_key: str | None = None
 ) -> dict[str, str]:
@@ -100,6 +113,7 @@ def service_environment(
     env = {**base, **template_env}
     for key, value in LOCAL_DEFAULTS.items():
         env.setdefault(key, value)
+    env.update(local_switches(env, base))
     env.update(LOCAL_FORCED)
     if api_key:
         env["TWOPASS_API_KEYS"] = api_key

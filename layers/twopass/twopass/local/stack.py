@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twopass.local import template as tpl
+from twopass.local.cognito import UserPool, create_pool
 from twopass.local.processes import Children, describe_exit, free_port, wait_http
 from twopass.local.provision import Provisioned, provision
 from twopass.local.services import (
@@ -92,10 +93,14 @@ class LocalStack:
     api_processes: int = 1
     #: The key the API requires in ``x-api-key`` (``None``: no key, as with auth switched off).
     api_key: str | None = DEFAULT_API_KEY
+    #: ``apikey``, or ``cognito``: a user pool with a demo user in the emulator, whose tokens the API requires.
+    auth_mode: str = "apikey"
 
     #: The running children by name: ``emulator``, ``api``, ``worker-0`` …
     children: Children = field(init=False)
     provisioned: Provisioned | None = field(default=None, init=False)
+    #: The emulator's user pool (``auth_mode="cognito"``), after :meth:`start`.
+    user_pool: UserPool | None = field(default=None, init=False)
     _restarts: WorkerRestarts = field(default_factory=WorkerRestarts, init=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +167,9 @@ class LocalStack:
             self.provisioned = provision(
                 self.client, stack_name=STACK_NAME, template_path=self.template, parameters=self.parameters
             )
+            if self.auth_mode == "cognito":
+                self.user_pool = create_pool(self.client, self.endpoint_url)
+                self.env = {**self.user_pool.api_env(), **self.env}
             api = self._start_api()
             for i in range(self.workers):
                 self.start_worker(f"worker-{i}")

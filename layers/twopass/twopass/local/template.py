@@ -151,7 +151,7 @@ Resolver = Callable[[str, str | None], str]
 def resolve(
     node: Any, lookup: Resolver, parameters: Mapping[str, str], conditions: Mapping[str, Any] | None = None
 ) -> Any:
-    """Evaluate Ref / GetAtt / Sub / Join / If in ``node``; ``lookup(logical_id, attribute)``.
+    """Evaluate Ref / GetAtt / Sub / Join / Split / Select / GetAZs / If in ``node``; ``lookup(logical_id, attribute)``.
 
     ``conditions`` is the template's ``Conditions`` section, for ``Fn::If``.
     """
@@ -185,6 +185,16 @@ def resolve(
         if key == "Fn::Join":
             sep, items = value
             return sep.join(str(again(i)) for i in items)
+        if key == "Fn::Split":
+            sep, text = value
+            return str(again(text)).split(sep)
+        if key == "Fn::Select":
+            index, items = value
+            return again(items)[int(again(index))]
+        if key == "Fn::GetAZs":
+            # Locally any region has six zones, named as AWS names them (the subnets' only use of it).
+            region = str(again(value) or parameters.get("AWS::Region", "us-east-1"))
+            return [f"{region}{letter}" for letter in "abcdef"]
     if isinstance(node, dict):
         return {k: again(v) for k, v in node.items()}
     if isinstance(node, list):

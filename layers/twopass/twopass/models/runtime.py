@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from twopass.exceptions import ModelLoadError
+from twopass.exceptions import ModelLoadError, ProviderUnavailableError
 from twopass.imaging import load_tensor
-from twopass.models.card import ModelCard, card_path
-from twopass.models.labels import imagenet_labels
+from twopass.models import cuda
+from twopass.models.card import ModelCard
+from twopass.models.pack import ModelPack, check_session, check_width, load_pack, not_onnx, one_line
 from twopass.models.source import resolve
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class Prediction:
     #: Every class's probability in class-index order (float32), for callers that need more than the
     #: top-k (the Open Inference Protocol's output tensor); never stored or sent to the queue.
     distribution: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: A sigmoid (multi-label) model's classes at or over the card's threshold, best first; else ``None``.
+    over_threshold: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -64,6 +67,8 @@ class Prediction:
             "top_k": self.top_k(),
             "inference_ms": round(inference_ms, 3),
         }
+        if self.over_threshold is not None:
+            out["labels"] = list(self.over_threshold)
         if batch_size is not None:
             out["batch_size"] = batch_size
         if queue_wait_ms is not None:
@@ -96,10 +101,29 @@ CUDA_PROVIDER_OPTIONS: dict[str, str] = {
 }
 
 
+CPU = "CPUExecutionProvider"
+#: A provider name ending in this may be missing (``cuda?``): the session falls back to the next one.
+OPTIONAL = "?"
+
+
+def provider_names(preferred: Sequence[str]) -> list[str]:
+    """``preferred`` without the optional marks (``CUDAExecutionProvider?`` → ``CUDAExecutionProvider``)."""
+    return [p.removesuffix(OPTIONAL) for p in preferred]
+
+
+def required_providers(preferred: Sequence[str]) -> list[str]:
+    """The providers a session must get: every one asked for without the optional mark, CPU aside."""
+    return [p for p in preferred if not p.endswith(OPTIONAL) and p != CPU]
+
+
 def available_providers(preferred: Sequence[str]) -> list[str]:
-    """``preferred`` filtered to the providers this onnxruntime build actually has, CPU last."""
+    """``preferred`` filtered to the providers this onnxruntime build actually has, CPU last.
+
+    A build can list a provider it cannot start (CUDA without its libraries or a driver): the
+    session then falls back, and :class:`Classifier` checks what it really got.
+    """
     have = set(ort.get_available_providers())
-    chosen = [p for p in preferred if p in have]
+    chosen = [p for p in provider_names(preferred) if p in have]
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -111,7 +135,13 @@ def provider_options(providers: Sequence[str]) -> list[dict[str, str]]:
 
 
 class Classifier:
-    """An ImageNet classifier loaded from an ``.onnx`` file and its model card."""
+    """An ImageNet classifier loaded from an ``.onnx`` file and its model card.
+
+    ``providers`` in order of preference; one named without the optional mark (``CUDAExecutionProvider``,
+    not ``CUDAExecutionProvider?``) is required: a session without it raises
+    :class:`~twopass.exceptions.ProviderUnavailableError` naming what is missing, unless
+    ``allow_fallback`` lets it serve on what it got.
+    """
 
     def __init__(
         self,
@@ -120,34 +150,62 @@ class Classifier:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
         top_k: int = 5,
+        allow_fallback: bool = False,
     ) -> None:
         self.path = path
-        try:
-            self.card = ModelCard.load(card_path(path))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise ModelLoadError(f"bad or missing model card for {path}: {exc}") from exc
+        #: The provider asked for first: what the model should serve on.
+        self.requested_provider = (provider_names(providers) or [CPU])[0]
+        #: The validated pack: card, files and class names (``path`` is an ``.onnx`` or a pack directory).
+        self.pack: ModelPack = load_pack(path)
+        self.card: ModelCard = self.pack.card
         started = time.perf_counter()
+        if cuda.CUDA in provider_names(providers):
+            cuda.preload()  # the nvidia-* wheels' libraries, where installed (the gpu-slim image)
         try:
             chosen = available_providers(providers)
             self.session = ort.InferenceSession(
-                str(path),
+                str(self.pack.model_file),
                 sess_options=session_options(intra_op_threads),
                 providers=chosen,
                 provider_options=provider_options(chosen),
             )
         except Exception as exc:  # onnxruntime raises its own unexported exception types
-            raise ModelLoadError(f"onnxruntime could not load {path}: {exc}") from exc
-        self.providers = tuple(self.session.get_providers())
-        self.labels = imagenet_labels()
+            raise not_onnx(self.pack.model_file, exc) from exc
+        self.providers: tuple[str, ...] = tuple(self.session.get_providers())
+        self._check_providers(providers, allow_fallback)
+        self.labels = self.pack.labels
         self.top_k = top_k
         self._input = self.card.input_name
         self._output = self.card.output_name
+        check_session(self.pack, self.session)
         # The first run allocates buffers and picks kernels (~10x a normal run): pay it at load time
-        # (Lambda init, worker start), not on the first request.
-        size = self.card.input_size
-        self.logits(np.zeros((1, 3, size, size), dtype=np.float32))
+        # (Lambda init, worker start), not on the first request. It also proves the shapes fit.
+        try:
+            warm = self.logits(np.zeros(self.card.preprocessing.input_shape(), dtype=np.float32))
+        except Exception as exc:  # onnxruntime's own types: a shape the graph refuses
+            raise ModelLoadError(
+                f"{self.pack.card_file}: the model refused a {self.card.preprocessing.describe()} input "
+                f"({one_line(str(exc))[:300]}); fix 'preprocessing' to what the model takes"
+            ) from exc
+        check_width(self.pack, warm.shape[-1] if warm.ndim == 2 else -1)
         self.load_seconds = time.perf_counter() - started
         logger.info("loaded %s (%s) on %s in %.3fs", self.name, path.name, self.providers[0], self.load_seconds)
+
+    def _check_providers(self, asked: Sequence[str], allow_fallback: bool) -> None:
+        missing = [p for p in required_providers(asked) if p not in self.providers]
+        if missing and not allow_fallback:
+            raise ProviderUnavailableError(cuda.why_unavailable(missing[0], self.providers[0]))
+        if self.providers[0] != self.requested_provider:
+            # Loud when the provider was required and only allow_fallback let it through; an optional
+            # one (``cuda?``) missing is what its mark asked for.
+            level = logging.WARNING if missing else logging.INFO
+            logger.log(
+                level, "%s serves on %s, not on %s as asked", self.path.name, self.providers[0], self.requested_provider
+            )
+
+    @property
+    def serving_as_asked(self) -> bool:
+        return self.providers[0] == self.requested_provider
 
     @classmethod
     def from_location(
@@ -157,20 +215,27 @@ class Classifier:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
         top_k: int = 5,
+        allow_fallback: bool = False,
     ) -> Classifier:
         """Load from a local path or any registered scheme (``s3://…``)."""
-        return cls(resolve(location), providers=providers, intra_op_threads=intra_op_threads, top_k=top_k)
+        return cls(
+            resolve(location),
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            top_k=top_k,
+            allow_fallback=allow_fallback,
+        )
 
     @property
     def name(self) -> str:
         return self.card.name
 
     def tensor(self, data: bytes, *, max_pixels: int) -> np.ndarray:
-        """Encoded image bytes → this model's ``(3, S, S)`` input."""
+        """Encoded image bytes → this model's ``(3, S, S)`` (or ``(S, S, 3)``) input."""
         return load_tensor(data, self.card.preprocessing, max_pixels=max_pixels)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run one ``(N, 3, S, S)`` batch; returns ``(N, 1000)`` logits."""
+        """Run one batch in the card's layout; returns ``(N, classes)`` scores."""
         (out,) = self.session.run([self._output], {self._input: batch})
         return np.asarray(out, dtype=np.float32)
 
@@ -183,10 +248,9 @@ class Classifier:
         return self.predict_batch(tensor[None, ...])[0]
 
     def decode(self, logits: np.ndarray) -> list[Prediction]:
-        """Softmax and top-k over ``(N, 1000)`` logits."""
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted)
-        probs /= probs.sum(axis=1, keepdims=True)
+        """Probabilities as the card's ``output`` says (softmax, as they are, sigmoid), then top-k."""
+        probs = self.probabilities(logits)
+        sigmoid = self.card.output == "sigmoid"
         k = min(self.top_k, probs.shape[1])
         top = np.argsort(-probs, axis=1)[:, :k]
         return [
@@ -195,6 +259,22 @@ class Classifier:
                 probabilities=tuple(float(probs[n, i]) for i in row),
                 class_ids=tuple(int(i) for i in row),
                 distribution=probs[n],
+                over_threshold=(
+                    tuple(self.labels[i] for i in np.argsort(-probs[n]) if probs[n, i] >= self.card.threshold)
+                    if sigmoid
+                    else None
+                ),
             )
             for n, row in enumerate(top)
         ]
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """``(N, classes)`` model output → probabilities: softmax of logits, sigmoid per class, or as they are."""
+        if self.card.output == "probabilities":
+            return np.asarray(scores, dtype=np.float32)
+        if self.card.output == "sigmoid":
+            return np.asarray(1.0 / (1.0 + np.exp(-scores)), dtype=np.float32)
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        probs: np.ndarray = np.exp(shifted)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs

@@ -29,6 +29,8 @@ class Metric(StrEnum):
     DEAD_LETTERED = "DeadLettered"
     CALLBACKS_DELIVERED = "CallbacksDelivered"
     CALLBACKS_FAILED = "CallbacksFailed"
+    #: Worker: callbacks still queued or being tried when the worker stopped (counted in CallbacksFailed too).
+    CALLBACKS_DROPPED = "CallbacksDropped"
     #: API: jobs the cascade answered with the fast model (no slow pass), cache hits, ``slow: never`` answers.
     CASCADE_ANSWERED = "CascadeAnswered"
     CACHE_HITS = "CacheHits"
@@ -45,6 +47,8 @@ class Metric(StrEnum):
     #: API: images submitted in ``POST /batches`` calls, and items of them refused one by one.
     BATCH_ITEMS = "BatchItems"
     BATCH_ITEMS_REFUSED = "BatchItemsRefused"
+    #: Worker: 1 a minute per worker, with ``provider`` (what the model serves on) and ``requested`` dimensions.
+    SERVING_PROVIDER = "ServingProvider"
 
 
 _UNITS = {

@@ -78,6 +78,12 @@ def normalise_label(text: str) -> str:
     return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
 
 
+def unknown_folders(files: Sequence[Path], labels: Sequence[str]) -> list[str]:
+    """Parent folder names that match none of ``labels`` (compared as :func:`normalise_label` does)."""
+    known = {normalise_label(label) for label in labels}
+    return sorted({path.parent.name for path in files if normalise_label(path.parent.name) not in known})
+
+
 def thresholds(step: float) -> list[float]:
     """``step``, ``2·step`` … 1.0 (0 is the cascade turned off, so it is no candidate)."""
     count = round(1.0 / step)
@@ -424,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--labels-from-folders",
         action="store_true",
-        help="each image's parent folder names its ImageNet class (tiger_cat/, espresso/): adds accuracy",
+        help="each image's parent folder names its class in the model pack's labels (tiger_cat/, espresso/): "
+        "adds accuracy",
     )
     parser.add_argument(
         "--augment", action="store_true", help="also classify crops, a mirror image and smaller scales of each image"
@@ -437,8 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STEP,
         help=f"thresholds shown in the table (default {DEFAULT_STEP})",
     )
-    parser.add_argument("--fast-model", help="fast model .onnx (default: TWOPASS_FAST_MODEL or the bundled one)")
-    parser.add_argument("--slow-model", help="slow model .onnx (default: TWOPASS_SLOW_MODEL or the bundled one)")
+    parser.add_argument(
+        "--fast-model", help="fast model pack directory or .onnx (default: TWOPASS_FAST_MODEL or the bundled one)"
+    )
+    parser.add_argument(
+        "--slow-model", help="slow model pack directory or .onnx (default: TWOPASS_SLOW_MODEL or the bundled one)"
+    )
     return parser
 
 
@@ -457,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     from twopass.config import Settings
     from twopass.exceptions import ModelLoadError
+    from twopass.models.pack import check_agreement
     from twopass.models.runtime import Classifier
 
     try:
@@ -471,9 +483,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fast = Classifier.from_location(args.fast_model or settings.fast_model, providers=settings.providers, top_k=1)
         slow = Classifier.from_location(args.slow_model or settings.slow_model, providers=settings.providers, top_k=1)
+        check_agreement(fast.pack, slow.pack)
     except ModelLoadError as exc:
         print(f"twopass calibrate: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if args.labels_from_folders:
+        unknown = unknown_folders(files, fast.labels)
+        if unknown:
+            # Accuracy against a folder that names no class of the pack would silently count as wrong.
+            print(
+                f"twopass calibrate: error: folder(s) {', '.join(unknown[:5])} name no class of the model pack "
+                f"({len(fast.labels)} labels, e.g. {', '.join(fast.labels[:3])})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
 
     def progress(text: str) -> None:
         if sys.stderr.isatty() or text.startswith("skipped"):

@@ -6,6 +6,11 @@ itself when it sees an error on the last allowed delivery; :func:`sweep` covers 
 no worker lived to report (:func:`sweep_all` covers both queues' DLQs when there is a high-priority
 queue). :func:`redrive` is SQS's "start message move task", done by hand with
 receive/send/delete so it works everywhere (moto cannot run the real one).
+
+A dead-lettered message belongs to one run of its job (:attr:`~twopass.queue.base.JobMessage.run`):
+it stays in the DLQ after the sweep, and its job may be retried by its owner meanwhile, so the sweep
+fails a job only while it is still in the message's run (a conditional write in the store), and the
+redrive drops a message of an earlier run instead of sending it again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from twopass.jobs.base import JobStatus, JobStore
 from twopass.queue.base import JobMessage, MessageFormatError
 
 logger = logging.getLogger(__name__)
+
+#: The error of a job the sweep marked failed.
+DEAD_LETTERED = "dead-lettered: no delivery of this job finished (worker crashed or timed out)"
 
 
 def dead_letter_queue_url(queue_url: str) -> str | None:
@@ -51,10 +59,12 @@ def _receive(queue_url: str, visibility: int) -> list[dict[str, Any]]:
 
 @translate_errors("dead-letter sweep")
 def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility: int = 300) -> int:
-    """Mark every dead-lettered job that is still open as failed; returns how many were marked.
+    """Mark every dead-lettered job that is still open, in the run its message was sent for, as failed;
+    returns how many were marked.
 
     Messages stay in the DLQ (hidden for ``visibility`` seconds so one sweep sees each once): the
-    operator decides between :func:`redrive` and a purge.
+    operator decides between :func:`redrive` and a purge. Every later sweep meets them again, which
+    is harmless: a job failed by its message is final, and a retried one is in a later run.
     """
     marked = seen = 0
     while seen < max_messages:
@@ -67,7 +77,7 @@ def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility:
                 job = JobMessage.decode(msg["Body"])
             except MessageFormatError:
                 continue
-            if store.fail(job.job_id, "dead-lettered: no delivery of this job finished (worker crashed or timed out)"):
+            if store.fail(job.job_id, DEAD_LETTERED, run=job.run):
                 marked += 1
                 logger.warning("job %s dead-lettered; marked failed", job.job_id)
     return marked
@@ -83,6 +93,9 @@ class RedriveReport:
     moved: int = 0
     reopened: int = 0
     dropped_done: int = 0
+    #: Messages of an earlier run of a job its owner retried since: sending them again would only
+    #: run the job twice, and their dead letter says nothing about the current run.
+    dropped_stale: int = 0
     unreadable: int = 0
 
 
@@ -90,13 +103,14 @@ class RedriveReport:
 def redrive(dlq_url: str, queue_url: str, store: JobStore, *, max_messages: int | None = None) -> RedriveReport:
     """Move DLQ messages back to the job queue, reopening their failed jobs.
 
-    A job that has succeeded meanwhile is never reopened: its message is simply dropped. Each
-    message is sent to the queue before it is deleted from the DLQ, so a crash mid-way duplicates
-    at worst (harmless), never loses.
+    A job that has succeeded meanwhile is never reopened: its message is simply dropped, and so is a
+    message of an earlier run than the job's (its owner retried it). Each message is sent to the
+    queue before it is deleted from the DLQ, so a crash mid-way duplicates at worst (harmless),
+    never loses.
     """
     report = RedriveReport()
     sqs = client("sqs")
-    while max_messages is None or report.moved + report.dropped_done + report.unreadable < max_messages:
+    while max_messages is None or _handled(report) < max_messages:
         batch = _receive(dlq_url, 60)
         if not batch:
             break
@@ -109,6 +123,8 @@ def redrive(dlq_url: str, queue_url: str, store: JobStore, *, max_messages: int 
             record = store.get(job.job_id)
             if record is not None and record.status is JobStatus.SUCCEEDED:
                 report.dropped_done += 1
+            elif record is not None and job.run < record.run:
+                report.dropped_stale += 1
             else:
                 if store.reopen(job.job_id):
                     report.reopened += 1
@@ -117,3 +133,7 @@ def redrive(dlq_url: str, queue_url: str, store: JobStore, *, max_messages: int 
                 report.moved += 1
             sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=msg["ReceiptHandle"])
     return report
+
+
+def _handled(report: RedriveReport) -> int:
+    return report.moved + report.dropped_done + report.dropped_stale + report.unreadable

@@ -14,6 +14,12 @@ A never-started job older than ``after_seconds`` certainly has no message when
 Otherwise its message may still be waiting in a backlog, and it is left alone for a later pass.
 A certain orphan whose image is still retained (a claim check in S3) is published again; one whose
 image travelled only inside the lost message is failed with a reason the client can act on.
+
+Each pass also settles the completion events still owed: a final state written by a writer that
+held no queue message (a cancel, an answer at once, the sweep, this reconciler) records its event
+as owed in the same write, and the publisher clears that once PutEvents accepted it. One still
+owed ``owed_after_seconds`` after the write lost its publisher (a crash, a frozen Lambda, a long
+EventBridge outage) and is announced again here (consumers de-duplicate by ``detail.event_id``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ logger = logging.getLogger(__name__)
 LOST_REASON = (
     "lost: the job's queue message was lost during a backend outage and its image was not kept; submit it again"
 )
+#: How long after its final write an owed event is taken for lost: far longer than a publisher's
+#: retries take, so an event on its way is not published twice for nothing.
+OWED_AFTER_SECONDS = 60.0
 
 
 @dataclass
@@ -38,6 +47,8 @@ class ReconcileReport:
     candidates: int = 0
     republished: int = 0
     failed: int = 0
+    #: Completion events found still owed and announced again.
+    reannounced: int = 0
 
 
 class Reconciler:
@@ -50,12 +61,14 @@ class Reconciler:
         *,
         after_seconds: float,
         retention_seconds: float,
+        owed_after_seconds: float = OWED_AFTER_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.after_seconds = after_seconds
         self.retention_seconds = retention_seconds
+        self.owed_after_seconds = owed_after_seconds
         self.clock = clock
         self._queue_was_empty = False
         #: Jobs this reconciler republished: not again while their new message may still wait in
@@ -85,7 +98,15 @@ class Reconciler:
                 self._resolve(record, report)
                 if record.image_ref:
                     self._republished[record.job_id] = now
+        self._settle_owed_events(now, limit, report)
         return report
+
+    def _settle_owed_events(self, now: float, limit: int, report: ReconcileReport) -> None:
+        """Announce again the final states whose events are still owed long after their write."""
+        for record in self.store.owed_events(now - self.owed_after_seconds, limit):
+            self.store.reannounce(record)
+            report.reannounced += 1
+            logger.warning("job %s: its %s event was still owed; published again", record.job_id, record.status)
 
     def _resolve(self, record: JobRecord, report: ReconcileReport) -> None:
         if record.image_ref:
@@ -96,6 +117,7 @@ class Reconciler:
                 # Back to its own queue (a PriorityPublisher routes it), its deadline still in force.
                 priority=record.priority,
                 deadline_at=record.deadline_at,
+                run=record.run,
             )
             self.publisher.publish(message)
             report.republished += 1

@@ -55,6 +55,8 @@ class JobMessage:
     deadline_at: float | None = None
     #: ``"high"`` or ``"normal"``: which queue the job was published to.
     priority: str = NORMAL
+    #: The run of the job it was sent for (0, then one more per retry): a dead letter acts on that run only.
+    run: int = 0
 
     def __post_init__(self) -> None:
         if (self.image is None) == (self.image_ref is None):
@@ -78,6 +80,8 @@ class JobMessage:
             body["deadline_at"] = self.deadline_at
         if self.priority != NORMAL:
             body["priority"] = self.priority
+        if self.run:
+            body["run"] = self.run
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -95,6 +99,7 @@ class JobMessage:
                 context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
                 deadline_at=None if data.get("deadline_at") is None else float(data["deadline_at"]),
                 priority=str(data.get("priority") or NORMAL),
+                run=int(data.get("run") or 0),
             )
         except MessageFormatError:
             raise

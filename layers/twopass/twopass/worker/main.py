@@ -15,6 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from twopass.config import Settings
+from twopass.exceptions import ModelLoadError
 from twopass.observability import logs
 from twopass.worker.events import WorkerEvents
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("twopass.worker")
 
+#: Exit status of a worker whose model could not get a required execution provider.
+START_FAILED = 3
+
 
 def build_worker(settings: Settings) -> Worker:
     """Wire the worker from settings: the slow model, the SQS queue(s), the DynamoDB store, the payload bucket.
@@ -34,6 +38,7 @@ def build_worker(settings: Settings) -> Worker:
     and sweeps both dead-letter queues.
     """
     from twopass.jobs.dynamodb import DynamoJobStore
+    from twopass.models.pack import check_pair
     from twopass.models.runtime import Classifier
     from twopass.notify.events import attach as attach_events
     from twopass.ops import deadletter
@@ -45,10 +50,12 @@ def build_worker(settings: Settings) -> Worker:
     settings.require("queue_url", "table_name")
     classifier = Classifier.from_location(
         settings.slow_model,
-        providers=settings.providers,
+        providers=settings.session_providers,
         intra_op_threads=settings.intra_op_threads,
         top_k=settings.top_k,
+        allow_fallback=settings.allow_cpu_fallback,
     )
+    check_pair(settings.fast_model, settings.slow_model)  # both passes must name the same classes
     visibility = settings.visibility_timeout_seconds
     source: MessageSource = SqsSource(settings.queue_url, visibility_timeout=visibility)
     queues = [settings.queue_url]
@@ -71,7 +78,10 @@ def build_worker(settings: Settings) -> Worker:
         settings,
         sweeper=sweeper,
         events=events,
-        payloads=PayloadStore(bucket=settings.payload_bucket),
+        # Reads stop at the largest image the API accepts, whatever was put behind a job's reference since.
+        payloads=PayloadStore(
+            bucket=settings.payload_bucket, max_bytes=max(settings.upload_max_bytes, settings.max_image_bytes)
+        ),
         reconciler=build_reconciler(settings, store),
     )
 
@@ -108,6 +118,12 @@ def build_events(settings: Settings) -> WorkerEvents:
 
     metrics = MetricsSink(service="twopass-worker")
     callbacks = None
+
+    def dropped(count: int) -> None:
+        # Called at shutdown, after the events' last flush: flush again so the count goes out.
+        metrics.add(Metric.CALLBACKS_DROPPED, count)
+        metrics.flush()
+
     if settings.callback_secret:
         callbacks = CallbackSender(
             settings.callback_secret,
@@ -115,6 +131,7 @@ def build_events(settings: Settings) -> WorkerEvents:
             allow_http=settings.callback_allow_http,
             attempts=settings.callback_attempts,
             on_result=lambda ok: metrics.add(Metric.CALLBACKS_DELIVERED if ok else Metric.CALLBACKS_FAILED, 1),
+            on_dropped=dropped,
         )
     return ObservedEvents(metrics, callbacks)
 
@@ -136,7 +153,13 @@ def run_one(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker = build_worker(settings)
+    try:
+        worker = build_worker(settings)
+    except ModelLoadError as exc:  # an invalid model pack, or a required provider (CUDA) missing
+        # A start failure, in one line: the task exits non-zero, so ECS's deployment circuit breaker
+        # stops a rollout whose tasks cannot use their GPU instead of letting them serve on the CPU.
+        print(f"twopass-worker cannot start: {exc}", file=sys.stderr, flush=True)
+        return START_FAILED
     if stop_requested.is_set():
         return 0
     worker.run()
@@ -177,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, help="largest batch (TWOPASS_MAX_BATCH_SIZE)")
     parser.add_argument("--max-wait-ms", type=int, help="longest wait to fill a batch (TWOPASS_MAX_WAIT_MS)")
     parser.add_argument("--receivers", type=int, help="concurrent long-polling receivers (TWOPASS_RECEIVERS)")
+    parser.add_argument(
+        "--preflight",
+        action="store_true",
+        help="load the slow model as configured, run one warm-up batch, print the provider, device, CUDA/cuDNN "
+        "versions and timings, and exit (non-zero when a required provider is missing); needs no queue or table",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     overrides = {
@@ -189,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     settings = settings.replace(**overrides)
+    if args.preflight:
+        from twopass.worker.preflight import preflight
+
+        return preflight(settings)
     logs.configure(settings.log_level, service="twopass-worker", fmt=settings.log_format)
     processes = args.processes or settings.worker_processes
     return run_pool(settings, processes) if processes > 1 else run_one(settings)

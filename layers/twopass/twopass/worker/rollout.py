@@ -126,7 +126,7 @@ class SlowModels:
             else:
                 candidate = Classifier.from_location(
                     settings.candidate_slow_model,
-                    providers=settings.providers,
+                    providers=settings.session_providers,
                     intra_op_threads=settings.intra_op_threads,
                     top_k=settings.top_k,
                 )

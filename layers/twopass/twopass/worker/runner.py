@@ -31,6 +31,7 @@ from twopass.exceptions import DependencyError
 from twopass.jobs.base import JobStore
 from twopass.jobs.cache import ResultCache, cache_for
 from twopass.models.runtime import Classifier
+from twopass.observability.metrics import Metric, MetricsSink
 from twopass.ops.reconcile import Reconciler
 from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, MessageSource
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest the shutdown waits for a heartbeat write in flight before removing the heartbeat.
 _HEARTBEAT_JOIN_SECONDS = 2.0
+#: How often the serving provider is reported as a metric (the "GPU task serving on CPU" alarm's input).
+_PROVIDER_METRIC_SECONDS = 60.0
 
 
 def default_worker_id() -> str:
@@ -131,7 +134,8 @@ class Worker:
 
     def _start_chores(self) -> None:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "model": self.classifier.name,
-                "provider": self.classifier.providers[0], "model_card": self.classifier.card.to_dict()}  # fmt: skip
+                "provider": self.classifier.providers[0], "provider_requested": self.classifier.requested_provider,
+                "model_card": self.classifier.card.to_dict()}  # fmt: skip
         if self.models.candidate is not None:  # operators see a rollout in /health/all's worker figures
             info.update(rollout=str(self.models.rollout), candidate_version=self.models.candidate.card.version)
         s, stop = self.settings, self._stop
@@ -140,6 +144,9 @@ class Worker:
             partial(background.heartbeat, self.store, self.worker_id, info, self.stats, s.heartbeat_seconds, stop),
         )
         self._spawn("lease", partial(self.leases.keep_alive, stop))
+        metrics = getattr(self.events, "metrics", None)
+        if isinstance(metrics, MetricsSink):
+            self._spawn("provider", partial(self._report_provider, metrics, _PROVIDER_METRIC_SECONDS))
         if self.sweeper is not None and s.dlq_sweep_seconds > 0:
             self._spawn(
                 "dlq-sweep",
@@ -147,6 +154,17 @@ class Worker:
             )
         if self.reconciler is not None and s.reconcile_seconds > 0:
             self._spawn("reconcile", partial(background.reconcile_orphans, self.reconciler, s.reconcile_seconds, stop))
+
+    def _report_provider(self, metrics: MetricsSink, every: float) -> None:
+        """What the model serves on, as a metric dimension, beside what was asked (until stopped)."""
+        dimensions = {"provider": self.classifier.providers[0], "requested": self.classifier.requested_provider}
+        while True:
+            try:
+                metrics.add_dimensioned(Metric.SERVING_PROVIDER, 1, dimensions)
+            except Exception as exc:  # noqa: BLE001 - best effort; the next report tries again
+                logger.warning("provider metric failed: %s", exc)
+            if self._stop.wait(every):
+                return
 
     def _spawn(self, name: str, body: Callable[[], None]) -> None:
         thread = threading.Thread(target=body, name=name, daemon=True)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from twopass.api.auth import Owner
+from twopass.api.batches import batch_status, submit_batch
 from twopass.api.body import json_limit, model_from_json, parse_json, read_capped
 from twopass.api.context import Context
 from twopass.api.control import JobOptions
@@ -16,7 +17,6 @@ from twopass.api.docs import ERRORS
 from twopass.api.routes.predict import _request_id
 from twopass.api.schemas import PriorityName
 from twopass.api.submit import Caller
-from twopass.batches import batch_status, submit_batch
 from twopass.cascade import SlowModeName, parse_mode
 from twopass.exceptions import InvalidRequestError, JobNotFoundError
 from twopass.jobs.base import MAX_BATCH_ITEMS

@@ -10,8 +10,10 @@ from fastapi import APIRouter, Query, Request
 
 from twopass.api.auth import Owner
 from twopass.api.context import ApiContext, Context
+from twopass.api.cursors import CursorSigner
 from twopass.api.docs import ERRORS
 from twopass.api.schemas import JobListResponse, JobResponse, JobStatusName
+from twopass.config import Settings
 from twopass.exceptions import JobNotFoundError
 from twopass.jobs.base import DEFAULT_PAGE, MAX_PAGE, JobRecord, JobStatus, is_job_id
 from twopass.observability.logs import job_extra
@@ -56,8 +58,23 @@ def _checked(job_id: str) -> str:
 async def get_job(job_id: str, request: Request, context: Context, owner: Owner, wait: Wait = 0.0) -> JobResponse:
     record = await context.io(context.service.job, _checked(job_id), owner)
     if wait > 0 and not record.final:
-        record = await _wait_final(context, record, owner, min(wait, _time_left(request)))
+        record = await _wait_final(context, record, owner, min(wait, _time_left(request, context.settings)))
     return JobResponse.from_record(record)
+
+
+def wait_limit(settings: Settings) -> float:
+    """The longest wait a Lambda invocation grants: :data:`WAIT_MAX`, or less so that waits can hold no
+    more than ``wait_concurrency`` executions at the stage's full request rate.
+
+    Every waiting read holds an execution for its whole wait, so at ``rate`` requests a second the
+    waits alone hold about ``rate × wait`` of them (Little's law): 50 rps of 20 s waits would take
+    1,000 executions of the account's concurrency. Capping the wait at ``wait_concurrency / rate``
+    bounds that, plus one burst (``ApiThrottleBurstLimit``), whatever the clients ask for; a
+    shortened wait answers the job as it is, and clients ask again.
+    """
+    if settings.wait_concurrency > 0 and settings.api_rate_limit > 0:
+        return min(WAIT_MAX, settings.wait_concurrency / settings.api_rate_limit)
+    return WAIT_MAX
 
 
 async def _wait_final(context: ApiContext, record: JobRecord, owner: str, wait: float) -> JobRecord:
@@ -79,15 +96,16 @@ async def _wait_final(context: ApiContext, record: JobRecord, owner: str, wait: 
     return record
 
 
-def _time_left(request: Request) -> float:
+def _time_left(request: Request, settings: Settings) -> float:
     """Seconds this invocation may still wait: under Lambda, its remaining time less a margin to answer
-    (a wait that outlived the function would end in API Gateway's 502, not in the job's state)."""
+    (a wait that outlived the function would end in API Gateway's 502, not in the job's state), and
+    at most :func:`wait_limit`. Elsewhere (uvicorn) a wait is a coroutine, not an execution: no cut."""
     lambda_context: Any = request.scope.get("aws.context")
     remaining = getattr(lambda_context, "get_remaining_time_in_millis", None)
     if remaining is None:
         return WAIT_MAX
     left_ms: int = remaining()
-    return max(0.0, left_ms / 1000 - WAIT_ANSWER_MARGIN)
+    return min(wait_limit(settings), max(0.0, left_ms / 1000 - WAIT_ANSWER_MARGIN))
 
 
 @router.delete(
@@ -139,7 +157,11 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page, to get the next one.")] = None,
 ) -> JobListResponse:
     wanted = JobStatus(status) if status is not None else None
-    records, next_cursor = await context.io(
-        lambda: context.service.jobs(owner, status=wanted, limit=limit, cursor=cursor)
+    # Cursors are signed for this caller and listing: an altered or foreign one is a 400 before the store.
+    signer = CursorSigner(context.settings.cursor_secret)
+    position = None if cursor is None else signer.open(cursor, owner, wanted)
+    records, next_position = await context.io(
+        lambda: context.service.jobs(owner, status=wanted, limit=limit, cursor=position)
     )
+    next_cursor = None if next_position is None else signer.seal(next_position, owner, wanted)
     return JobListResponse(jobs=[JobResponse.from_record(r) for r in records], next_cursor=next_cursor)

@@ -10,6 +10,7 @@ from twopass.api.auth import caller
 from twopass.api.context import Context
 from twopass.api.schemas import HealthAllResponse, HealthResponse, MetadataResponse
 from twopass.api.service import TwopassService
+from twopass.models.labels import label_set_name
 from twopass.uploads import IMAGE_TYPES
 
 #: Open: load balancers and uptime checks call it without a key.
@@ -38,7 +39,7 @@ async def health_all(context: Context) -> HealthAllResponse:
     if slow_card:
         worker = checks["worker"]["status"]
         body[slow_card["name"]] = "ok" if worker == "ok" else worker
-    degraded = any(c["status"] == "error" for c in checks.values())
+    degraded = any(c["status"] in ("error", "degraded") for c in checks.values())
     return HealthAllResponse.model_validate({**body, "status": "degraded" if degraded else "ok", "backends": checks})
 
 
@@ -46,7 +47,7 @@ async def health_all(context: Context) -> HealthAllResponse:
 async def metadata(context: Context) -> MetadataResponse:
     service = context.service
     fast_card = service.classifier.card
-    size = fast_card.input_size
+    labels = service.classifier.labels
     settings = context.settings
     return MetadataResponse.model_validate(
         {
@@ -54,17 +55,21 @@ async def metadata(context: Context) -> MetadataResponse:
             "data_structure": "(1,1)",
             "data_sample": "base64 encoded image file",
             "prediction_type": "float32",
-            "prediction_structure": "(1,1000)",
+            "prediction_structure": f"(1,{len(labels)})",
             "prediction_sample": "[0.00012, 0.00003, 0.00021, ...]",
             "input": {
                 "json": {"image_data": "<base64 of a JPEG/PNG/WebP/GIF/BMP/TIFF file>"},
                 "raw": "a body with Content-Type image/*",
                 "max_bytes": settings.max_image_bytes,
                 "max_pixels": settings.max_image_pixels,
-                "fast_model_input": f"(N,3,{size},{size}) float32 RGB",
+                "fast_model_input": fast_card.preprocessing.describe(),
                 "uploads": _uploads(service),
             },
-            "output": {"fast": f"top-{settings.top_k} labels with probabilities", "labels": "ImageNet-1k"},
+            "output": {
+                "fast": f"top-{settings.top_k} labels with probabilities",
+                "labels": label_set_name(labels),
+                "scores": fast_card.output,
+            },
             "models": {"fast": fast_card.to_dict(), "slow": await context.io(service.slow_card)},
         }
     )

@@ -37,7 +37,7 @@ from twopass.api.service import TwopassService
 from twopass.api.submit import Caller, submit
 from twopass.cascade import SlowMode
 from twopass.exceptions import TwopassError
-from twopass.models.labels import imagenet_labels
+from twopass.models.pack import count_labels
 from twopass.models.runtime import Prediction
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ async def _model(context: ApiContext, name: str, version: str | None = None) -> 
 
 
 def _metadata(model: Model) -> oip.ModelMetadata:
-    return oip.model_metadata(model.card, classes=len(imagenet_labels()))
+    return oip.model_metadata(model.card, classes=count_labels(model.card))
 
 
 async def _ready(context: ApiContext, model: Model) -> Response:

@@ -1,8 +1,8 @@
-"""``POST /uploads``: a presigned PUT for an image too big for one request; and ``POST /predict
+"""``POST /uploads``: a presigned POST (and PUT) for an image too big for one request; and ``POST /predict
 {"upload_id"}``'s side of it (:func:`submit_upload`), which reads the image from the bucket.
 
-The image never passes through API Gateway: the client PUTs it to S3, and the job refers to the very
-object it PUT (``twopass.uploads``).
+The image never passes through API Gateway: the client sends it to S3, and the job refers to the very
+object it sent, pinned to the bytes the fast model saw (``twopass.uploads``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twopass.api.body import Submission, model_from_json, parse_json, read_cappe
 from twopass.api.context import ApiContext, Context
 from twopass.api.docs import ERRORS
 from twopass.api.errors import HTTPProblemError
-from twopass.api.schemas import PredictResponse, UploadRequest, UploadResponse, iso
+from twopass.api.schemas import PredictResponse, UploadPost, UploadRequest, UploadResponse, iso
 from twopass.api.submit import Caller, Submitted, submit
 from twopass.exceptions import InvalidRequestError
 from twopass.uploads import UploadNotFoundError, UploadPendingError, Uploads, UploadTypeError
@@ -38,10 +38,12 @@ def _uploads(context: ApiContext) -> Uploads:
 
 @router.post(
     "/uploads",
-    summary="Get a presigned PUT for a big image, then POST /predict with its upload_id",
-    description="The answer's url takes one PUT of the image file with exactly the answer's headers, until "
-    "expires_at. S3 does not cap a presigned PUT's size: an image over max_bytes is refused when it is used "
-    '(413). Then POST /predict {"upload_id": "..."}.',
+    summary="Get a presigned POST (or PUT) for a big image, then POST /predict with its upload_id",
+    description="The answer's post takes one multipart/form-data POST of its fields then the image file as "
+    "'file', until expires_at; S3 refuses one over max_bytes. Its url takes one PUT of the image with exactly "
+    "the answer's headers instead: S3 does not cap a PUT's size, so an image over max_bytes is refused when it "
+    'is used (413). Then POST /predict {"upload_id": "..."}; sending the image again after that changes nothing '
+    "the job sees (a replaced image fails the job).",
     status_code=201,
     response_model=UploadResponse,
     responses=ERRORS,
@@ -63,6 +65,7 @@ async def create_upload(request: Request, context: Context, owner: Owner) -> Upl
         headers=grant.headers,
         expires_at=iso(grant.expires_at) or "",
         max_bytes=grant.max_bytes,
+        post=UploadPost(url=grant.post_url, fields=grant.post_fields),
     )
 
 
@@ -78,11 +81,11 @@ async def submit_upload(context: ApiContext, submission: Submission, caller: Cal
         if (earlier := await context.io(service.idempotency.replay, claim)) is not None:
             return Submitted(PredictResponse.model_validate(earlier), replayed=True)
         upload = await context.io(uploads.locate, caller.owner, upload_id, expires_at)
-        data = await context.io(uploads.read, upload)
+        data, image_ref = await context.io(uploads.read, upload)
     except UploadNotFoundError as exc:
         raise HTTPProblemError(404, "upload_not_found", str(exc)) from None
     except UploadPendingError as exc:
         raise HTTPProblemError(409, "upload_pending", str(exc), headers={"Retry-After": "1"}) from None
     except UploadTypeError as exc:
         raise HTTPProblemError(415, "unsupported_media_type", str(exc)) from None
-    return await submit(context, dataclasses.replace(submission, data=data, image_ref=upload.ref, claim=claim), caller)
+    return await submit(context, dataclasses.replace(submission, data=data, image_ref=image_ref, claim=claim), caller)

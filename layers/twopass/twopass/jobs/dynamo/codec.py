@@ -8,13 +8,13 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from twopass.jobs.base import JobRecord, JobStatus, pending_shard
+from twopass.jobs.base import JobRecord, JobStatus, owed_shard, pending_shard
 
 #: Attributes of a job item that are :class:`JobRecord` fields (any other is kept in ``extra``).
 RECORD_FIELDS = (
     "status", "created_at", "updated_at", "started_at", "finished_at", "attempts",
     "fast", "result", "error", "expires_at", "worker", "owner", "image_ref", "context",
-    "deadline_at", "priority", "history", "batch_id",
+    "deadline_at", "priority", "history", "batch_id", "event_owed",
 )  # fmt: skip
 #: Attributes the store keeps for itself, never shown in a record.
 _INTERNAL = ("create_token", "pending")
@@ -69,6 +69,8 @@ def job_item(record: JobRecord, ttl_seconds: int) -> dict[str, Any]:
         item[name] = to_dynamo(value)
     if record.status is JobStatus.QUEUED and record.attempts == 0:
         item["pending"] = to_dynamo(pending_shard(record.job_id))
+    elif record.final and record.event_owed:  # answered at once, its event owed (see the lifecycle)
+        item["pending"] = to_dynamo(owed_shard(record.job_id))
     return item
 
 

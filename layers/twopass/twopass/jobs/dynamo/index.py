@@ -1,4 +1,5 @@
-"""The table's two secondary indexes: an owner's jobs (``owner-created``), never-started jobs (``pending-created``)."""
+"""The table's two secondary indexes: an owner's jobs (``owner-created``), never-started jobs and final
+jobs whose completion event is still owed (``pending-created``, each in partitions of their own)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from twopass.jobs.base import (
     DEFAULT_PAGE,
     MAX_PAGE,
+    OWED_PREFIX,
     PENDING_SHARDS,
     JobRecord,
     JobStatus,
@@ -31,7 +33,7 @@ def _cursor(key: dict[str, Any]) -> str:
 
 
 class DynamoIndexes(DynamoTable):
-    """Index queries: :meth:`list_jobs` for owners, :meth:`never_started` for the reconciler."""
+    """Index queries: :meth:`list_jobs` for owners, :meth:`never_started` and :meth:`owed_events` for the reconciler."""
 
     def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = DEFAULT_PAGE, cursor: str | None = None
@@ -92,3 +94,18 @@ class DynamoIndexes(DynamoTable):
             records.extend(job_record(item) for item in out.get("Items", []))
         queued = [r for r in records if r.status is JobStatus.QUEUED and not r.expired()]
         return sorted(queued, key=lambda r: r.created_at)[:limit]
+
+    def owed_events(self, updated_before: float, limit: int = 100) -> list[JobRecord]:
+        records: list[JobRecord] = []
+        for shard in range(PENDING_SHARDS):
+            out = self._call(
+                "query",
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression="pending = :p",
+                FilterExpression="updated_at < :t AND attribute_exists(event_owed)",
+                ExpressionAttributeValues={":p": {"S": f"{OWED_PREFIX}{shard}"}, ":t": to_dynamo(updated_before)},
+                Limit=limit,
+            )
+            records.extend(job_record(item) for item in out.get("Items", []))
+        owed = [r for r in records if r.final and r.event_owed and not r.expired()]
+        return sorted(owed, key=lambda r: r.updated_at or 0.0)[:limit]

@@ -1,12 +1,19 @@
-"""Job lifecycle transitions in DynamoDB, each one conditional write (``retry``: a read, then one)."""
+"""Job lifecycle transitions in DynamoDB, each one conditional write (``retry``: a read, then one).
+
+A final write that owes its completion event (see :meth:`~twopass.jobs.base.JobStore.message_held`)
+records it in the same write: ``event_owed`` (a token) and ``pending`` set to the job's owed shard,
+which puts the job in partitions of the sparse ``pending-created`` index of their own, where the
+reconciler looks for events still owed. Publishing the event clears both (:meth:`settle_event`).
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from twopass.jobs.base import RETRYABLE_STATUSES, JobRecord, Start
-from twopass.jobs.dynamo.codec import job_record
+from twopass.exceptions import ConditionFailedError
+from twopass.jobs.base import RETRYABLE_STATUSES, JobRecord, Start, owed_shard
+from twopass.jobs.dynamo.codec import job_record, to_dynamo
 from twopass.jobs.dynamo.table import DynamoTable
 
 #: Tries of a retry's read-then-conditional-write before giving up to a concurrent change.
@@ -39,12 +46,21 @@ class DynamoLifecycle(DynamoTable):
         names: dict[str, str],
         start: Start | None = None,
     ) -> bool:
-        """A conditional write of a final state: ``sets`` plus the timestamps, out of the pending index.
+        """A conditional write of a final state: ``sets`` plus the timestamps, out of the never-started
+        part of the pending index (into its owed part when the write owes the event).
 
         With ``start``, the write also does what :meth:`start` does, under its deadline condition.
         """
         values = {**values, ":now": time.time(), ":one": 1}
-        remove = "pending, #e" if "#e = " not in sets else "pending"
+        removed = ["pending"]
+        token = self._outbox_token()
+        if token is not None:
+            sets += ", event_owed = :owed, pending = :owedp"
+            values.update({":owed": token, ":owedp": owed_shard(job_id)})
+            removed = []
+        if "#e = " not in sets:
+            removed.append("#e")
+        remove = f" REMOVE {', '.join(removed)}" if removed else ""
         adds = "final_writes :one"
         if start is not None:
             sets += ", started_at = :started, worker = :w"
@@ -52,8 +68,9 @@ class DynamoLifecycle(DynamoTable):
             values.update({":started": start.at, ":w": start.worker_id, ":running": "running"})
             in_time = "#s = :running OR attribute_not_exists(deadline_at) OR deadline_at > :started"
             condition = f"({condition}) AND ({in_time})"
-        expression = f"SET {sets}, finished_at = :now, updated_at = :now REMOVE {remove} ADD {adds}"
-        attrs = self._update(job_id, expression, condition, values, {"#e": "error", **names})
+        expression = f"SET {sets}, finished_at = :now, updated_at = :now{remove} ADD {adds}"
+        names = {**names, "#e": "error"} if "#e" in expression else names
+        attrs = self._update(job_id, expression, condition, values, names)
         if attrs is None:
             return False
         self._announce(job_record(attrs))
@@ -63,12 +80,25 @@ class DynamoLifecycle(DynamoTable):
         values = {":done": "succeeded", ":queued": "queued", ":running": "running", ":result": result}
         return self._finish(job_id, "#s = :done, #r = :result", _OPEN, values, {"#r": "result"}, start)
 
-    def fail(self, job_id: str, error: str, *, only_if_queued: bool = False, start: Start | None = None) -> bool:
+    def fail(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        only_if_queued: bool = False,
+        start: Start | None = None,
+        run: int | None = None,
+    ) -> bool:
         values: dict[str, Any] = {":failed": "failed", ":queued": "queued", ":error": error[:2000]}
         condition = _QUEUED
         if not only_if_queued:
             values[":running"] = "running"
             condition = _OPEN
+        if run is not None:
+            # The run is how many retries ``history`` holds; items written before it existed have none.
+            values[":run"] = run
+            in_run = "size(history) = :run" + (" OR attribute_not_exists(history)" if run == 0 else "")
+            condition = f"{condition} AND ({in_run})"
         return self._finish(job_id, "#s = :failed, #e = :error", condition, values, {}, start)
 
     def cancel(self, job_id: str) -> bool:
@@ -78,6 +108,20 @@ class DynamoLifecycle(DynamoTable):
     def expire(self, job_id: str, reason: str) -> bool:
         values = {":expired": "expired", ":queued": "queued", ":error": reason[:2000]}
         return self._finish(job_id, "#s = :expired, #e = :error", _QUEUED, values, {})
+
+    def settle_event(self, job_id: str, token: str) -> bool:
+        # Out of the owed partitions too; conditional, so a newer final state's debt is never cleared.
+        try:
+            self._call(
+                "update_item",
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression="REMOVE event_owed, pending",
+                ConditionExpression="event_owed = :owed",
+                ExpressionAttributeValues={":owed": to_dynamo(token)},
+            )
+        except ConditionFailedError:
+            return False
+        return True
 
     def reopen(self, job_id: str) -> bool:
         attrs = self._update(
@@ -105,6 +149,8 @@ class DynamoLifecycle(DynamoTable):
             record = self.get(job_id)
             if record is None or record.status not in RETRYABLE_STATUSES:
                 return False
+            if record.event_owed:  # the ended run's event must not be lost to the new run
+                self.reannounce(record)
             if self._requeue(record):
                 return True
         return False

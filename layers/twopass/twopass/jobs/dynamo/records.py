@@ -25,6 +25,8 @@ class DynamoRecords(DynamoTable):
     """Job creation (with its idempotency key, in one transaction), idempotency keys, batches, batch reads."""
 
     def create(self, record: JobRecord, idempotency: IdempotencyRecord | None = None) -> None:
+        if record.final:  # answered at once: its event is owed from this very write
+            record.event_owed = self._outbox_token()
         item = job_item(record, self.ttl_seconds)
         # A token unique to this create: botocore retries a write whose answer was lost, and the
         # retry must recognise its own earlier success instead of failing its own condition.

@@ -225,7 +225,8 @@ async def _read_upload(context: ApiContext, item: Item, owner: str, reads: async
             return
         upload = await context.io(uploads.locate, owner, upload_id, expires_at)
         async with reads:
-            data = await context.io(uploads.read, upload)
+            # The job's reference is pinned to these bytes: sent again, the upload cannot change what it sees.
+            data, image_ref = await context.io(uploads.read, upload)
             item.upload_sha256 = hashlib.sha256(data).hexdigest()
             # Decoded now and the bytes let go: the tensor is a fraction of a large upload's size.
             item.tensor = await context.infer(service.decode, data, context.settings.upload_max_bytes)
@@ -241,7 +242,7 @@ async def _read_upload(context: ApiContext, item: Item, owner: str, reads: async
     except TwopassError as exc:  # too big (413), in use by another request (409), S3 unavailable (503)
         item.refuse(exc)
         return
-    item.image_ref, item.claim = upload.ref, claim
+    item.image_ref, item.claim = image_ref, claim
 
 
 def _follow_repeats(items: list[Item]) -> None:
