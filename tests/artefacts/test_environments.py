@@ -331,7 +331,9 @@ def worker_env(emulator: Emulator) -> dict[str, str]:
     params = tpl.parameter_defaults(cfn, {"AWS::Region": EMULATOR_ENV["AWS_REGION"]})
     task = {
         k: str(v)
-        for k, v in tpl.resolve(tpl.container_environment(cfn, "WorkerTaskDefinition"), emulator.lookup, params).items()
+        for k, v in tpl.resolve(
+            tpl.container_environment(cfn, "WorkerTaskDefinition"), emulator.lookup, params, cfn.get("Conditions")
+        ).items()
     }
     return library_env({
         **task,

@@ -11,6 +11,7 @@ import pytest
 
 from tests.client.test_client_transport import JOB_ID, PREDICT_BODY, Script, job_body
 from twopass.client import AsyncClient, BadRequestError, Client, NotFoundError
+from twopass.client._flows import IMAGE_PENDING_WAIT
 
 URL = "http://twopass.test"
 PUT_URL = "http://bucket.test/payloads/uploads/o/u?X-Amz-Signature=abc"
@@ -265,7 +266,9 @@ def test_retry_gives_up_on_a_pending_image_after_its_bound_and_on_other_conflict
         pytest.raises(BadRequestError) as waited,
     ):
         tp.retry(JOB_ID)
-    assert waited.value.code == "image_pending" and now[0] == 30.0, "30 s of Retry-After, then the error"
+    assert waited.value.code == "image_pending" and now[0] == IMAGE_PENDING_WAIT, (
+        "2 minutes of Retry-After, then the error"
+    )
     changed = httpx.Response(409, json={"error": "image_changed", "detail": "replaced"})
     script = Script(changed)
     with (

@@ -108,9 +108,10 @@ def test_lists_page_newest_first_filter_by_status_and_keep_tenants_apart(stack: 
         }
         listed_b = b.get("/jobs", params={"limit": 100}).json()
         assert [j["job_id"] for j in listed_b["jobs"]] == theirs[::-1] and listed_b["next_cursor"] is None
-        # A cursor only positions a listing: in another tenant's hands it shows that tenant nothing of A's.
-        crossed = b.get("/jobs", params={"cursor": newest["next_cursor"]}).json()["jobs"]
-        assert not {j["job_id"] for j in crossed} & set(mine)
+        # A cursor is bound to the caller it was handed to: in another tenant's hands it is refused.
+        crossed = b.get("/jobs", params={"cursor": newest["next_cursor"]})
+        assert crossed.status_code == 400 and crossed.json()["error"] == "invalid_cursor"
+        assert a.get("/jobs", params={"cursor": newest["next_cursor"]}).status_code == 200
         bad = a.get("/jobs", params={"cursor": "garbage!"})
         assert bad.status_code == 400 and bad.json() == {"error": "invalid_cursor", "detail": bad.json()["detail"]}
         assert a.get("/jobs", params={"limit": 101}).status_code == 422

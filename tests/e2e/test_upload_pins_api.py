@@ -209,7 +209,7 @@ def test_retry_right_after_cancel_is_409_image_pending_then_runs_once_a_worker_k
         time.sleep(2)  # the SDK is asking, and told to wait
         with workers_on_demand(stack) as start_worker:
             start_worker()  # meets the cancelled job's message and keeps its image
-            retrying.join(40)
+            retrying.join(150)
             assert outcome["result"].status in ("queued", "running", "succeeded"), outcome
             done = final(client, job_id)
         assert done["status"] == "succeeded" and done[job_id]["prediction"] in CAT_LABELS

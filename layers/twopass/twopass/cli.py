@@ -204,7 +204,7 @@ def _add_job_commands(sub: Subparsers[argparse.ArgumentParser], common: argparse
         parents=[common],
         help="run failed, expired or cancelled jobs again",
         description="POST /job/{id}/retry for each id: the job is queued again under the same id while its image "
-        "is still kept (right after a cancel, it waits up to 30 s for a worker to keep the image). A job in another "
+        "is still kept (right after a cancel, it waits up to 2 min for a worker to keep the image). A job in another "
         "state, or whose image is gone or was replaced, is reported, and the exit code is then 1.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

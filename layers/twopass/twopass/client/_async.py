@@ -144,7 +144,7 @@ class AsyncClient(BaseClient):
         """Queue a failed, expired or cancelled job again under the same id; returns it, ``queued``.
 
         Right after a cancel the server may answer 409 ``image_pending`` (a worker has yet to keep the
-        job's inline image): the call asks again after each ``Retry-After``, for up to 30 s. Raises
+        job's inline image): the call asks again after each ``Retry-After``, for up to 2 minutes. Raises
         BadRequestError with ``code`` ``job_not_retryable`` (409) for a job in another state,
         ``image_changed`` (409) when an upload's image was replaced since the job was accepted,
         ``payload_too_large`` (413), and ``image_gone`` (410) once its image is no longer kept.

@@ -290,8 +290,9 @@ def _send_batch(
 
 
 #: How long :func:`retry` keeps asking while the server says the job's image is on its way (409
-#: ``image_pending``: a worker keeps a cancelled job's image when it meets the job's message).
-IMAGE_PENDING_WAIT: Final = 30.0
+#: ``image_pending``: a worker keeps a cancelled job's image when it meets the job's message; a busy
+#: worker may take a while to start, and one scaled from zero a task start).
+IMAGE_PENDING_WAIT: Final = 120.0
 
 
 def retry(client: BaseClient, job: JobRef) -> Flow[JobResult]:

@@ -66,12 +66,13 @@ def provision(
             if attribute == "Name":
                 resources.setdefault(logical_id, str(outputs[key]))
 
+    # moto's CloudFormation makes no secrets: a dynamic reference to one (the cursor key) resolves
+    # to a random stand-in of this stack's, as good a key locally as the generated one on AWS.
+    for logical_id, resource in cfn["Resources"].items():
+        if resource.get("Type") == "AWS::SecretsManager::Secret":
+            resources.setdefault(logical_id, f"local-{stack_name}-{logical_id}-{secrets.token_hex(16)}")
+
     def lookup(logical_id: str, attribute: str | None) -> str:
-        declared = cfn["Resources"].get(logical_id, {}).get("Type")
-        if logical_id not in resources and declared == "AWS::SecretsManager::Secret" and attribute is None:
-            # moto's CloudFormation makes no secrets: a dynamic reference to one (the cursor key)
-            # resolves to a per-stack stand-in, as good a key locally as the generated one on AWS.
-            return f"local-{stack_name}-{logical_id}-{secrets.token_hex(16)}"
         if logical_id not in resources:
             raise KeyError(f"{logical_id} is not created locally")
         physical = resources[logical_id]
