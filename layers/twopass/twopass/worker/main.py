@@ -39,22 +39,16 @@ def build_worker(settings: Settings) -> Worker:
     """
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.models.pack import check_pair
-    from twopass.models.runtime import Classifier
     from twopass.notify.events import attach as attach_events
     from twopass.ops import deadletter
     from twopass.payloads import PayloadStore
     from twopass.queue.priority import PrioritySource
     from twopass.queue.sqs import SqsSource
+    from twopass.worker.models import load_slow
     from twopass.worker.runner import Worker
 
     settings.require("queue_url", "table_name")
-    classifier = Classifier.from_location(
-        settings.slow_model,
-        providers=settings.session_providers,
-        intra_op_threads=settings.intra_op_threads,
-        top_k=settings.top_k,
-        allow_fallback=settings.allow_cpu_fallback,
-    )
+    classifier = load_slow(settings)
     check_pair(settings.fast_model, settings.slow_model)  # both passes must name the same classes
     visibility = settings.visibility_timeout_seconds
     source: MessageSource = SqsSource(settings.queue_url, visibility_timeout=visibility)

@@ -20,7 +20,8 @@ import numpy as np
 from twopass.config import Settings
 from twopass.exceptions import ModelLoadError
 from twopass.models import cuda
-from twopass.models.runtime import Classifier, provider_names
+from twopass.models.runtime import provider_names
+from twopass.worker.models import load_slow
 
 #: Exit statuses: the model loaded where asked (or fallback is allowed), or not.
 OK, FAILED = 0, 1
@@ -57,13 +58,7 @@ def preflight(settings: Settings, out: TextIO = sys.stdout) -> int:
         _print(out, key, value if value is not None else "not found")
     started = time.perf_counter()
     try:
-        classifier = Classifier.from_location(
-            settings.slow_model,
-            providers=settings.session_providers,
-            intra_op_threads=settings.intra_op_threads,
-            top_k=settings.top_k,
-            allow_fallback=settings.allow_cpu_fallback,
-        )
+        classifier = load_slow(settings)
     except ModelLoadError as exc:
         print(f"preflight failed: {exc}", file=sys.stderr, flush=True)
         return FAILED

@@ -31,6 +31,7 @@ from twopass.config import Settings
 from twopass.exceptions import ConfigError
 from twopass.models.runtime import Classifier, Prediction
 from twopass.queue.base import JobMessage
+from twopass.worker.models import load_slow
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +125,7 @@ class SlowModels:
             if rollout.kind == "off":
                 logger.warning("a candidate slow model is configured but TWOPASS_ROLLOUT_MODE is off: not loaded")
             else:
-                candidate = Classifier.from_location(
-                    settings.candidate_slow_model,
-                    providers=settings.session_providers,
-                    intra_op_threads=settings.intra_op_threads,
-                    top_k=settings.top_k,
-                )
+                candidate = load_slow(settings, settings.candidate_slow_model)
                 logger.info("candidate %s %s in %s mode", candidate.name, candidate.card.version, rollout)
         elif rollout.kind != "off":
             raise ConfigError(f"TWOPASS_ROLLOUT_MODE={settings.rollout_mode} needs TWOPASS_CANDIDATE_SLOW_MODEL")
