@@ -28,9 +28,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FREEZE_SECONDS = 4.0
 CLIENTS = 4
-#: The API's deadline here, and how long one AWS call may take (two tries).
-DEADLINE = 2.0
-CALL_TIMEOUT = 0.5
+#: The API's deadline here, and how long one AWS call may take (two tries): short enough that the
+#: freeze is felt, long enough that the clean-ups after it get through on a loaded machine.
+DEADLINE = 2.5
+CALL_TIMEOUT = 1.0
 
 
 @pytest.mark.timeout(240)
@@ -128,7 +129,21 @@ def test_every_answer_is_a_queued_job_or_a_reusable_key_when_the_emulator_freeze
                 still = [k for k, v in jobs.items() if v["status"]["S"] in ("queued", "running")]
                 return None if still else jobs
 
-            jobs = until(all_ended, timeout=60, what="every job ended")
+            try:
+                jobs = until(all_ended, timeout=60, what="every job ended")
+            except AssertionError:
+                # Say which, and whether the API gave up ending them (its clean-up tries for 30 s).
+                stuck = {
+                    k: v["status"]["S"]
+                    for k, v in scan_jobs(stack).items()
+                    if v["status"]["S"] in ("queued", "running")
+                }
+                gave_up = [
+                    line for line in (tmp_path / "api.log").read_text().splitlines() if "could not be ended" in line
+                ]
+                raise AssertionError(
+                    f"jobs left unended: {stuck}; the API's clean-ups that gave up: {gave_up}"
+                ) from None
         served = accepted | set(again.values()) | {warm_job}
         left = Counter(v["status"]["S"] for k, v in jobs.items() if k not in served)
         assert set(left) <= {"failed"}, left
