@@ -32,6 +32,32 @@ class Provisioned:
     template: dict[str, Any]
 
 
+def _physical_ids(
+    cloudformation: Any, stack_name: str, cfn: Mapping[str, Any], outputs: Mapping[str, str]
+) -> dict[str, str]:
+    """Each created resource's physical id, with names for what moto leaves without one."""
+    resources: dict[str, str] = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+        # moto gives an event bus no physical id (its name is an output: JobEventsBusName).
+        if "LogicalResourceId" in r and "PhysicalResourceId" in r
+    }
+    # A resource moto creates without a physical id (the event bus) gets its name from the output naming it.
+    for key, output in cfn.get("Outputs", {}).items():
+        value = output.get("Value")
+        if isinstance(value, dict) and "Fn::GetAtt" in value and key in outputs:
+            logical_id, attribute = value["Fn::GetAtt"]
+            if attribute == "Name":
+                resources.setdefault(logical_id, str(outputs[key]))
+
+    # moto's CloudFormation makes no secrets: a dynamic reference to one (the cursor key) resolves
+    # to a random stand-in of this stack's, as good a key locally as the generated one on AWS.
+    for logical_id, resource in cfn["Resources"].items():
+        if resource.get("Type") == "AWS::SecretsManager::Secret":
+            resources.setdefault(logical_id, f"local-{stack_name}-{logical_id}-{secrets.token_hex(16)}")
+    return resources
+
+
 def provision(
     client: ClientFactory,
     *,
@@ -52,25 +78,7 @@ def provision(
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise RuntimeError(f"stack {stack_name} is {stack['StackStatus']}: {stack.get('StackStatusReason')}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    resources: dict[str, str] = {
-        r["LogicalResourceId"]: r["PhysicalResourceId"]
-        for r in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
-        # moto gives an event bus no physical id (its name is an output: JobEventsBusName).
-        if "LogicalResourceId" in r and "PhysicalResourceId" in r
-    }
-    # A resource moto creates without a physical id (the event bus) gets its name from the output naming it.
-    for key, output in cfn.get("Outputs", {}).items():
-        value = output.get("Value")
-        if isinstance(value, dict) and "Fn::GetAtt" in value and key in outputs:
-            logical_id, attribute = value["Fn::GetAtt"]
-            if attribute == "Name":
-                resources.setdefault(logical_id, str(outputs[key]))
-
-    # moto's CloudFormation makes no secrets: a dynamic reference to one (the cursor key) resolves
-    # to a random stand-in of this stack's, as good a key locally as the generated one on AWS.
-    for logical_id, resource in cfn["Resources"].items():
-        if resource.get("Type") == "AWS::SecretsManager::Secret":
-            resources.setdefault(logical_id, f"local-{stack_name}-{logical_id}-{secrets.token_hex(16)}")
+    resources = _physical_ids(cloudformation, stack_name, cfn, outputs)
 
     def lookup(logical_id: str, attribute: str | None) -> str:
         if logical_id not in resources:

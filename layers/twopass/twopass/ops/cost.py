@@ -355,9 +355,15 @@ def traced_share(traffic: Traffic) -> float:
 def _side_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> list[Line]:
     """S3 claim checks, EventBridge completion events, CloudWatch logs and X-Ray traces; the optional ones
     only when the traffic or the measured run has them."""
+    lines = _optional_lines(measured, traffic, calls, prices)
+    lines += _observability_lines(measured, traffic, prices)
+    return lines
+
+
+def _optional_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], prices: Prices) -> list[Line]:
+    """S3 claim checks and EventBridge completion events, when the traffic or the measured run has them."""
     p = prices.price
     lines: list[Line] = []
-    requests = 1 + traffic.polls_per_job
     if traffic.claim_check_share:
         lines.append(
             Line(
@@ -379,6 +385,14 @@ def _side_lines(measured: Measured, traffic: Traffic, calls: dict[str, float], p
                 "measured",
             )
         )
+    return lines
+
+
+def _observability_lines(measured: Measured, traffic: Traffic, prices: Prices) -> list[Line]:
+    """CloudWatch logs (the services' and the stage's access log), X-Ray traces, answers sent out."""
+    p = prices.price
+    lines: list[Line] = []
+    requests = 1 + traffic.polls_per_job
     log_bytes = measured.log_bytes_api + measured.log_bytes_worker + requests * LAMBDA_PLATFORM_LOG_BYTES
     lines.append(
         Line(
@@ -601,7 +615,6 @@ class Monthly:
 def fixed_monthly(stack: Stack, fleet: Fleet, traffic: Traffic, prices: Prices, measured: Measured) -> Monthly:
     """What the stack costs a month at any load, zero included (instances scale to zero; these do not)."""
     p = prices.price
-    gb = fleet.lambda_memory_mb / 1024
     lines = [
         MonthlyLine(
             "alarms",
@@ -632,8 +645,18 @@ def fixed_monthly(stack: Stack, fleet: Fleet, traffic: Traffic, prices: Prices, 
             "estimate",
         ),
     ]
+    lines += _load_monthly_lines(stack, fleet, traffic, prices, measured)
+    return Monthly(lines)
+
+
+def _load_monthly_lines(
+    stack: Stack, fleet: Fleet, traffic: Traffic, prices: Prices, measured: Measured
+) -> list[MonthlyLine]:
+    """The standing costs a choice or the load sizes: SnapStart, point-in-time recovery, NAT gateways."""
+    p = prices.price
+    lines: list[MonthlyLine] = []
     if stack.snapstart:
-        cached = gb * MONTH_HOURS * 3600 * p("lambda_snapstart_cache_per_gb_second")
+        cached = fleet.lambda_memory_mb / 1024 * MONTH_HOURS * 3600 * p("lambda_snapstart_cache_per_gb_second")
         lines.append(
             MonthlyLine(
                 "SnapStart snapshot cache",
@@ -664,7 +687,7 @@ def fixed_monthly(stack: Stack, fleet: Fleet, traffic: Traffic, prices: Prices, 
                 "input",
             )
         )
-    return Monthly(lines)
+    return lines
 
 
 def fast_path_lines(breakdown: Breakdown) -> list[Line]:
