@@ -91,3 +91,44 @@ def test_worker_emits_batch_and_outcome_metrics(
         Metric.JOBS_FAILED,
     }
     assert expected | {Metric.DEAD_LETTERED} <= names
+
+
+def test_emf_blobs_stay_whole_lines_while_other_threads_log(capsys: pytest.CaptureFixture[str]) -> None:
+    # The worker logs JSON lines from several threads onto the same stdout the EMF blobs go to; a blob
+    # written in two pieces (the text, then its newline) lets a log line in between, and CloudWatch
+    # then parses neither. A tiny switch interval makes that interleaving likely if it can happen.
+    import logging
+    import sys
+
+    sink = MetricsSink("twopass-worker")
+    log = logging.getLogger("twopass.test.interleave")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter('{"message": "%(message)s"}'))
+    log.addHandler(handler)
+    log.propagate = False
+    rounds = 3000
+    stop = threading.Event()
+
+    def logging_thread() -> None:
+        while not stop.is_set():
+            log.warning("another thread")
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=logging_thread)
+    thread.start()
+    try:
+        for i in range(rounds):
+            sink.add(Metric.BATCH_SIZE, i)
+            sink.flush()
+            sink.add_dimensioned(Metric.SLOW_ANSWERS, 1, {"model_version": "v1"})
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(previous)
+        log.removeHandler(handler)
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    parsed = [json.loads(line) for line in lines]  # every line one JSON document
+    assert sum(1 for p in parsed if "_aws" in p) == 2 * rounds
+    assert any(p.get("message") == "another thread" for p in parsed)

@@ -4,7 +4,10 @@ Logs on Lambda and on ECS (awslogs) alike, with no API call on the request path.
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -84,13 +87,13 @@ class MetricsSink:
     def add_dimensioned(self, metric: Metric, value: float, dimensions: dict[str, str]) -> None:
         """One value with dimensions of its own beside ``service`` (e.g. ``model_version``), printed at once:
         EMF puts one dimension set on a whole blob, and the batch's other metrics must keep theirs."""
-        from aws_lambda_powertools.metrics import MetricUnit, single_metric
+        from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-        unit = MetricUnit(_UNITS.get(metric, "Count"))
-        dims = {"service": self.service, **dimensions}
-        with self._lock, single_metric(name=metric.value, unit=unit, value=value, namespace=NAMESPACE,
-                                       default_dimensions=dims):  # fmt: skip
-            pass
+        single = EphemeralMetrics(namespace=NAMESPACE)
+        single.add_dimensions(**{"service": self.service, **dimensions})
+        single.add_metric(name=metric.value, unit=MetricUnit(_UNITS.get(metric, "Count")), value=value)
+        with self._lock:
+            _emit(single.serialize_metric_set())
 
     def add_metadata(self, key: str, value: Any) -> None:
         with self._lock:
@@ -99,6 +102,20 @@ class MetricsSink:
     def flush(self) -> None:
         """Print what was recorded since the last flush as one EMF blob (nothing if empty)."""
         with self._lock:
-            if self._pending:  # powertools warns on every empty flush
-                self._metrics.flush_metrics(raise_on_empty_metrics=False)
+            if self._pending:
+                _emit(self._metrics.serialize_metric_set())
+                self._metrics.clear_metrics()
                 self._pending = 0
+
+
+def _emit(blob: Mapping[str, Any]) -> None:
+    """Write one EMF blob and its newline in a single write.
+
+    powertools prints the blob and the newline as two writes, so a log record from another thread
+    could land between them and leave two JSON documents on one line: CloudWatch would then parse
+    neither (the worker logs from several threads)."""
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+    if not is_metrics_disabled():
+        sys.stdout.write(json.dumps(blob, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
