@@ -2,7 +2,7 @@
 
 The real code runs against moto's in-process mock with the template's resources: the API app built
 by ``TwopassService.from_settings`` behind FastAPI's test client, the worker built by
-``build_worker`` (the SQS source, the DynamoDB store, its chores). :class:`twopass.ops.calls.CallCounter`
+``build_worker`` (the SQS source, the DynamoDB store, its chores). :class:`bench.counting.CallCounter`
 counts each call by service and operation; a tagger puts the calls of periodic chores (heartbeat,
 dead-letter sweep, reconciler, start-up reads) apart from the calls that jobs cause.
 
@@ -128,10 +128,10 @@ def _value_bytes(value: Mapping[str, Any]) -> int:
 def one_batch_size(batch_size: int, jobs: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
+    from bench.counting import CallCounter
     from twopass.api.app import create_app
-    from twopass.api.service import TwopassService
+    from twopass.api.services.service import TwopassService
     from twopass.config import Settings
-    from twopass.ops.calls import CallCounter
     from twopass.worker.main import build_worker
 
     with mocked_stack() as env:
@@ -199,8 +199,8 @@ def _per_job(calls: Mapping[tuple[str, str], int], jobs: int) -> dict[str, float
 
 def idle_worker(seconds: float, scale: float) -> dict[str, Any]:
     """Calls an idle worker makes, with its periods divided by ``scale``; returned per real hour."""
+    from bench.counting import CallCounter
     from twopass.config import Settings
-    from twopass.ops.calls import CallCounter
     from twopass.worker.main import build_worker
 
     with mocked_stack() as env:
@@ -252,7 +252,7 @@ def run(config: CallsConfig) -> dict[str, Any]:
 
 def summarise(row: Mapping[str, Any]) -> dict[str, Any]:
     """DynamoDB writes, reads and SQS requests per job (API and worker together) for one batch size."""
-    from twopass.ops.calls import DYNAMODB_READS, DYNAMODB_WRITES
+    from bench.counting import DYNAMODB_READS, DYNAMODB_WRITES
 
     both: dict[str, float] = {}
     for side in ("api", "worker"):

@@ -303,7 +303,7 @@ def calibrate(stack: Any, config: CapacityConfig, image: bytes) -> dict[str, Any
 
 def predict(rate: float, config: CapacityConfig, curve: Any, worker: Any, workers: int) -> tuple[float, float]:
     """The simulator's median p50 and p99 over ``config.seeds`` runs as long as the measured one."""
-    from twopass.ops import plan
+    from twopass.tools import plan
 
     sims = [
         plan.simulate(
@@ -319,7 +319,7 @@ def predict(rate: float, config: CapacityConfig, curve: Any, worker: Any, worker
 
 def validate(config: CapacityConfig) -> dict[str, Any]:
     from twopass.config import Settings
-    from twopass.ops import plan
+    from twopass.tools import plan
 
     image = cat_jpeg()
     rows: list[dict[str, Any]] = []
@@ -456,7 +456,7 @@ def measured_figures(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def cost_tables(measured: dict[str, Any]) -> dict[str, Any]:
-    from twopass.ops import cost
+    from twopass.tools import cost
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(measured, fh)

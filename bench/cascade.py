@@ -29,8 +29,8 @@ from twopass.local.stack import LocalStack, free_port
 
 def _old_flow() -> Any:
     """The fast path before the cascade: the whole enqueue (record + message) overlapped with the model."""
-    from twopass.api import submit as current
     from twopass.api.schemas import PredictResponse
+    from twopass.api.usecases import submit as current
     from twopass.jobs.base import JobRecord, new_job_id
 
     async def _submit(context: Any, submission: Any, caller: Any) -> Any:
@@ -38,7 +38,8 @@ def _old_flow() -> Any:
         record = JobRecord(job_id=new_job_id(), owner=caller.owner)
         tensor = await context.infer(service.decode, submission.data)  # a bad image fails before any job
         classify = context.infer(service.classify, tensor)
-        await context.io(service.enqueue, record, submission.data, {"request_id": caller.request_id}, None)
+        intake, job_context = service.intake, {"request_id": caller.request_id}
+        await context.io(lambda: intake.publish(intake.record_job(record, submission.data, job_context)))
         prediction, inference_ms = await classify
         return current.Submitted(
             PredictResponse.build(record.job_id, prediction.result(service.fast_name, inference_ms))
@@ -50,9 +51,9 @@ def _old_flow() -> Any:
 def overlap(stack: LocalStack, rounds: int) -> dict[str, list[float]]:
     from fastapi.testclient import TestClient
 
-    from twopass.api import submit
     from twopass.api.app import create_app
-    from twopass.api.service import TwopassService
+    from twopass.api.services.service import TwopassService
+    from twopass.api.usecases import submit
     from twopass.config import Settings
 
     env = stack.app_env()

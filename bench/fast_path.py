@@ -141,7 +141,7 @@ def memory_handler(settings: Settings) -> Callable[[dict[str, Any]], dict[str, A
     from mangum import Mangum
 
     from twopass.api.app import create_app
-    from twopass.api.service import TwopassService
+    from twopass.api.services.service import TwopassService
     from twopass.jobs.memory import MemoryJobStore
     from twopass.queue.memory import MemoryQueue
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from twopass.api.app import create_app as create_twopass_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.memory import MemoryJobStore
 from twopass.queue.memory import MemoryQueue

@@ -40,7 +40,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from twopass.exceptions import TwopassError
-from twopass.ops.cost import Prices
+from twopass.tools.cost import Prices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Parameters the release path owns (samconfig.toml must not state them).

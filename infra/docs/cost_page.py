@@ -12,8 +12,8 @@ import io
 
 from infra.docs import markers
 from twopass.config import REPO_ROOT
-from twopass.ops import capacity_cli
-from twopass.ops.cost import Prices
+from twopass.tools import capacity_cli
+from twopass.tools.cost import Prices
 
 PAGE = REPO_ROOT / "docs" / "cost-and-capacity.md"
 #: The example commands, run as a user would (their stdout is the region's body).

@@ -15,7 +15,7 @@ from dataclasses import replace
 from infra.docs import markers
 from twopass.config import REPO_ROOT
 from twopass.local import template as tpl
-from twopass.ops import cost
+from twopass.tools import cost
 
 PAGE = REPO_ROOT / "docs" / "deploy.md"
 ENVIRONMENTS = ("dev", "prod")

@@ -29,7 +29,7 @@ from twopass.client import (
     ServiceUnavailableError,
     TransportError,
     TwopassError,
-    _hints,
+    hints,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,8 +232,8 @@ def test_the_hints_name_the_local_stacks_real_defaults() -> None:
     from twopass.local.stack import DEFAULT_API_KEY, LocalStack
 
     # The client cannot import the local stack (server packages), so it repeats these two values.
-    assert _hints.LOCAL_API_KEY == DEFAULT_API_KEY
-    assert f"http://{LocalStack.host}:{LocalStack.api_port}" == _hints.LOCAL_URL
+    assert hints.LOCAL_API_KEY == DEFAULT_API_KEY
+    assert f"http://{LocalStack.host}:{LocalStack.api_port}" == hints.LOCAL_URL
 
 
 # -- the CLI over real HTTP ---------------------------------------------------------------------------

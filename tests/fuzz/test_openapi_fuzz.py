@@ -17,7 +17,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import template_in_moto
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
 from twopass.queue.sqs import SqsPublisher

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import CAT_LABELS
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.base import JobStatus
 from twopass.jobs.dynamodb import DynamoJobStore

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.base import BatchRecord, JobRecord, JobStatus, new_batch_id, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore

@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.conftest import PHOTOS
 from twopass import cli
-from twopass.ops import calibrate
-from twopass.ops.calibrate import Observation, recommend, row_at, sweep, thresholds, views
+from twopass.tools import calibrate
+from twopass.tools.calibrate import Observation, recommend, row_at, sweep, thresholds, views
 
 
 def obs(fast_class: int, probability: float, slow_class: int, truth: str | None = None) -> Observation:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import CAT_LABELS
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.cascade import FAST_CLASS_ID, FAST_LABEL, FAST_VERSION, Cascade, Route, SlowMode, parse_mode
 from twopass.config import Settings
 from twopass.exceptions import ConfigError, InvalidRequestError

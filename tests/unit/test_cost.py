@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from twopass.cli import main as cli
-from twopass.ops import cost
-from twopass.ops.cost import Fleet, Measured, Prices, Traffic
+from twopass.tools import cost
+from twopass.tools.cost import Fleet, Measured, Prices, Traffic
 
 TEMPLATE = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
 

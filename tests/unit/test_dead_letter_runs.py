@@ -17,8 +17,9 @@ from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, JobStore, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
-from twopass.ops.deadletter import dead_letter_queue_url, redrive, sweep
 from twopass.queue.base import JobMessage
+from twopass.tools.redrive import dead_letter_queue_url, redrive
+from twopass.worker.chores.deadletter import sweep
 
 RESULT: dict[str, Any] = {"model": "slow", "label": "tabby", "top_k": []}
 

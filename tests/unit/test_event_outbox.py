@@ -23,9 +23,9 @@ from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier
 from twopass.notify.events import EventPublisher, event_id
-from twopass.ops.reconcile import Reconciler
 from twopass.queue.base import JobMessage
 from twopass.queue.memory import MemoryQueue
+from twopass.worker.chores.reconcile import Reconciler
 from twopass.worker.runner import Worker
 
 SETTINGS = Settings().replace(max_batch_size=8, max_wait_ms=20, poll_wait_seconds=0.2, heartbeat_seconds=0.1)

@@ -12,8 +12,8 @@ from twopass.jobs.base import JobRecord, JobStatus
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.jobs.memory import MemoryJobStore
 from twopass.notify.events import EventPublisher, attach
-from twopass.ops.deadletter import sweep
 from twopass.queue.base import JobMessage
+from twopass.worker.chores.deadletter import sweep
 
 RESULT = {"model": "slow", "label": "tabby", "top_k": [{"label": "tabby", "probability": 0.75, "class_id": 281}]}
 

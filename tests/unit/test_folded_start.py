@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from bench.counting import DYNAMODB_WRITES, CallCounter
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, JobStore, Start, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
-from twopass.ops.calls import DYNAMODB_WRITES, CallCounter
 from twopass.queue.base import JobMessage
 from twopass.queue.sqs import SqsPublisher, SqsSource
 from twopass.worker.runner import Worker

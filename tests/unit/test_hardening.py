@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier

@@ -12,9 +12,10 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.counting import CallCounter
 from twopass.api.app import create_app
-from twopass.api.control import BacklogGauge
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
+from twopass.api.usecases.control import BacklogGauge
 from twopass.config import Settings
 from twopass.exceptions import DependencyError
 from twopass.jobs.base import (
@@ -28,7 +29,6 @@ from twopass.jobs.base import (
 )
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
-from twopass.ops.calls import CallCounter
 from twopass.payloads import PayloadStore
 from twopass.queue.sqs import SqsPublisher
 

@@ -53,7 +53,7 @@ from PIL import Image
 from tests.conftest import template_in_moto
 from twopass.api.app import create_app
 from twopass.api.auth import key_owner
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.exceptions import EnqueueError
 from twopass.jobs.base import (
@@ -71,11 +71,11 @@ from twopass.jobs.memory import MemoryJobStore
 from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 from twopass.models.runtime import Classifier
-from twopass.ops.deadletter import dead_letter_queue_url, sweep
-from twopass.ops.reconcile import LOST_REASON, Reconciler
 from twopass.payloads import PayloadStore
 from twopass.queue.base import Delivery, JobMessage
 from twopass.queue.sqs import SqsPublisher, SqsSource
+from twopass.worker.chores.deadletter import dead_letter_queue_url, sweep
+from twopass.worker.chores.reconcile import LOST_REASON, Reconciler
 from twopass.worker.intake import Item
 from twopass.worker.recorder import RUNNING_MARK_SECONDS
 from twopass.worker.runner import Worker

@@ -26,10 +26,10 @@ from PIL import Image
 
 from tests.conftest import CAT_LABELS, EVENTS
 from tests.lambda_context import LambdaContext
-from twopass.api import oip
 from twopass.api.app import create_app
 from twopass.api.errors import HTTPProblemError
-from twopass.api.service import TwopassService
+from twopass.api.oip import codec as oip
+from twopass.api.services.service import TwopassService
 from twopass.config import REPO_ROOT, Settings
 from twopass.exceptions import ImageTooLargeError
 from twopass.imaging import MAX_SIDE, load_tensor

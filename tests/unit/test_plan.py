@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from twopass.ops.plan import Burst, Load, Scaling, ServiceCurve, Worker, plan, simulate, steady_tasks
+from twopass.tools.plan import Burst, Load, Scaling, ServiceCurve, Worker, plan, simulate, steady_tasks
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 #: About 40 images/s per task at batch 32, 28/s one at a time.

@@ -6,9 +6,9 @@ import time
 
 from twopass.jobs.base import JobRecord, JobStatus
 from twopass.jobs.memory import MemoryJobStore
-from twopass.ops.reconcile import LOST_REASON, Reconciler
 from twopass.queue.base import JobMessage
 from twopass.queue.memory import MemoryQueue
+from twopass.worker.chores.reconcile import LOST_REASON, Reconciler
 
 
 class Clock:

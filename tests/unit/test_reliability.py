@@ -16,14 +16,15 @@ from PIL import Image
 from tests.conftest import CAT_LABELS
 from twopass import payloads
 from twopass.api.app import create_app
-from twopass.api.service import SQS_INLINE_LIMIT, TwopassService
+from twopass.api.services.service import SQS_INLINE_LIMIT, TwopassService
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, JobStatus, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
-from twopass.ops.deadletter import dead_letter_queue_url, redrive, sweep
 from twopass.queue.base import JobMessage
 from twopass.queue.sqs import SqsPublisher, SqsSource
+from twopass.tools.redrive import dead_letter_queue_url, redrive
+from twopass.worker.chores.deadletter import sweep
 from twopass.worker.runner import Worker
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import boto3
 from fastapi.testclient import TestClient
 
+from bench.counting import DYNAMODB_WRITES, CallCounter, diff
 from twopass import aws as twopass_aws
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.base import JobRecord, new_job_id
 from twopass.jobs.dynamodb import DynamoJobStore
 from twopass.models.runtime import Classifier
-from twopass.ops.calls import DYNAMODB_WRITES, CallCounter, diff
 from twopass.queue.base import JobMessage
 from twopass.queue.sqs import SqsPublisher, SqsSource
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.exceptions import DependencyError
 from twopass.jobs.cache import (

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from twopass.api.app import create_app
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.exceptions import DependencyError, DependencyTimeoutError
 from twopass.jobs.base import JobStatus, JobStore
@@ -270,7 +270,8 @@ def test_a_key_the_clean_up_could_not_release_is_freed_once_its_job_has_long_end
     """The table went away between the job's fail and the key's release, for longer than the clean-up
     tried: the key is held by a failed job. The next request with it frees it, once the clean-up can
     no longer be under way (so it can never release the newer request's claim)."""
-    from twopass.api import idempotency, submit
+    from twopass.api.services import idempotency
+    from twopass.api.usecases import submit
 
     assert idempotency.RELEASE_AFTER_SECONDS > 2 * submit.COMPENSATE_FOR
     monkeypatch.setattr(submit, "COMPENSATE_FOR", 0.3)

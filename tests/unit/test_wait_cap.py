@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from twopass.api.app import create_app
 from twopass.api.routes.jobs import WAIT_MAX, wait_limit
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.jobs.memory import MemoryJobStore
 from twopass.models.runtime import Classifier

@@ -205,7 +205,7 @@ def test_worker_takes_high_priority_work_first_and_normal_work_still_progresses(
 
 
 def test_the_reconciler_republishes_a_lost_high_priority_job_to_its_own_queue() -> None:
-    from twopass.ops.reconcile import Reconciler
+    from twopass.worker.chores.reconcile import Reconciler
 
     store = MemoryJobStore()
     high, normal = MemoryQueue(name="h"), MemoryQueue(name="n")

@@ -8,7 +8,7 @@ the policy with ``slow``:
 * ``always`` queues the slow pass whatever the fast model says;
 * ``never`` answers with the fast model alone and creates no job at all.
 
-This module only decides; the API carries the decision out (``twopass.api.submit``).
+This module only decides; the API carries the decision out (``twopass.api.usecases.submit``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from twopass.client import (
     ServerError,
     TransportError,
     WaitTimeoutError,
-    _hints,
+    hints,
 )
 
 EXIT_OK: Final = 0
@@ -243,7 +243,7 @@ def _add_service_commands(sub: Subparsers[argparse.ArgumentParser], common: argp
     redrive.add_argument("--table", default=None, help="job table name (default: TWOPASS_TABLE_NAME)")
     redrive.add_argument("--max", type=_positive_int, default=None, help="move at most this many messages")
 
-    # Everything after `cost` / `plan` goes to twopass.ops.capacity_cli untouched, --help included.
+    # Everything after `cost` / `plan` goes to twopass.tools.capacity_cli untouched, --help included.
     sub.add_parser(
         "cost",
         add_help=False,
@@ -254,7 +254,7 @@ def _add_service_commands(sub: Subparsers[argparse.ArgumentParser], common: argp
         add_help=False,
         help="GPU tasks, latency and template parameters for a load, by simulation (`twopass plan --help`)",
     )
-    # Everything after `calibrate` goes to twopass.ops.calibrate untouched, --help included.
+    # Everything after `calibrate` goes to twopass.tools.calibrate untouched, --help included.
     sub.add_parser(
         "calibrate",
         add_help=False,
@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "model":
             return _model(extras)
         if args.command in ("cost", "plan"):
-            from twopass.ops import capacity_cli  # standard library only, like this module
+            from twopass.tools import capacity_cli  # standard library only, like this module
 
             return (capacity_cli.cost_main if args.command == "cost" else capacity_cli.plan_main)(extras)
         if args.command == "predict":
@@ -351,11 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _CliClient(Client):
     # Error messages name the CLI's options (--url, --api-key) rather than the SDK's arguments.
-    _hint_style = _hints.CLI
+    _hint_style = hints.CLI
 
 
 class _CliAsyncClient(AsyncClient):
-    _hint_style = _hints.CLI
+    _hint_style = hints.CLI
 
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -419,7 +419,7 @@ def _calibrate(argv: list[str]) -> int:
             "repository, pip install -e '.[serve]'"
         )
         return EXIT_USAGE
-    from twopass.ops.calibrate import main as calibrate_main
+    from twopass.tools.calibrate import main as calibrate_main
 
     return calibrate_main(argv)
 
@@ -445,7 +445,7 @@ def _redrive(args: argparse.Namespace) -> int:
 
     from twopass.exceptions import DependencyError
     from twopass.jobs.dynamodb import DynamoJobStore
-    from twopass.ops.deadletter import dead_letter_queue_url, redrive
+    from twopass.tools.redrive import dead_letter_queue_url, redrive
 
     queue_url = args.queue_url or os.environ.get("TWOPASS_QUEUE_URL")
     table = args.table or os.environ.get("TWOPASS_TABLE_NAME")

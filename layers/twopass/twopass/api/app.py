@@ -11,8 +11,9 @@ from twopass.api.context import ApiContext
 from twopass.api.cors import CorsMiddleware, OriginPolicy
 from twopass.api.docs import declare_user_token
 from twopass.api.docs import router as docs_router
-from twopass.api.routes import batches, demo, jobs, meta, oip, predict, uploads
-from twopass.api.service import TwopassService
+from twopass.api.oip import routes as oip
+from twopass.api.routes import batches, demo, jobs, meta, predict, uploads
+from twopass.api.services.service import TwopassService
 from twopass.config import Settings
 from twopass.observability import logs
 

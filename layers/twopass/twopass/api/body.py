@@ -17,9 +17,9 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from twopass.api.control import JobOptions
 from twopass.api.errors import HTTPProblemError
 from twopass.api.schemas import PredictRequest
+from twopass.api.usecases.control import JobOptions
 from twopass.cascade import SlowMode, parse_mode
 from twopass.config import Settings
 from twopass.exceptions import ImageTooLargeError, InvalidRequestError
@@ -42,7 +42,7 @@ class Submission:
     #: The job's deadline, priority and what to do when the service is overloaded.
     options: JobOptions = field(default_factory=JobOptions)
     #: ``{"upload_id"}`` of a JSON body: ``data`` is empty until the upload has been read
-    #: (``twopass.api.routes.uploads``).
+    #: (``twopass.api.usecases.uploads``).
     upload_id: str | None = None
     #: Where the image already is (an upload's object): the job refers to it instead of a copy.
     image_ref: str | None = None

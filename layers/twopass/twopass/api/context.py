@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from twopass.api.control import BacklogGauge
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
+from twopass.api.usecases.control import BacklogGauge
 from twopass.config import Settings
 from twopass.observability.metrics import MetricsSink
 
@@ -32,7 +33,7 @@ class ApiContext:
         self.inference_pool = ThreadPoolExecutor(max(1, settings.inference_concurrency), thread_name_prefix="infer")
         self.io_pool = ThreadPoolExecutor(32, thread_name_prefix="aws")
         #: The queues' depth for the ``max_backlog`` check, read at most every ``backlog_cache_seconds``.
-        self.backlog = BacklogGauge(lambda: self.service.backlog(), settings.backlog_cache_seconds)
+        self.backlog = BacklogGauge(lambda: self.service.reports.backlog(), settings.backlog_cache_seconds)
 
     @property
     def service(self) -> TwopassService:
@@ -64,3 +65,10 @@ def get_service(context: Annotated[ApiContext, Depends(get_context)]) -> Twopass
 
 Context = Annotated[ApiContext, Depends(get_context)]
 Service = Annotated[TwopassService, Depends(get_service)]
+
+
+def request_id(request: Request) -> str:
+    """The caller's ``x-request-id``, else the Lambda invocation's id, else a fresh one (logs and jobs carry it)."""
+    lambda_context = request.scope.get("aws.context")
+    lambda_id: Any = getattr(lambda_context, "aws_request_id", None)
+    return request.headers.get("x-request-id") or lambda_id or uuid.uuid4().hex

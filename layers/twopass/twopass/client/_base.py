@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from twopass import __version__
-from twopass.client import _hints
+from twopass.client import hints
 from twopass.client._models import BatchItemError, JobHandle, JobResult, Prediction
 from twopass.client.exceptions import (
     ApiError,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
 #: Where ``make run`` / ``twopass local`` serve; used when neither an argument nor TWOPASS_URL says.
-DEFAULT_URL: Final = _hints.LOCAL_URL
+DEFAULT_URL: Final = hints.LOCAL_URL
 ENV_URL: Final = "TWOPASS_URL"
 ENV_API_KEY: Final = "TWOPASS_API_KEY"
 API_KEY_HEADER: Final = "x-api-key"
@@ -436,7 +436,7 @@ class BaseClient:
     """Configuration and decisions shared by :class:`Client` and :class:`AsyncClient`."""
 
     #: How error messages tell the reader to set the URL and the key (the CLI names its options).
-    _hint_style: ClassVar[_hints.HintStyle] = _hints.SDK
+    _hint_style: ClassVar[hints.HintStyle] = hints.SDK
     #: Each twin's own httpx client; the shared calls only build requests with it.
     _http: httpx.Client | httpx.AsyncClient
 
@@ -573,7 +573,7 @@ class BaseClient:
             f"cannot reach twopass at {self.base_url}: {type(error).__name__}: {error or 'no detail'}{tries}",
             url=str(request.url),
             attempts=attempts,
-            hint=_hints.unreachable(self._hint_style, self.base_url),
+            hint=hints.unreachable(self._hint_style, self.base_url),
         )
 
     def _route(self, request: httpx.Request) -> str:
@@ -583,7 +583,7 @@ class BaseClient:
 
     def _not_twopass(self, response: httpx.Response, got: str) -> NotTwopassError:
         return NotTwopassError(
-            _hints.not_twopass(self._hint_style, self.base_url, got),
+            hints.not_twopass(self._hint_style, self.base_url, got),
             url=str(response.request.url),
             status=response.status_code,
             got=got,
@@ -627,9 +627,9 @@ def error_for(client: BaseClient, response: httpx.Response, *, request_id: str |
     body = _json_object(response) or {}
     route = client._route(response.request)
     where = f"{response.request.method} {response.request.url.path}"
-    if kind == "gateway" and status == 403 and body.get("message") == _hints.GATEWAY_NO_ROUTE:
+    if kind == "gateway" and status == 403 and body.get("message") == hints.GATEWAY_NO_ROUTE:
         # API Gateway answers a path or stage it does not have this way, key or no key.
-        got = f"403 {_hints.GATEWAY_NO_ROUTE!r} from API Gateway on {where}: no such route"
+        got = f"403 {hints.GATEWAY_NO_ROUTE!r} from API Gateway on {where}: no such route"
         return client._not_twopass(response, got)
     if kind is not None and status == 404:
         detail = str(body.get("detail") or body.get("message") or "")
@@ -643,7 +643,7 @@ def error_for(client: BaseClient, response: httpx.Response, *, request_id: str |
         # server failing outside its handlers answers a bare 500; anything else is not twopass.
         if not (status in (429, 502, 503, 504) or (status >= 500 and not clearly_foreign(response))):
             return client._not_twopass(response, describe_answer(response))
-        hint = _hints.foreign_gateway_error(client._hint_style, client.base_url)
+        hint = hints.foreign_gateway_error(client._hint_style, client.base_url)
     code, detail = f"http_{status}", response.reason_phrase or "error"
     if kind == "twopass":
         code, detail = str(body["error"]), str(body["detail"])
@@ -653,7 +653,7 @@ def error_for(client: BaseClient, response: httpx.Response, *, request_id: str |
         detail = describe_body(response)
     cls = _error_class(status)
     if cls is AuthenticationError:
-        hint = _hints.authentication(client._hint_style, client.base_url, key_sent=bool(client.api_key))
+        hint = hints.authentication(client._hint_style, client.base_url, key_sent=bool(client.api_key))
     return cls(
         status,
         code,

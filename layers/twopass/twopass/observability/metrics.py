@@ -90,7 +90,7 @@ class MetricsSink:
         from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
         single = EphemeralMetrics(namespace=NAMESPACE)
-        single.add_dimensions(**{"service": self.service, **dimensions})
+        single.set_default_dimensions(**{"service": self.service, **dimensions})
         single.add_metric(name=metric.value, unit=MetricUnit(_UNITS.get(metric, "Count")), value=value)
         with self._lock:
             _emit(single.serialize_metric_set())

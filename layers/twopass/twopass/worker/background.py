@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twopass.jobs.base import JobStore
-from twopass.ops.reconcile import Reconciler
+from twopass.worker.chores.reconcile import Reconciler
 from twopass.worker.events import WorkerEvents
 from twopass.worker.stats import WorkerStats
 

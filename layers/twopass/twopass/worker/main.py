@@ -21,8 +21,8 @@ from twopass.worker.events import WorkerEvents
 
 if TYPE_CHECKING:
     from twopass.jobs.base import JobStore
-    from twopass.ops.reconcile import Reconciler
     from twopass.queue.base import MessageSource
+    from twopass.worker.chores.reconcile import Reconciler
     from twopass.worker.runner import Worker
 
 logger = logging.getLogger("twopass.worker")
@@ -40,10 +40,10 @@ def build_worker(settings: Settings) -> Worker:
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.models.pack import check_pair
     from twopass.notify.events import attach as attach_events
-    from twopass.ops import deadletter
     from twopass.payloads import PayloadStore
     from twopass.queue.priority import PrioritySource
     from twopass.queue.sqs import SqsSource
+    from twopass.worker.chores import deadletter
     from twopass.worker.models import load_slow
     from twopass.worker.runner import Worker
 
@@ -83,10 +83,10 @@ def build_worker(settings: Settings) -> Worker:
 def build_reconciler(settings: Settings, store: JobStore) -> Reconciler:
     """The reconciler for the job queue; past the queue's retention no message can exist any more."""
     from twopass import aws
-    from twopass.ops.reconcile import Reconciler
     from twopass.queue.base import JobPublisher
     from twopass.queue.priority import PriorityPublisher
     from twopass.queue.sqs import SqsPublisher
+    from twopass.worker.chores.reconcile import Reconciler
 
     client = aws.client("sqs")
     with aws.translate_errors("queue retention"):

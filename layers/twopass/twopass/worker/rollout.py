@@ -10,7 +10,7 @@ one of two modes (``TWOPASS_ROLLOUT_MODE``):
   so a redelivered job meets the same model again.
 
 Every slow answer also says which model version served it and whether its top-1 is the fast model's
-(``agreement``: the fast top-1 travels with the job, see ``twopass.api.shortcuts``), a quality signal
+(``agreement``: the fast top-1 travels with the job, see ``twopass.api.services.shortcuts``), a quality signal
 that needs no labels.
 """
 

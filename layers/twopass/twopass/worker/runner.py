@@ -32,11 +32,11 @@ from twopass.jobs.base import JobStore
 from twopass.jobs.cache import ResultCache, cache_for
 from twopass.models.runtime import Classifier
 from twopass.observability.metrics import Metric, MetricsSink
-from twopass.ops.reconcile import Reconciler
 from twopass.payloads import PayloadStore
 from twopass.queue.base import JobMessage, MessageSource
 from twopass.worker import background
 from twopass.worker.caching import CacheFiller
+from twopass.worker.chores.reconcile import Reconciler
 from twopass.worker.events import WorkerEvents
 from twopass.worker.intake import Intake
 from twopass.worker.leases import Leases

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from twopass.api.auth import Owner
-from twopass.api.batches import batch_status, submit_batch
 from twopass.api.body import json_limit, model_from_json, parse_json, read_capped
-from twopass.api.context import Context
-from twopass.api.control import JobOptions
+from twopass.api.context import Context, request_id
 from twopass.api.docs import ERRORS
-from twopass.api.routes.predict import _request_id
 from twopass.api.schemas import PriorityName
-from twopass.api.submit import Caller
+from twopass.api.usecases.batches import batch_status, submit_batch
+from twopass.api.usecases.control import JobOptions
+from twopass.api.usecases.submit import Caller
 from twopass.cascade import SlowModeName, parse_mode
 from twopass.exceptions import InvalidRequestError, JobNotFoundError
 from twopass.jobs.base import MAX_BATCH_ITEMS
@@ -57,7 +56,7 @@ async def post_batch(request: Request, context: Context, owner: Owner) -> dict[s
         raise InvalidRequestError("empty_body", 'the body is empty: send {"items": [{"image_data": "<base64>"}, ...]}')
     fields = model_from_json(BatchRequest, parse_json(body))
     options = JobOptions(fields.deadline_seconds, fields.priority, fields.on_overload)
-    caller = Caller(owner, _request_id(request))
+    caller = Caller(owner, request_id(request))
     return await submit_batch(context, fields.items, caller, options, parse_mode(fields.slow))
 
 

@@ -56,7 +56,7 @@ def _checked(job_id: str) -> str:
     responses=ERRORS,
 )
 async def get_job(job_id: str, request: Request, context: Context, owner: Owner, wait: Wait = 0.0) -> JobResponse:
-    record = await context.io(context.service.job, _checked(job_id), owner)
+    record = await context.io(context.service.control.job, _checked(job_id), owner)
     if wait > 0 and not record.final:
         record = await _wait_final(context, record, owner, min(wait, _time_left(request, context.settings)))
     return JobResponse.from_record(record)
@@ -92,7 +92,7 @@ async def _wait_final(context: ApiContext, record: JobRecord, owner: str, wait: 
             break
         await asyncio.sleep(min(delay, remaining))
         delay = min(delay * 2, WAIT_MAX_DELAY)
-        record = await context.io(context.service.job, record.job_id, owner)
+        record = await context.io(context.service.control.job, record.job_id, owner)
     return record
 
 
@@ -118,7 +118,7 @@ def _time_left(request: Request, settings: Settings) -> float:
     responses=ERRORS,
 )
 async def cancel_job(job_id: str, context: Context, owner: Owner) -> JobResponse:
-    record = await context.io(context.service.cancel, _checked(job_id), owner)
+    record = await context.io(context.service.control.cancel, _checked(job_id), owner)
     logger.info("job cancelled by its owner", extra=job_extra(job_id))
     if context.metrics is not None:
         context.metrics.add(Metric.JOBS_CANCELLED, 1)
@@ -137,7 +137,7 @@ async def cancel_job(job_id: str, context: Context, owner: Owner) -> JobResponse
     responses=ERRORS,
 )
 async def retry_job(job_id: str, context: Context, owner: Owner) -> JobResponse:
-    record = await context.io(context.service.retry, _checked(job_id), owner)
+    record = await context.io(context.service.control.retry, _checked(job_id), owner)
     logger.info("job queued again by its owner", extra=job_extra(job_id))
     return JobResponse.from_record(record)
 
@@ -161,7 +161,7 @@ async def list_jobs(
     signer = CursorSigner(context.settings.cursor_secret)
     position = None if cursor is None else signer.open(cursor, owner, wanted)
     records, next_position = await context.io(
-        lambda: context.service.jobs(owner, status=wanted, limit=limit, cursor=position)
+        lambda: context.service.control.jobs(owner, status=wanted, limit=limit, cursor=position)
     )
     next_cursor = None if next_position is None else signer.seal(next_position, owner, wanted)
     return JobListResponse(jobs=[JobResponse.from_record(r) for r in records], next_cursor=next_cursor)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from twopass.api.auth import caller
 from twopass.api.context import Context
 from twopass.api.schemas import HealthAllResponse, HealthResponse, MetadataResponse
-from twopass.api.service import TwopassService
+from twopass.api.services.service import TwopassService
 from twopass.models.labels import label_set_name
 from twopass.uploads import IMAGE_TYPES
 
@@ -31,8 +31,8 @@ async def health() -> HealthResponse:
 )
 async def health_all(context: Context) -> HealthAllResponse:
     service = context.service
-    checks = await context.io(service.health)
-    slow_card = await context.io(service.slow_card)
+    checks = await context.io(service.reports.health)
+    slow_card = await context.io(service.reports.slow_card)
     body: dict[str, Any] = {}
     if checks["fast_model"]["status"] == "ok":
         body[checks["fast_model"]["model"]] = "ok"
@@ -70,7 +70,7 @@ async def metadata(context: Context) -> MetadataResponse:
                 "labels": label_set_name(labels),
                 "scores": fast_card.output,
             },
-            "models": {"fast": fast_card.to_dict(), "slow": await context.io(service.slow_card)},
+            "models": {"fast": fast_card.to_dict(), "slow": await context.io(service.reports.slow_card)},
         }
     )
 

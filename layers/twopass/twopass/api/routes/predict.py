@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from twopass.api.auth import Owner
 from twopass.api.body import Submission, read_submission
-from twopass.api.context import Context
-from twopass.api.control import JobOptions, OverloadChoice
+from twopass.api.context import Context, request_id
 from twopass.api.docs import ERRORS, PREDICT_BODY
-from twopass.api.routes import uploads
 from twopass.api.schemas import PredictResponse, PriorityName
-from twopass.api.submit import Caller, Submitted, submit
+from twopass.api.usecases import uploads
+from twopass.api.usecases.control import JobOptions, OverloadChoice
+from twopass.api.usecases.submit import Caller, Submitted, submit
 from twopass.cascade import SlowModeName
 
 router = APIRouter(tags=["predict"])
@@ -55,12 +54,6 @@ OnOverload = Annotated[
 ]
 
 
-def _request_id(request: Request) -> str:
-    context = request.scope.get("aws.context")
-    lambda_id: Any = getattr(context, "aws_request_id", None)
-    return request.headers.get("x-request-id") or lambda_id or uuid.uuid4().hex
-
-
 def _answer(submitted: Submitted, response: Response) -> PredictResponse:
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -89,7 +82,7 @@ async def predict(
 ) -> PredictResponse:
     options = JobOptions(deadline_seconds, priority, on_overload)
     submission = await read_submission(request, context.settings, callback_url, slow, options)
-    caller = Caller(owner, _request_id(request), idempotency_key)
+    caller = Caller(owner, request_id(request), idempotency_key)
     if submission.upload_id is not None:
         return _answer(await uploads.submit_upload(context, submission, caller), response)
     return _answer(await submit(context, submission, caller), response)
@@ -114,4 +107,4 @@ async def predict_test(
 ) -> PredictResponse:
     options = JobOptions(deadline_seconds, priority, on_overload)
     submission = Submission(context.service.sample_image(), options=options)
-    return _answer(await submit(context, submission, Caller(owner, _request_id(request), idempotency_key)), response)
+    return _answer(await submit(context, submission, Caller(owner, request_id(request), idempotency_key)), response)

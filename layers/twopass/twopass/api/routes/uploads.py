@@ -1,5 +1,5 @@
-"""``POST /uploads``: a presigned POST (and PUT) for an image too big for one request; and ``POST /predict
-{"upload_id"}``'s side of it (:func:`submit_upload`), which reads the image from the bucket.
+"""``POST /uploads``: a presigned POST (and PUT) for an image too big for one request (``POST /predict
+{"upload_id"}``'s side of it is :func:`twopass.api.usecases.uploads.submit_upload`).
 
 The image never passes through API Gateway: the client sends it to S3, and the job refers to the very
 object it sent, pinned to the bytes the fast model saw (``twopass.uploads``).
@@ -7,33 +7,22 @@ object it sent, pinned to the bytes the fast model saw (``twopass.uploads``).
 
 from __future__ import annotations
 
-import dataclasses
-
 from fastapi import APIRouter, Request
 
 from twopass.api.auth import Owner
-from twopass.api.body import Submission, model_from_json, parse_json, read_capped
-from twopass.api.context import ApiContext, Context
+from twopass.api.body import model_from_json, parse_json, read_capped
+from twopass.api.context import Context
 from twopass.api.docs import ERRORS
 from twopass.api.errors import HTTPProblemError
-from twopass.api.schemas import PredictResponse, UploadPost, UploadRequest, UploadResponse, iso
-from twopass.api.submit import Caller, Submitted, submit
+from twopass.api.schemas import UploadPost, UploadRequest, UploadResponse, iso
+from twopass.api.usecases.uploads import available
 from twopass.exceptions import InvalidRequestError
-from twopass.uploads import UploadNotFoundError, UploadPendingError, Uploads, UploadTypeError
+from twopass.uploads import UploadTypeError
 
 router = APIRouter(tags=["predict"])
 
 #: A POST /uploads body is two small fields.
 _BODY_LIMIT = 4096
-
-
-def _uploads(context: ApiContext) -> Uploads:
-    uploads = context.service.uploads
-    if uploads is None:
-        raise HTTPProblemError(
-            501, "uploads_unavailable", "this service has no payload bucket, so it takes images inline only"
-        )
-    return uploads
 
 
 @router.post(
@@ -53,7 +42,7 @@ async def create_upload(request: Request, context: Context, owner: Owner) -> Upl
     if not body:
         raise InvalidRequestError("empty_body", 'the body is empty: send {"content_type": "image/jpeg"}')
     fields = model_from_json(UploadRequest, parse_json(body))
-    uploads = _uploads(context)
+    uploads = available(context)
     try:
         grant = await context.io(uploads.create, owner, fields.content_type, fields.content_length)
     except UploadTypeError as exc:
@@ -67,25 +56,3 @@ async def create_upload(request: Request, context: Context, owner: Owner) -> Upl
         max_bytes=grant.max_bytes,
         post=UploadPost(url=grant.post_url, fields=grant.post_fields),
     )
-
-
-async def submit_upload(context: ApiContext, submission: Submission, caller: Caller) -> Submitted:
-    """``POST /predict {"upload_id"}``: the job of an upload, made once (the same answer ever after)."""
-    uploads = _uploads(context)
-    upload_id = submission.upload_id or ""
-    service = context.service
-    try:
-        expires_at = await context.io(uploads.expires_at, caller.owner, upload_id)
-        claim = uploads.claim(caller.owner, upload_id, service.idempotency.ttl_seconds)
-        # Before the object is looked at: once its job has succeeded the worker has deleted it.
-        if (earlier := await context.io(service.idempotency.replay, claim)) is not None:
-            return Submitted(PredictResponse.model_validate(earlier), replayed=True)
-        upload = await context.io(uploads.locate, caller.owner, upload_id, expires_at)
-        data, image_ref = await context.io(uploads.read, upload)
-    except UploadNotFoundError as exc:
-        raise HTTPProblemError(404, "upload_not_found", str(exc)) from None
-    except UploadPendingError as exc:
-        raise HTTPProblemError(409, "upload_pending", str(exc), headers={"Retry-After": "1"}) from None
-    except UploadTypeError as exc:
-        raise HTTPProblemError(415, "unsupported_media_type", str(exc)) from None
-    return await submit(context, dataclasses.replace(submission, data=data, image_ref=image_ref, claim=claim), caller)

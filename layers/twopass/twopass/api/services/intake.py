@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from twopass.api.idempotency import Idempotency
+from twopass.api.services.idempotency import Idempotency
 from twopass.config import Settings
 from twopass.exceptions import ConditionFailedError, DependencyError, ImageTooLargeError
 from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus, JobStore, Priority

@@ -23,7 +23,7 @@ from twopass.jobs.base import IdempotencyRecord, JobStatus, JobStore
 #: A job in one of these never ran to an answer, so the key of a request that was refused can be reused.
 _ENDED_UNANSWERED = frozenset({JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED})
 #: Seconds after its job ended that a key held without an answer is free again: longer than the API's
-#: clean-up of a refused request keeps trying (``twopass.api.submit.COMPENSATE_FOR``) plus its last
+#: clean-up of a refused request keeps trying (``twopass.api.usecases.submit.COMPENSATE_FOR``) plus its last
 #: call, so a late release from that clean-up can never delete the claim of the request that reused it.
 RELEASE_AFTER_SECONDS = 90.0
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import Enum
@@ -28,13 +27,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from twopass import __version__
-from twopass.api import oip
 from twopass.api.auth import Owner, caller
 from twopass.api.body import Submission, json_limit, read_capped
-from twopass.api.context import ApiContext, Context
+from twopass.api.context import ApiContext, Context, request_id
 from twopass.api.errors import RETRY_AFTER, HTTPProblemError, problem_for
-from twopass.api.service import TwopassService
-from twopass.api.submit import Caller, submit
+from twopass.api.oip import codec as oip
+from twopass.api.services.service import TwopassService
+from twopass.api.usecases.submit import Caller, submit
 from twopass.cascade import SlowMode
 from twopass.exceptions import TwopassError
 from twopass.models.pack import count_labels
@@ -177,7 +176,7 @@ async def _model(context: ApiContext, name: str, version: str | None = None) -> 
     fast = service.classifier.card.to_dict()
     model = Model(fast, fast=True) if name == fast["name"] else None
     if model is None:
-        slow = await context.io(service.slow_card)
+        slow = await context.io(service.reports.slow_card)
         if slow is not None and name == slow.get("name"):
             model = Model(slow, fast=False)
     if model is None:
@@ -308,7 +307,7 @@ async def _infer(
     body = oip.decompress(await read_capped(request, limit), request.headers.get("content-encoding"), limit)
     json_part, binary = oip.split_body(body, request.headers.get("inference-header-content-length"))
     call = oip.parse_infer(json_part, binary, settings.max_image_bytes)
-    answers = await _submit_all(context, call, owner, _request_id(request), idempotency_key)
+    answers = await _submit_all(context, call, owner, request_id(request), idempotency_key)
     service = context.service
     queued = call.slow is not SlowMode.NEVER
     encoded = oip.encode_response(
@@ -397,9 +396,3 @@ def _distribution(prediction: Prediction) -> np.ndarray:
     if prediction.distribution is None:  # every Classifier sets it; a guard for the type checker
         raise TwopassError("the fast model gave no class probabilities")
     return prediction.distribution
-
-
-def _request_id(request: Request) -> str:
-    lambda_context = request.scope.get("aws.context")
-    lambda_id: Any = getattr(lambda_context, "aws_request_id", None)
-    return request.headers.get("x-request-id") or lambda_id or uuid.uuid4().hex

@@ -93,10 +93,13 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller, a
     claim = submission.claim or service.idempotency.claim(caller.idempotency_key, caller.owner, submission.data)
     if claim is not None and (earlier := await context.io(service.idempotency.replay, claim)) is not None:
         return Submitted(PredictResponse.model_validate(earlier), replayed=True)
-    if await _overloaded(context):
+    if await overloaded(context):
         return await _shed(context, submission, caller)
     record = JobRecord(
-        job_id=new_job_id(), owner=caller.owner, deadline_at=deadline_at, priority=service.priority(options.priority)
+        job_id=new_job_id(),
+        owner=caller.owner,
+        deadline_at=deadline_at,
+        priority=service.intake.priority(options.priority),
     )
     classify, hit = await _decoded_and_looked_up(context, submission, caller)
     commit = _Commit(context, submission, caller, record, claim, classify, hit)
@@ -309,7 +312,7 @@ async def _fast_only(context: ApiContext, submission: Submission) -> Submitted:
     return Submitted(response, prediction=prediction)
 
 
-async def _overloaded(context: ApiContext) -> bool:
+async def overloaded(context: ApiContext) -> bool:
     """Whether the queues hold ``max_backlog`` jobs or more (the cached figure; unknown counts as no)."""
     limit = context.settings.max_backlog
     if limit <= 0:

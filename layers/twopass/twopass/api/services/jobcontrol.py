@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from twopass.api.intake import JobIntake
+from twopass.api.services.intake import JobIntake
 from twopass.exceptions import DependencyError, EnqueueError, JobNotFoundError, MissingObjectError
 from twopass.jobs.base import (
     DEFAULT_PAGE,

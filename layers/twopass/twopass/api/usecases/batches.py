@@ -26,10 +26,10 @@ import numpy as np
 
 from twopass.api.body import decode_image_data
 from twopass.api.context import ApiContext
-from twopass.api.control import JobOptions
 from twopass.api.errors import HTTPProblemError, problem_for
 from twopass.api.schemas import PredictResponse, iso
-from twopass.api.submit import Caller, _overloaded
+from twopass.api.usecases.control import JobOptions
+from twopass.api.usecases.submit import Caller, overloaded
 from twopass.cascade import Route, SlowMode
 from twopass.exceptions import (
     DependencyError,
@@ -164,7 +164,7 @@ async def _submit_batch(
         *(_read_upload(context, item, caller.owner, reads) for item in items if item.live and item.upload_id)
     )
     shed = False
-    if slow is not SlowMode.NEVER and await _overloaded(context):
+    if slow is not SlowMode.NEVER and await overloaded(context):
         if options.rejects:
             retry_after = str(max(1, math.ceil(context.backlog.ttl)))
             raise HTTPProblemError(
@@ -188,7 +188,7 @@ async def _submit_batch(
         _report(context, items, accepted=0)
         return {"batch_id": None, "items": [_item_body(item) for item in items]}
     deadline_at = options.deadline_at(context.settings)
-    priority = service.priority(options.priority)
+    priority = service.intake.priority(options.priority)
     messages = await asyncio.gather(*(_record(context, item, caller, batch_id, deadline_at, priority) for item in good))
     recorded = [(item, message) for item, message in zip(good, messages, strict=True) if message is not None]
     _follow_repeats(items)
@@ -198,7 +198,7 @@ async def _submit_batch(
     except DependencyError:
         reason = "the batch could not be recorded"
         await asyncio.gather(
-            *(context.io(service._abandon, i.record.job_id, i.claim, reason) for i, _ in recorded if i.record)
+            *(context.io(service.intake.abandon, i.record.job_id, i.claim, reason) for i, _ in recorded if i.record)
         )
         raise
     await asyncio.gather(*(_send(context, item, message, caller, slow) for item, message in recorded))
@@ -284,7 +284,9 @@ async def _record(
     )
     job_context = {"request_id": caller.request_id, "batch_id": batch_id}
     try:
-        message = await context.io(service.record_job, record, item.data, job_context, item.claim, item.image_ref)
+        message = await context.io(
+            service.intake.record_job, record, item.data, job_context, item.claim, item.image_ref
+        )
     except IdempotencyConflictError:  # another request made this upload's job meanwhile: its answer is this one's
         assert item.claim is not None
         try:
@@ -316,7 +318,7 @@ async def _send(context: ApiContext, item: Item, message: Any, caller: Caller, s
             await context.io(shortcuts.answer_fast, item.record.job_id, final, item.claim)
         else:
             message = shortcuts.with_fast_answer(message, item.prediction, caller.owner, item.sha256)
-            await context.io(service.publish, message, item.claim)
+            await context.io(service.intake.publish, message, item.claim)
     except TwopassError as exc:  # the job was marked failed by publish; the item says why
         item.refuse(exc)
         return

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twopass.api.intake import JobIntake
+from twopass.api.services.intake import JobIntake
 from twopass.exceptions import DependencyError, ModelLoadError
 from twopass.jobs.base import WorkerBeat
 from twopass.models.card import ModelCard, card_path

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from twopass.ops import cost as costmodel
-from twopass.ops import plan as planner
+from twopass.tools import cost as costmodel
+from twopass.tools import plan as planner
 
 COST_EPILOG = """\
 examples:

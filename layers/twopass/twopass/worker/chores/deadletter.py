@@ -1,16 +1,14 @@
-"""The dead-letter queue: record why jobs landed there, and move them back after a fix.
+"""The dead-letter queue's sweep: record why jobs landed there (``twopass.tools.redrive`` moves them back).
 
 A job's message reaches the DLQ when ``maxReceiveCount`` deliveries did not finish it: the worker
 crashed on it each time (OOM, a killed host) or could not record it. The worker writes ``failed``
 itself when it sees an error on the last allowed delivery; :func:`sweep` covers the crashes, which
 no worker lived to report (:func:`sweep_all` covers both queues' DLQs when there is a high-priority
-queue). :func:`redrive` is SQS's "start message move task", done by hand with
-receive/send/delete so it works everywhere (moto cannot run the real one).
+queue).
 
 A dead-lettered message belongs to one run of its job (:attr:`~twopass.queue.base.JobMessage.run`):
 it stays in the DLQ after the sweep, and its job may be retried by its owner meanwhile, so the sweep
-fails a job only while it is still in the message's run (a conditional write in the store), and the
-redrive drops a message of an earlier run instead of sending it again.
+fails a job only while it is still in the message's run (a conditional write in the store).
 """
 
 from __future__ import annotations
@@ -18,11 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twopass.aws import client, translate_errors
-from twopass.jobs.base import JobStatus, JobStore
+from twopass.jobs.base import JobStore
 from twopass.queue.base import JobMessage, MessageFormatError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +41,7 @@ def dead_letter_queue_url(queue_url: str) -> str | None:
         return str(sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
 
 
-def _receive(queue_url: str, visibility: int) -> list[dict[str, Any]]:
+def receive_dead_letters(queue_url: str, visibility: int) -> list[dict[str, Any]]:
     out = client("sqs").receive_message(
         QueueUrl=queue_url,
         MaxNumberOfMessages=10,
@@ -63,12 +60,12 @@ def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility:
     returns how many were marked.
 
     Messages stay in the DLQ (hidden for ``visibility`` seconds so one sweep sees each once): the
-    operator decides between :func:`redrive` and a purge. Every later sweep meets them again, which
+    operator decides between a redrive (``twopass redrive``) and a purge. Every later sweep meets them again, which
     is harmless: a job failed by its message is final, and a retried one is in a later run.
     """
     marked = seen = 0
     while seen < max_messages:
-        batch = _receive(dlq_url, visibility)
+        batch = receive_dead_letters(dlq_url, visibility)
         if not batch:
             break
         for msg in batch:
@@ -86,54 +83,3 @@ def sweep(dlq_url: str, store: JobStore, *, max_messages: int = 100, visibility:
 def sweep_all(dlq_urls: Sequence[str], store: JobStore, *, max_messages: int = 100, visibility: int = 300) -> int:
     """:func:`sweep` each dead-letter queue (the normal and the high-priority one); how many jobs were marked."""
     return sum(sweep(url, store, max_messages=max_messages, visibility=visibility) for url in dlq_urls)
-
-
-@dataclass
-class RedriveReport:
-    moved: int = 0
-    reopened: int = 0
-    dropped_done: int = 0
-    #: Messages of an earlier run of a job its owner retried since: sending them again would only
-    #: run the job twice, and their dead letter says nothing about the current run.
-    dropped_stale: int = 0
-    unreadable: int = 0
-
-
-@translate_errors("dead-letter redrive")
-def redrive(dlq_url: str, queue_url: str, store: JobStore, *, max_messages: int | None = None) -> RedriveReport:
-    """Move DLQ messages back to the job queue, reopening their failed jobs.
-
-    A job that has succeeded meanwhile is never reopened: its message is simply dropped, and so is a
-    message of an earlier run than the job's (its owner retried it). Each message is sent to the
-    queue before it is deleted from the DLQ, so a crash mid-way duplicates at worst (harmless),
-    never loses.
-    """
-    report = RedriveReport()
-    sqs = client("sqs")
-    while max_messages is None or _handled(report) < max_messages:
-        batch = _receive(dlq_url, 60)
-        if not batch:
-            break
-        for msg in batch:
-            try:
-                job = JobMessage.decode(msg["Body"])
-            except MessageFormatError:
-                report.unreadable += 1  # not ours: leave it for a person to look at
-                continue
-            record = store.get(job.job_id)
-            if record is not None and record.status is JobStatus.SUCCEEDED:
-                report.dropped_done += 1
-            elif record is not None and job.run < record.run:
-                report.dropped_stale += 1
-            else:
-                if store.reopen(job.job_id):
-                    report.reopened += 1
-                attributes = msg.get("MessageAttributes") or {}
-                sqs.send_message(QueueUrl=queue_url, MessageBody=msg["Body"], MessageAttributes=attributes)
-                report.moved += 1
-            sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=msg["ReceiptHandle"])
-    return report
-
-
-def _handled(report: RedriveReport) -> int:
-    return report.moved + report.dropped_done + report.dropped_stale + report.unreadable

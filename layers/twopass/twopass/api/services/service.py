@@ -1,33 +1,32 @@
-"""What the API does, independent of HTTP: classify fast, record and enqueue the job, read it back.
+"""The API's composition root, independent of HTTP: the backends, the fast model and the services.
 
-:class:`TwopassService` owns the fast model and holds three collaborators, one job each: the enqueue
-path (:class:`~twopass.api.intake.JobIntake`), an owner's job reads and control
-(:class:`~twopass.api.jobcontrol.JobControl`) and health reporting
-(:class:`~twopass.api.health.HealthReport`). Its methods of the same names hand over to them.
+:class:`TwopassService` builds the backends named by the settings, owns the fast model (decode and
+classify) and holds the narrow services the use cases and routes call directly: the enqueue path
+(``intake``: :class:`~twopass.api.services.intake.JobIntake`), an owner's jobs (``control``:
+:class:`~twopass.api.services.jobcontrol.JobControl`), health and the slow card (``reports``:
+:class:`~twopass.api.services.health.HealthReport`), Idempotency-Key claims (``idempotency``),
+presigned uploads (``uploads``) and the jobs answered without a slow pass (``shortcuts``).
 """
 
 from __future__ import annotations
 
 import time
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twopass.api.health import HealthReport
-from twopass.api.idempotency import Idempotency
-from twopass.api.intake import SQS_INLINE_LIMIT, JobIntake
-from twopass.api.jobcontrol import JobControl
+from twopass.api.services.health import HealthReport
+from twopass.api.services.idempotency import Idempotency
+from twopass.api.services.intake import SQS_INLINE_LIMIT, JobIntake
+from twopass.api.services.jobcontrol import JobControl
+from twopass.api.services.shortcuts import Shortcuts
 from twopass.config import DATA_DIR, Settings
 from twopass.exceptions import ImageTooLargeError
-from twopass.jobs.base import DEFAULT_PAGE, IdempotencyRecord, JobRecord, JobStatus, JobStore
+from twopass.jobs.base import JobStore
 from twopass.models.runtime import Classifier, Prediction
 from twopass.payloads import PayloadStore
-from twopass.queue.base import JobMessage, JobPublisher
+from twopass.queue.base import JobPublisher
 from twopass.uploads import Uploads
-
-if TYPE_CHECKING:
-    from twopass.api.shortcuts import Shortcuts
 
 __all__ = ["SAMPLE_IMAGE", "SQS_INLINE_LIMIT", "TwopassService"]
 
@@ -114,9 +113,7 @@ class TwopassService:
     @cached_property
     def shortcuts(self) -> Shortcuts:
         """The cascade and the result cache (jobs answered without a slow pass)."""
-        from twopass.api.shortcuts import Shortcuts
-
-        return Shortcuts(self)
+        return Shortcuts(self.intake, self.reports, lambda: self.classifier)
 
     def warm_up(self) -> None:
         """Load the fast model now rather than on first use (Lambda init runs at full CPU, and SnapStart keeps it)."""
@@ -145,74 +142,3 @@ class TwopassService:
         t0 = time.perf_counter()
         prediction = self.classifier.predict(tensor)
         return prediction, (time.perf_counter() - t0) * 1000
-
-    # -- the enqueue path (JobIntake) ----------------------------------------------------------
-
-    def priority(self, requested: str | None) -> str:
-        return self.intake.priority(requested)
-
-    def enqueue(
-        self,
-        record: JobRecord,
-        data: bytes,
-        context: dict[str, str] | None = None,
-        idempotency: IdempotencyRecord | None = None,
-    ) -> None:
-        """Write the job record, then publish its message.
-
-        The record comes first so a worker never sees a job that has no record. When the write's or
-        the publish's outcome is unknown (a timeout) or the publish failed, the job is marked failed
-        (only while still queued, so a published job that a worker already took is left alone) and
-        the idempotency key released, so the client's retry starts afresh. If even that cannot be
-        written, the worker's reconciler finds the never-started record later.
-        """
-        self.publish(self.record_job(record, data, context, idempotency), idempotency)
-
-    def record_job(
-        self,
-        record: JobRecord,
-        data: bytes,
-        context: dict[str, str] | None = None,
-        idempotency: IdempotencyRecord | None = None,
-        image_ref: str | None = None,
-    ) -> JobMessage:
-        """:meth:`enqueue`'s first half: write the record; returns the message :meth:`publish` sends.
-
-        The fast path writes the record while the fast model runs, and publishes (or, when the
-        cascade answers, does not) once it has answered: see ``twopass.api.submit``.
-        """
-        return self.intake.record_job(record, data, context, idempotency, image_ref)
-
-    def publish(self, message: JobMessage, idempotency: IdempotencyRecord | None = None) -> None:
-        """:meth:`enqueue`'s second half: send the message of a recorded job (abandoning the job on failure)."""
-        self.intake.publish(message, idempotency)
-
-    def _abandon(self, job_id: str, idempotency: IdempotencyRecord | None, reason: str) -> None:
-        self.intake.abandon(job_id, idempotency, reason)
-
-    # -- an owner's jobs (JobControl) -----------------------------------------------------------
-
-    def job(self, job_id: str, owner: str) -> JobRecord:
-        return self.control.job(job_id, owner)
-
-    def jobs(
-        self, owner: str, *, status: JobStatus | None = None, limit: int = DEFAULT_PAGE, cursor: str | None = None
-    ) -> tuple[list[JobRecord], str | None]:
-        return self.control.jobs(owner, status=status, limit=limit, cursor=cursor)
-
-    def cancel(self, job_id: str, owner: str) -> JobRecord:
-        return self.control.cancel(job_id, owner)
-
-    def retry(self, job_id: str, owner: str) -> JobRecord:
-        return self.control.retry(job_id, owner)
-
-    # -- reports (HealthReport) -------------------------------------------------------------------
-
-    def backlog(self) -> int:
-        return self.reports.backlog()
-
-    def slow_card(self) -> dict[str, Any] | None:
-        return self.reports.slow_card()
-
-    def health(self) -> dict[str, dict[str, Any]]:
-        return self.reports.health()

@@ -1,7 +1,7 @@
 """Jobs answered without a slow pass: by the cascade (the fast answer is confident enough) or from the
 result cache (the same image was answered before), and the fast answer the worker compares against.
 
-The fast path (``twopass.api.submit``) decides; this carries the decisions out in the job store.
+The fast path (``twopass.api.usecases.submit``) decides; this carries the decisions out in the job store.
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from twopass.api.services.health import HealthReport
+from twopass.api.services.intake import JobIntake
 from twopass.cascade import FAST_CLASS_ID, FAST_LABEL, FAST_VERSION, IMAGE_SHA256, OWNER, Cascade
 from twopass.exceptions import DependencyError
 from twopass.jobs.base import IdempotencyRecord, JobRecord, JobStatus
 from twopass.jobs.cache import CachedResult, CacheKey, ResultCache, cache_for
-from twopass.models.runtime import Prediction
+from twopass.models.runtime import Classifier, Prediction
 from twopass.queue.base import JobMessage
-
-if TYPE_CHECKING:
-    from twopass.api.service import TwopassService
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +41,20 @@ def cache_context(owner: str, image_sha256: str) -> dict[str, str]:
 class Shortcuts:
     """The cascade, the result cache and the fast answer's trip to the worker, for one service."""
 
-    def __init__(self, service: TwopassService) -> None:
-        self.service = service
-        settings = service.settings
+    def __init__(self, intake: JobIntake, reports: HealthReport, classifier: Callable[[], Classifier]) -> None:
+        # The classifier is reached through a callable: the fast model loads on first use, not here.
+        self.intake, self.reports, self._classifier = intake, reports, classifier
+        settings = intake.settings
         self.cascade = Cascade(settings.cascade_threshold)
         self.cache: ResultCache | None = (
-            cache_for(service.store, settings.result_cache_ttl_hours * 3600) if settings.result_cache else None
+            cache_for(intake.store, settings.result_cache_ttl_hours * 3600) if settings.result_cache else None
         )
         self._slow_version: tuple[float, str | None] | None = None
         self._lock = threading.Lock()
 
     @cached_property
     def fast_version(self) -> str:
-        return self.service.classifier.card.version
+        return self._classifier().card.version
 
     # -- the result cache ---------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ class Shortcuts:
         with self._lock:
             if self._slow_version is not None and now - self._slow_version[0] < SLOW_VERSION_SECONDS:
                 return self._slow_version[1]
-        card = self.service.slow_card()
+        card = self.reports.slow_card()
         version = card.get("version") if card else None
         found = str(version) if version else None
         with self._lock:
@@ -96,10 +96,10 @@ class Shortcuts:
         record.status, record.finished_at = JobStatus.SUCCEEDED, time.time()
         record.result = {**hit.result, "cached": True, "cached_from": hit.source_job}
         try:
-            self.service.store.create(record, idempotency)
+            self.intake.store.create(record, idempotency)
         except DependencyError as exc:
             # The write's outcome may be unknown: release the key as a failed enqueue does.
-            self.service._abandon(record.job_id, idempotency, f"the job could not be recorded: {exc}")
+            self.intake.abandon(record.job_id, idempotency, f"the job could not be recorded: {exc}")
             raise
 
     # -- the cascade ----------------------------------------------------------------------------
@@ -111,9 +111,9 @@ class Shortcuts:
     def answer_fast(self, job_id: str, result: dict[str, Any], idempotency: IdempotencyRecord | None) -> None:
         """Record a recorded, never-published job succeeded with the fast answer (abandoning it on failure)."""
         try:
-            written = self.service.store.succeed(job_id, result)
+            written = self.intake.store.succeed(job_id, result)
         except DependencyError as exc:
-            self.service._abandon(job_id, idempotency, f"the fast answer could not be recorded: {exc}")
+            self.intake.abandon(job_id, idempotency, f"the fast answer could not be recorded: {exc}")
             raise
         if not written:  # nobody else knows the job yet, so nothing else can have ended it
             logger.warning("job %s was no longer open when the cascade answered it", job_id)

@@ -1,1 +1,0 @@
-"""Operator tools: dead-letter sweeping and redrive."""
