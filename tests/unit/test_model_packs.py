@@ -221,6 +221,37 @@ def test_fast_and_slow_must_share_the_label_set(tmp_path: Path) -> None:
         preflight(str(fast), str(REPO_ROOT / "layers" / "models" / "slow" / "efficientnet-lite2-fp32.onnx"))
 
 
+def test_the_label_set_line_is_exact_and_there_is_no_mapping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The line docs/models.md quotes: no label mapping exists, so a reordered or renamed class is refused."""
+    fast = write_pack(tmp_path / "fast", labels=FLOWERS, size=32)
+    reordered = write_pack(tmp_path / "reordered", labels=tuple(reversed(FLOWERS)), size=32)
+    other = write_pack(tmp_path / "other", labels=("a", "b", "c", "d", "e"), size=32)
+    rule = "both models must classify into the same classes in the same order"
+    with pytest.raises(ModelPackError) as order:
+        check_pair(str(fast), str(reordered))
+    assert str(order.value) == (
+        f"the fast pack ({fast}) and the slow pack ({reordered}) have different label sets "
+        f"(the same names in a different order); {rule}"
+    )
+    with pytest.raises(ModelPackError) as names:
+        check_pair(str(fast), str(other))
+    assert str(names.value) == (
+        f"the fast pack ({fast}) and the slow pack ({other}) have different label sets "
+        f"(5 vs 5 labels, e.g. 'a', 'b', 'c' in only one); {rule}"
+    )
+    # A pack that is not on this host is checked where it is (each service sees only its own).
+    check_pair(str(fast), "s3://models/packs/slow/")
+    # `twopass model check A --with B`, before the packs are uploaded: the same line, exit status 1.
+    code, _, err = run_cli(["check", str(other), "--with", str(fast)], capsys)
+    assert code == 1
+    assert err.strip() == (
+        f"error: the checked pack ({other}) and the --with pack ({fast}) have different label sets "
+        f"(5 vs 5 labels, e.g. 'a', 'b', 'c' in only one); {rule}"
+    )
+
+
 # -- twopass model init / check ----------------------------------------------------------------------
 
 
@@ -320,7 +351,7 @@ def test_init_from_a_timm_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_calibrate_labels_from_folders_uses_the_packs_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from twopass.ops import calibrate
+    from twopass.tools import calibrate
 
     fast = write_pack(tmp_path / "fast", labels=FLOWERS, size=32)
     slow = write_pack(tmp_path / "slow", labels=FLOWERS, size=48, layout="NHWC", channel_order="BGR")
@@ -375,7 +406,7 @@ def test_the_api_answers_503_with_the_line_and_health_says_why(tmp_path: Path, a
     from fastapi.testclient import TestClient
 
     from twopass.api.app import create_app
-    from twopass.api.service import TwopassService
+    from twopass.api.services.service import TwopassService
     from twopass.jobs.dynamodb import DynamoJobStore
     from twopass.queue.sqs import SqsPublisher
 

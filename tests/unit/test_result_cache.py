@@ -197,3 +197,33 @@ def test_cache_off_by_default(aws: Settings, fast_classifier: Classifier) -> Non
         aws, DynamoJobStore(aws.table_name), SqsPublisher(aws.queue_url), classifier=fast_classifier
     )
     assert aws.result_cache is False and service.shortcuts.cache is None
+
+
+def test_an_unknown_slow_version_is_asked_again_soon_a_known_one_is_trusted_longer(
+    cached_api: tuple[TestClient, Settings, TwopassService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before any worker's heartbeat the slow version is unknown and the cache is skipped; the first
+    # heartbeat must turn the cache on within seconds, not after the known version's 30 s.
+    from twopass.api.services import shortcuts as module
+
+    _, _, service = cached_api
+    cards: list[dict[str, Any] | None] = [None, {"version": "slow-1"}, {"version": "slow-2"}]
+    asked: list[int] = []
+
+    def slow_card() -> dict[str, Any] | None:
+        asked.append(1)
+        return cards[min(len(asked), len(cards)) - 1]
+
+    now = [1000.0]
+    monkeypatch.setattr(service.reports, "slow_card", slow_card)
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    shortcuts = service.shortcuts
+    assert shortcuts.slow_version() is None
+    now[0] += module.UNKNOWN_VERSION_SECONDS / 2
+    assert shortcuts.slow_version() is None and len(asked) == 1  # remembered briefly
+    now[0] += module.UNKNOWN_VERSION_SECONDS
+    assert shortcuts.slow_version() == "slow-1" and len(asked) == 2  # asked again: a worker has reported
+    now[0] += module.SLOW_VERSION_SECONDS / 2
+    assert shortcuts.slow_version() == "slow-1" and len(asked) == 2  # a known version is trusted longer
+    now[0] += module.SLOW_VERSION_SECONDS
+    assert shortcuts.slow_version() == "slow-2"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from twopass.config import REPO_ROOT
 from twopass.local.cognito import DEMO_PASSWORD, DEMO_USER
 from twopass.local.foreground import Foreground
+from twopass.local.services import ServiceEnv
 from twopass.local.stack import DEFAULT_API_KEY, STOP_TIMEOUT, LocalStack
 
 #: Seconds between two supervision rounds (how soon a dead worker or API is noticed).
@@ -34,13 +34,15 @@ def twopass_command() -> str:
     return _shown(script) if script.exists() else "twopass"
 
 
-def _models() -> str:
-    """The model packs in use when they are not the bundled ones (``make run FAST_MODEL=… SLOW_MODEL=…``)."""
-    lines = [
-        f"  {role} model       {os.environ[name]}\n"
-        for role, name in (("fast", "TWOPASS_FAST_MODEL"), ("slow", "TWOPASS_SLOW_MODEL"))
-        if os.environ.get(name)
-    ]
+def settings_lines(environment: ServiceEnv) -> str:
+    """Every setting of the API and workers that is not the code's default, ``name=value  (where from)``,
+    secrets masked: what this stack runs with, the model packs of ``make run FAST_MODEL=…`` included."""
+    listed = [(f"{name}={value}", origin) for name, value, origin in environment.not_default()]
+    width = min(max((len(setting) for setting, _ in listed), default=0), 64)
+    lines = [f"  {setting:<{width}}  ({origin})\n" for setting, origin in listed]
+    if environment.unused_from_shell:
+        # Said out loud: a queue URL left in the shell from another session would otherwise look used.
+        lines.append(f"  not taken from the shell: {', '.join(environment.unused_from_shell)} (this stack's own)\n")
     return "".join(lines)
 
 
@@ -57,7 +59,9 @@ twopass is running on {url}
   table            {stack.service_env.get("TWOPASS_TABLE_NAME")}
   api key          {", ".join(keys) or no_key}  (send it as x-api-key; /health is open)
   callback secret  {secret or "(none: callbacks off)"}  (signs callbacks: twopass.notify.verify(secret, body, header))
-{_models()}
+
+Settings not at their defaults (a TWOPASS_* setting in your shell wins over template.yaml's; docs/configuration.md):
+{settings_lines(stack.environment())}
 Try:
   curl {url}/health
   curl{key} {url}/predict/test

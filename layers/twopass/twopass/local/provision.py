@@ -30,6 +30,10 @@ class Provisioned:
     outputs: dict[str, str]
     api_env: dict[str, str]
     template: dict[str, Any]
+    #: The variables of ``api_env`` whose value names a resource the stack created (queue URLs, table,
+    #: bucket, event bus, generated secrets): the stack's own wiring, which a setting in the shell
+    #: must not point elsewhere (the rest are the template's defaults, which the shell may override).
+    wiring: frozenset[str] = frozenset()
 
 
 def _physical_ids(
@@ -98,8 +102,21 @@ def provision(
         raise KeyError(f"GetAtt {logical_id}.{attribute} is not supported locally")
 
     params = tpl.parameter_defaults(cfn, parameters)
-    variables = tpl.resolve(tpl.function_environment(cfn, API_FUNCTION), lookup, params, cfn.get("Conditions"))
+    variables: dict[str, Any] = {}
+    wiring: set[str] = set()
+    for name, node in tpl.function_environment(cfn, API_FUNCTION).items():
+        # Resolved one by one, noting which looked up a created resource (only the branch of an
+        # Fn::If that is taken counts: JwtIssuer is a parameter unless the stack makes a user pool).
+        looked_up: list[str] = []
+
+        def recording(logical_id: str, attribute: str | None, seen: list[str] = looked_up) -> str:
+            seen.append(logical_id)
+            return lookup(logical_id, attribute)
+
+        variables[name] = tpl.resolve(node, recording, params, cfn.get("Conditions"))
+        if looked_up:
+            wiring.add(name)
     # Empty values mean "the code's default" (the template declares them so `sam local` can override
     # them): dropped, so an empty AWS_ENDPOINT_URL never hides the emulator's.
     api_env = {k: str(v) for k, v in variables.items() if k not in LOCAL_OVERRIDES and str(v) != ""}
-    return Provisioned(stack_name, resources, outputs, api_env, cfn)
+    return Provisioned(stack_name, resources, outputs, api_env, cfn, frozenset(wiring & set(api_env)))

@@ -8,11 +8,18 @@ that points the function at them, runs ``sam build`` when the sources are newer 
 ``sam local`` resolves a template ``!Ref`` to the resource's logical id and overrides only the
 variables a function declares, so the env-vars file carries the real names, and the template
 declares every variable the function reads (``tests/infra/test_sam_local.py`` holds both to that).
+
+Your own model packs (``make sam-local FAST_MODEL=DIR SLOW_MODEL=DIR``): the worker runs on this
+host and reads the slow pack where it is. The function's container sees no host path (SAM gives it
+only the function's build folder and the layers), so the fast pack is copied into the emulator's S3
+(:data:`PACK_BUCKET`) and the function reads it from there, as a deployed function reads the
+``FastModel`` prefix: the same fetch, cache and sha256 check.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -37,13 +44,11 @@ from twopass.local.provision import API_FUNCTION, Provisioned, provision
 from twopass.local.services import (
     DEFAULT_API_KEY,
     EMULATOR_ENV,
-    LOCAL_DEFAULTS,
-    LOCAL_FORCED,
     STACK_NAME,
     WORKER_COMMAND,
     Emulator,
-    local_switches,
-    service_environment,
+    is_setting,
+    layered_environment,
 )
 
 BUILD_DIR = REPO_ROOT / ".aws-sam" / "build"
@@ -59,6 +64,12 @@ BUILD_SOURCES = (
 )
 #: Docker Desktop's name for the host, as seen from a container.
 DOCKER_HOST_ALIAS = "host.docker.internal"
+#: The emulator's bucket a fast pack from this host is copied into, and its prefix there: the
+#: function's container reads ``s3://twopass-local-models/fast/`` through the emulator.
+PACK_BUCKET = "twopass-local-models"
+FAST_PACK_PREFIX = "fast/"
+#: Model locations on this host mean nothing inside the function's container: never passed through.
+MODEL_VARIABLES = frozenset({"TWOPASS_FAST_MODEL", "TWOPASS_SLOW_MODEL"})
 NO_DOCKER_HINT = (
     "sam local start-api runs the function in a Docker container: install Docker (Docker Desktop, or "
     "Docker Engine on Linux) and start it. `make run` serves the same API without Docker."
@@ -83,22 +94,24 @@ def function_env(
     endpoint_url: str,
     api_key: str | None,
     inherited: Mapping[str, str] | None = None,
+    fast_model: str | None = None,
 ) -> dict[str, str]:
     """The API function's environment under ``sam local``: what ``make run`` gives its API.
 
     The template's variables resolved against the emulator's resources (real queue URL, table and
-    bucket names instead of logical ids), the local stack's defaults, ``AWS_ENDPOINT_URL`` as the
-    container sees the emulator, and the API key the function checks itself. ``inherited`` (the
-    caller's ``TWOPASS_*`` variables) fills in settings the template leaves to the code's default,
-    as it does for ``make run``. Only declared variables are returned; the model paths keep the
-    template's ``/opt`` values, where the layers are unpacked in the container.
+    bucket names instead of logical ids), ``AWS_ENDPOINT_URL`` as the container sees the emulator,
+    and the API key the function checks itself. ``inherited`` (the caller's ``TWOPASS_*``
+    variables) is layered as for ``make run``: a setting in the shell wins over the template's
+    default, never over the names of the stack's resources, and the local defaults fill in the
+    rest. Only declared variables are returned. The fast model is ``fast_model`` (a location the
+    container can read, see :func:`publish_pack`), else the template's ``/opt`` path, where the
+    layer is unpacked in the container: a model path of this host is never passed on.
     """
     declared = declared_variables(provisioned.template)
-    values: dict[str, str] = {k: v for k, v in (inherited or {}).items() if k.startswith("TWOPASS_")}
-    values.update(LOCAL_DEFAULTS)
-    values.update(provisioned.api_env)
-    values.update(LOCAL_FORCED)
-    values.update(local_switches(values, inherited or {}))
+    shell = {k: v for k, v in (inherited or {}).items() if is_setting(k) and k not in MODEL_VARIABLES}
+    values = layered_environment(shell, provisioned.api_env, wiring=provisioned.wiring).values
+    if fast_model:
+        values["TWOPASS_FAST_MODEL"] = fast_model
     values["AWS_ENDPOINT_URL"] = endpoint_url
     values["TWOPASS_API_KEYS"] = api_key or ""
     for required in ("AWS_ENDPOINT_URL", "TWOPASS_API_KEYS", "TWOPASS_QUEUE_URL", "TWOPASS_TABLE_NAME"):
@@ -112,6 +125,50 @@ def write_env_file(env: Mapping[str, str], path: Path = ENV_FILE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({API_FUNCTION: dict(env)}, indent=2) + "\n")
     return path
+
+
+# ---------------------------------------------------------------- your fast pack, for the container
+
+
+def publish_pack(s3: Any, location: str, *, bucket: str = PACK_BUCKET, prefix: str = FAST_PACK_PREFIX) -> str:
+    """Copy the pack at ``location`` on this host into the emulator's S3; the ``s3://`` prefix to serve it from.
+
+    The copy is a pack as ``FastModel`` names one on AWS: ``card.json`` and the files it names (the
+    model, a labels file). A card without the model's ``sha256`` gets it in the copy, since a pack
+    read from S3 is cached and verified by it. The pack is validated first: a broken one is its
+    :class:`~twopass.models.pack.ModelPackError` line, before anything is uploaded.
+    """
+    from twopass.models.card import sha256_file
+    from twopass.models.pack import PACK_CARD, load_pack
+
+    pack = load_pack(Path(location.removeprefix("file://")).expanduser())
+    card = json.loads(pack.card_file.read_text(encoding="utf-8"))
+    card["sha256"] = card.get("sha256") or sha256_file(pack.model_file)
+    folder = pack.card_file.parent
+    names = [card["file"]]
+    if isinstance(card["labels"], str) and (folder / card["labels"]).is_file():
+        names.append(card["labels"])
+    # Already there: a second start against the same emulator.
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=bucket)
+    for name in names:
+        s3.upload_file(str(folder / name), bucket, prefix + name)
+    # The card last, as S3Source writes its own copy: a card always names files that are there.
+    s3.put_object(Bucket=bucket, Key=prefix + PACK_CARD, Body=json.dumps(card, indent=2).encode())
+    return f"s3://{bucket}/{prefix}"
+
+
+def container_model(s3: Any, location: str | None) -> str | None:
+    """Where the function's container reads the fast pack ``location`` of this host (``None``: the bundled one).
+
+    A pack on this host is copied into the emulator (:func:`publish_pack`); an ``s3://`` location is
+    passed on as it is, and read from the emulator too (the container's ``AWS_ENDPOINT_URL``).
+    """
+    if not location:
+        return None
+    if "://" in location and not location.startswith("file://"):
+        return location
+    return publish_pack(s3, location)
 
 
 # ---------------------------------------------------------------- prerequisites
@@ -214,13 +271,36 @@ def build_command(sam: str) -> list[str]:
 
 
 def start_api_command(
-    sam: str, *, env_file: Path, host: str, port: int, region: str, extra: Sequence[str] = ()
+    sam: str,
+    *,
+    env_file: Path,
+    host: str,
+    port: int,
+    region: str,
+    parameters: Mapping[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """``sam local start-api`` on the built template (its default from the repository root)."""
+    """``sam local start-api`` on the built template (its default from the repository root), with
+    ``parameters`` as template parameter overrides (``extra`` may pass its own, which replace them)."""
+    overrides = [f"{name}={value}" for name, value in (parameters or {}).items()]
     return [
         sam, "local", "start-api", "--env-vars", str(env_file), "--host", host, "--port", str(port),
-        "--region", region, *extra,
+        "--region", region, *(["--parameter-overrides", *overrides] if overrides else []), *extra,
     ]  # fmt: skip
+
+
+def template_parameters(function_vars: Mapping[str, str]) -> dict[str, str]:
+    """Template parameters for ``sam local start-api``: ``CorsAllowOrigins`` as the function's
+    ``TWOPASS_CORS_ALLOW_ORIGINS``, as one parameter sets both on AWS.
+
+    SAM CLI answers every ``OPTIONS`` of a route itself from the Api's ``Cors`` (the function never
+    sees a preflight) and puts those headers on the function's answers too. Left at its empty default
+    the parameter makes that answer ``Access-Control-Allow-Origin: null``, and no page could call the
+    local API; set, SAM answers preflights as API Gateway does (docs/sam-local.md).
+    """
+    origins = [o.strip() for o in function_vars.get("TWOPASS_CORS_ALLOW_ORIGINS", "").split(",") if o.strip()]
+    # No spaces: SAM splits its overrides on them.
+    return {"CorsAllowOrigins": ",".join(origins)} if origins else {}
 
 
 def sam_environment(path_env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -253,6 +333,10 @@ class SamLocal:
     build: bool | None = None
     sam_args: Sequence[str] = ()
     log_dir: Path | None = None
+    #: Your model packs on this host (``None``: the bundled models): the fast one goes to the function
+    #: through the emulator's S3, the slow one to the worker(s), both as given to the worker.
+    fast_model: str | None = None
+    slow_model: str | None = None
 
     #: The running children by name: ``emulator``, ``sam``, ``worker-0`` …
     children: Children = field(init=False)
@@ -272,8 +356,17 @@ class SamLocal:
         return f"http://{self.api_host}:{self.api_port}"
 
     def worker_env(self) -> dict[str, str]:
-        """The worker's environment, as ``make run`` gives it (the emulator seen from this host)."""
-        return service_environment(self.emulator.child_env(), self.provisioned.api_env if self.provisioned else {})
+        """The worker's environment, as ``make run`` gives it (the emulator seen from this host), with
+        the packs where this host has them (the worker checks that both name the same classes)."""
+        provisioned = self.provisioned
+        env = layered_environment(
+            self.emulator.child_env(),
+            provisioned.api_env if provisioned else {},
+            wiring=provisioned.wiring if provisioned else frozenset(),
+        ).values
+        models = {"TWOPASS_FAST_MODEL": self.fast_model, "TWOPASS_SLOW_MODEL": self.slow_model}
+        env.update({name: location for name, location in models.items() if location})
+        return env
 
     def start(self) -> SamLocal:
         try:
@@ -299,7 +392,11 @@ class SamLocal:
         """Create the template's data plane in the emulator and write the env-vars file for it."""
         self.provisioned = provision(self.client, stack_name=STACK_NAME)
         self.function_vars = function_env(
-            self.provisioned, endpoint_url=self.function_endpoint, api_key=self.api_key, inherited=os.environ
+            self.provisioned,
+            endpoint_url=self.function_endpoint,
+            api_key=self.api_key,
+            inherited=os.environ,
+            fast_model=container_model(self.client("s3"), self.fast_model),
         )
         return write_env_file(self.function_vars, self.env_file)
 
@@ -318,6 +415,7 @@ class SamLocal:
             host=self.api_host,
             port=self.api_port,
             region=EMULATOR_ENV["AWS_REGION"],
+            parameters=template_parameters(self.function_vars),
             extra=self.sam_args,
         )
         self.children.spawn("sam", args, sam_environment())
@@ -388,6 +486,17 @@ def parser() -> argparse.ArgumentParser:
         help=f"key the function requires in x-api-key (default {DEFAULT_API_KEY!r}; '' turns auth off)",
     )
     parser.add_argument("--env-file", type=Path, default=ENV_FILE, help="where to write the --env-vars file")
+    parser.add_argument(
+        "--fast-model",
+        default=os.environ.get("TWOPASS_FAST_MODEL") or None,
+        help="your fast model pack (a directory, or an .onnx with its card; default $TWOPASS_FAST_MODEL, else "
+        "the bundled model): copied into the emulator's S3, where the function reads it",
+    )
+    parser.add_argument(
+        "--slow-model",
+        default=os.environ.get("TWOPASS_SLOW_MODEL") or None,
+        help="your slow model pack (default $TWOPASS_SLOW_MODEL, else the bundled model): read by the worker(s)",
+    )
     build = parser.add_mutually_exclusive_group()
     build.add_argument("--build", action="store_true", default=None, help="always run `sam build` first")
     build.add_argument("--no-build", dest="build", action="store_false", help="never run `sam build`")
@@ -406,7 +515,9 @@ def _split_sam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _runner(args: argparse.Namespace, sam_args: Sequence[str]) -> SamLocal:
-    host, endpoint = default_addresses(args.emulator_port)
+    # Docker is asked for its bridge only when an address is left to the default.
+    given = args.emulator_host and args.function_endpoint
+    host, endpoint = (args.emulator_host, args.function_endpoint) if given else default_addresses(args.emulator_port)
     return SamLocal(
         sam=args.sam,
         api_port=args.port,
@@ -419,7 +530,27 @@ def _runner(args: argparse.Namespace, sam_args: Sequence[str]) -> SamLocal:
         build=args.build,
         sam_args=sam_args,
         log_dir=args.log_dir,
+        fast_model=args.fast_model,
+        slow_model=args.slow_model,
     )
+
+
+def check_models(fast_model: str | None, slow_model: str | None) -> str | None:
+    """Why the packs cannot serve (the line the API and the worker would refuse to start with), or ``None``.
+
+    Checked on this host before anything starts, as ``make run`` does: both packs load and name the
+    same classes (the function's container, which sees only the fast one, could not tell).
+    """
+    from twopass.config import Settings
+    from twopass.exceptions import ModelLoadError
+    from twopass.models.pack import preflight
+
+    defaults = Settings()
+    try:
+        preflight(fast_model or defaults.fast_model, slow_model or defaults.slow_model)
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
 
 
 def _exited(runner: SamLocal) -> str | None:
@@ -431,7 +562,9 @@ def _exited(runner: SamLocal) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     own, sam_args = _split_sam_args(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(own)
-    problem = docker_problem()
+    problem = None if args.check_docker else check_models(args.fast_model, args.slow_model)
+    if problem is None:
+        problem = docker_problem()
     if problem is None and not args.check_docker:
         problem = sam_problem(args.sam)
     if problem is not None:
@@ -467,7 +600,7 @@ twopass is running under sam local start-api on {url}
   table    {vars_.get("TWOPASS_TABLE_NAME")}
   api key  {runner.api_key or "(none: auth off)"}  (checked by the function; /health and /docs are open)
   workers  {runner.workers}, on this host (emulator {runner.emulator.url})
-
+{_packs(runner)}
 Try:
   curl {url}/health
   curl{key} {url}/predict/test
@@ -479,6 +612,17 @@ Each function container starts cold (a few seconds). Ctrl-C stops everything.
 """,
         flush=True,
     )
+
+
+def _packs(runner: SamLocal) -> str:
+    """The banner's lines for your packs, where the function and the worker read each (none: bundled)."""
+    lines = []
+    if runner.fast_model:
+        where = runner.function_vars.get("TWOPASS_FAST_MODEL")
+        lines.append(f"  fast     {runner.fast_model}  (the function reads {where})")
+    if runner.slow_model:
+        lines.append(f"  slow     {runner.slow_model}  (read by the worker)")
+    return "".join(line + "\n" for line in lines)
 
 
 if __name__ == "__main__":

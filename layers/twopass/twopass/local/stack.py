@@ -33,7 +33,8 @@ from twopass.local.services import (
     STACK_NAME,
     WORKER_COMMAND,
     Emulator,
-    service_environment,
+    ServiceEnv,
+    layered_environment,
 )
 from twopass.local.supervisor import WORKER_STABLE_SECONDS, WorkerRestarts
 
@@ -86,7 +87,7 @@ class LocalStack:
     host: str = "127.0.0.1"
     template: Path = tpl.TEMPLATE
     parameters: dict[str, str] = field(default_factory=dict)
-    #: Extra environment for the API and workers (e.g. short polls in tests).
+    #: Extra environment for the API and workers (e.g. short polls in tests); wins over everything.
     env: dict[str, str] = field(default_factory=dict)
     #: Where child output goes: ``None`` inherits the terminal, a directory gets one log per child.
     log_dir: Path | None = None
@@ -155,9 +156,16 @@ class LocalStack:
     def base_env(self) -> dict[str, str]:
         return self.emulator.child_env()
 
+    def environment(self) -> ServiceEnv:
+        """Environment of the API and workers, and where each setting came from: the template's
+        function env resolved, under the shell's own settings, plus local bits (see
+        :func:`~twopass.local.services.layered_environment`)."""
+        wiring = self.provisioned.wiring if self.provisioned else frozenset()
+        return layered_environment(self.base_env(), self.service_env, self.api_key, wiring=wiring, overrides=self.env)
+
     def app_env(self) -> dict[str, str]:
-        """Environment of the API and workers: the template's function env, resolved, plus local bits."""
-        return {**service_environment(self.base_env(), self.service_env, self.api_key), **self.env}
+        """Environment of the API and workers (:meth:`environment`'s values)."""
+        return self.environment().values
 
     # -- lifecycle ---------------------------------------------------------------------------
 

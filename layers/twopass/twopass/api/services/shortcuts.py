@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: How long the API trusts what it learnt of the serving slow model's version (a worker's heartbeat).
 SLOW_VERSION_SECONDS = 30.0
+#: How long it trusts "no worker has said yet": short, so the cache starts soon after the first heartbeat.
+UNKNOWN_VERSION_SECONDS = 2.0
 
 
 def fast_context(prediction: Prediction, fast_version: str) -> dict[str, str]:
@@ -65,8 +67,10 @@ class Shortcuts:
         """
         now = time.monotonic()
         with self._lock:
-            if self._slow_version is not None and now - self._slow_version[0] < SLOW_VERSION_SECONDS:
-                return self._slow_version[1]
+            if self._slow_version is not None:
+                since, known = self._slow_version
+                if now - since < (SLOW_VERSION_SECONDS if known else UNKNOWN_VERSION_SECONDS):
+                    return known
         card = self.reports.slow_card()
         version = card.get("version") if card else None
         found = str(version) if version else None
