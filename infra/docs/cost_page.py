@@ -11,8 +11,8 @@ import contextlib
 import io
 
 from infra.docs import markers
+from twopass.cli import main as twopass
 from twopass.config import REPO_ROOT
-from twopass.tools import capacity_cli
 from twopass.tools.cost import Prices
 
 PAGE = REPO_ROOT / "docs" / "cost-and-capacity.md"
@@ -38,19 +38,19 @@ def price_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _run(main: object, argv: list[str]) -> str:
+def _run(argv: list[str]) -> str:
+    """What ``twopass ARGV`` prints on stdout."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert callable(main)
-        main(argv)
+        twopass(argv)
     return out.getvalue()
 
 
 def bodies() -> dict[str, str]:
-    cost = _run(capacity_cli.cost_main, COST_EXAMPLE)
+    cost = _run(["cost", *COST_EXAMPLE])
     plans = []
     for argv in PLAN_EXAMPLES:
-        plans += [f"$ twopass plan {' '.join(argv)}", _run(capacity_cli.plan_main, argv).rstrip("\n"), ""]
+        plans += [f"$ twopass plan {' '.join(argv)}", _run(["plan", *argv]).rstrip("\n"), ""]
     return {
         "cost.prices": price_table(),
         "cost.example": f"`twopass cost {' '.join(COST_EXAMPLE)}`:\n\n{cost}",

@@ -178,8 +178,9 @@ def test_predict_many_and_wait_gives_each_jobs_result_or_its_item_error() -> Non
 
 def cli_with(monkeypatch: pytest.MonkeyPatch, transport: httpx.MockTransport) -> Any:
     import twopass.cli as cli
+    from twopass.cli import common
 
-    monkeypatch.setattr(cli, "_CliAsyncClient", functools.partial(cli._CliAsyncClient, transport=transport))
+    monkeypatch.setattr(common, "CliAsyncClient", functools.partial(common.CliAsyncClient, transport=transport))
     monkeypatch.setenv("TWOPASS_API_KEY", "k")
     return cli
 

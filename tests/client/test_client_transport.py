@@ -585,7 +585,7 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_cli_collects_images_from_folders(tmp_path: Path) -> None:
-    from twopass.cli import collect_images
+    from twopass.cli.predict import collect_images
 
     (tmp_path / "sub").mkdir()
     (tmp_path / ".hidden").mkdir()
@@ -636,6 +636,7 @@ def test_cli_exit_codes_from_answers(monkeypatch: pytest.MonkeyPatch, capsys: py
     import functools
 
     import twopass.cli as cli
+    from twopass.cli import common
 
     keys: list[str | None] = []
     job_status = "failed"
@@ -649,8 +650,8 @@ def test_cli_exit_codes_from_answers(monkeypatch: pytest.MonkeyPatch, capsys: py
         return httpx.Response(200, json=job_body(job_status, error="boom"))
 
     transport = httpx.MockTransport(server)
-    monkeypatch.setattr(cli, "_CliClient", functools.partial(cli._CliClient, transport=transport))
-    monkeypatch.setattr(cli, "_CliAsyncClient", functools.partial(cli._CliAsyncClient, transport=transport))
+    monkeypatch.setattr(common, "CliClient", functools.partial(common.CliClient, transport=transport))
+    monkeypatch.setattr(common, "CliAsyncClient", functools.partial(common.CliAsyncClient, transport=transport))
     monkeypatch.delenv("TWOPASS_API_KEY", raising=False)
 
     assert cli.main(["--api-key", "wrong", "health", "--all"]) == 5
@@ -671,7 +672,7 @@ def test_cli_exit_codes_from_answers(monkeypatch: pytest.MonkeyPatch, capsys: py
 
 
 def test_cli_health_lines_leave_out_empty_fields() -> None:
-    from twopass.cli import _format_health
+    from twopass.cli.health import format_health
     from twopass.client import Health
 
     health = Health.from_json(
@@ -684,7 +685,7 @@ def test_cli_health_lines_leave_out_empty_fields() -> None:
             },
         }
     )
-    assert _format_health(health).splitlines() == [
+    assert format_health(health).splitlines() == [
         "degraded",
         "  table        ok",
         "  queue        down  (detail=throttled, visible=0)",

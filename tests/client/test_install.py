@@ -17,7 +17,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from twopass import __version__
-from twopass.cli import LOCAL_NEEDS
+from twopass.cli.local import LOCAL_NEEDS
 from twopass.local.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]

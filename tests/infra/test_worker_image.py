@@ -87,14 +87,16 @@ def _pins(path: Path) -> dict[str, str]:
 def test_one_target_per_variant_and_cpu_never_touches_the_cuda_base() -> None:
     args, stages = _stages()
     # The python-based stages first: the legacy builder builds every stage up to the target.
-    assert [s.name for s in stages] == ["cpu", "gpu-slim", "gpu"]
+    assert [s.name for s in stages] == ["closure", "cpu", "gpu-slim", "gpu"]
     assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04", args["CUDA_IMAGE"])
     assert re.fullmatch(r"python:3\.12-slim\S*", args["CPU_IMAGE"])
-    assert _stage("cpu").base == _stage("gpu-slim").base == "${CPU_IMAGE}"
+    assert _stage("closure").base == _stage("cpu").base == _stage("gpu-slim").base == "${CPU_IMAGE}"
     assert _stage("gpu").base == "${CUDA_IMAGE}"
     for stage in stages:
-        # Nothing is taken from another stage, so building one never builds (or pulls for) the other.
-        assert not any(a.startswith("--from") for a in stage.all("COPY") + stage.all("RUN")), stage.name
+        # Only the library's worker share (the closure stage, on the python base) is taken from another
+        # stage, so building one variant never builds (or pulls for) another.
+        taken = [a for a in stage.all("COPY") + stage.all("RUN") if a.startswith(("--from", "--mount"))]
+        assert taken == ([] if stage.name == "closure" else ["--from=closure /out/twopass /opt/twopass/twopass"])
     # No frontend to pull: an offline BuildKit builds with its own.
     assert not DOCKERFILE.read_text().lstrip().lower().startswith("# syntax")
 
@@ -202,7 +204,7 @@ def test_model_path_and_telemetry_match_the_task_definition(variant: str) -> Non
     assert "layers/models/slow/ /opt/models/" in stage.all("COPY")
     assert Path(model).parent == Path("/opt/models")
     assert (REPO_ROOT / "layers" / "models" / "slow" / Path(model).name).is_file()
-    assert "layers/twopass/twopass /opt/twopass/twopass" in stage.all("COPY")
+    assert "--from=closure /out/twopass /opt/twopass/twopass" in stage.all("COPY")
 
 
 @pytest.mark.parametrize(
@@ -227,5 +229,5 @@ def test_dockerignore_sends_only_what_the_image_copies() -> None:
     assert lines[0] == "**"  # allow-list
     allowed = {line[1:] for line in lines if line.startswith("!")}
     assert {f"infra/worker/requirements-{variant}.txt" for variant in VARIANTS} <= allowed
-    assert "layers/twopass/twopass/**" in allowed
+    assert {"layers/twopass/twopass/**", "infra/closure.py"} <= allowed
     assert any(a.startswith("layers/models/slow/") for a in allowed)

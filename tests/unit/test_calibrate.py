@@ -99,7 +99,7 @@ def augmented_json() -> dict[str, Any]:
     import contextlib
 
     with contextlib.redirect_stdout(buffer):
-        assert calibrate.main([str(PHOTOS), "--augment", "--json"]) == 0
+        assert cli.main(["calibrate", str(PHOTOS), "--augment", "--json"]) == 0
     data: dict[str, Any] = json.loads(buffer.getvalue())
     return data
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ import pytest
 from PIL import Image
 
 from tests.modelpacks import FLOWERS, MEAN, STD, build_model, colour_weights, flat_image, write_pack
+from twopass import cli
 from twopass.config import DATA_DIR, REPO_ROOT
 from twopass.exceptions import ModelLoadError
 from twopass.imaging import load_tensor, resize_and_crop
-from twopass.models import cli
 from twopass.models.card import ModelCard, Preprocessing, sha256_file
 from twopass.models.labels import imagenet_labels
 from twopass.models.pack import ModelPackError, check_pair, load_pack, preflight
@@ -256,9 +255,9 @@ def test_the_label_set_line_is_exact_and_there_is_no_mapping(
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    out = io.StringIO()
-    code = cli.main(argv, out=out)
-    return code, out.getvalue(), capsys.readouterr().err
+    code = cli.main(["model", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def test_init_reads_the_graph_and_check_runs_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -351,19 +350,17 @@ def test_init_from_a_timm_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_calibrate_labels_from_folders_uses_the_packs_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from twopass.tools import calibrate
-
     fast = write_pack(tmp_path / "fast", labels=FLOWERS, size=32)
     slow = write_pack(tmp_path / "slow", labels=FLOWERS, size=48, layout="NHWC", channel_order="BGR")
     for folder, colour in (("rose", RED), ("fern", GREEN), ("cornflower", BLUE)):
         (tmp_path / "images" / folder).mkdir(parents=True)
         (tmp_path / "images" / folder / "a.png").write_bytes(flat_image(colour))
     argv = [str(tmp_path / "images"), "--labels-from-folders", "--fast-model", str(fast), "--slow-model", str(slow)]
-    assert calibrate.main(argv) == 0
+    assert cli.main(["calibrate", *argv]) == 0
     assert "accuracy against folder names: fast 100.0%, slow 100.0%" in capsys.readouterr().out
     (tmp_path / "images" / "tiger_cat").mkdir()
     (tmp_path / "images" / "tiger_cat" / "b.png").write_bytes(flat_image(RED))
-    assert calibrate.main(argv) == 2
+    assert cli.main(["calibrate", *argv]) == 2
     assert "folder(s) tiger_cat name no class of the model pack" in capsys.readouterr().err
 
 

@@ -59,6 +59,7 @@ BUILD_SOURCES = (
     REPO_ROOT / "template.yaml",
     REPO_ROOT / "functions" / "api",
     REPO_ROOT / "layers" / "twopass",
+    REPO_ROOT / "infra" / "closure.py",  # selects what of layers/twopass the layer carries
     REPO_ROOT / "layers" / "deps",
     REPO_ROOT / "layers" / "models" / "fast",
 )

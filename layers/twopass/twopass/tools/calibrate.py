@@ -1,4 +1,4 @@
-"""``twopass calibrate``: choose the cascade's confidence threshold from both models' answers on your images.
+"""What ``twopass calibrate`` computes: the cascade's confidence threshold from both models' answers on your images.
 
 Both models classify every image (and, with ``--augment``, crops, flips and rescaled views of it, each
 re-encoded as JPEG so it takes the service's decode path). For each threshold the cascade would answer
@@ -9,19 +9,13 @@ against the folder names. The recommendation is the lowest threshold whose agree
 ``--target-agreement``: it saves the most slow passes at that quality. Everything is deterministic, so
 the same images and models give the same output.
 
-Needs the server packages (numpy, onnxruntime, Pillow): ``pip install -e '.[serve]'`` in a clone.
-
-    twopass calibrate photos/ --augment --target-agreement 0.99
-    twopass calibrate photos/ --json > calibration.json
-    twopass calibrate photos/ --plot calibration.png
+Running the models needs the server packages (numpy, onnxruntime, Pillow): ``pip install -e '.[serve]'``
+in a clone. The command line (arguments, loading the packs, printing) is :mod:`twopass.cli.calibrate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,11 +29,8 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 #: The slow model runs in batches of this many views.
 BATCH = 8
-DEFAULT_TARGET = 0.99
-DEFAULT_STEP = 0.05
 #: The sweep's resolution: the recommendation is searched on this grid whatever the printed step.
 FINE_STEP = 0.01
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 # -- the sweep (pure) ---------------------------------------------------------------------------------
@@ -408,123 +399,3 @@ def plot(result: Calibration, path: Path) -> None:
         draw.line([at(best.threshold, 0), at(best.threshold, 1)], fill=(214, 39, 40), width=2)
         draw.text((at(best.threshold, 1)[0] + 4, y1 + 4), f"recommended {best.threshold:.2f}", fill=(214, 39, 40))
     image.save(path, format="PNG")
-
-
-# -- command line -------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="twopass calibrate",
-        description="Run the fast and the slow model on your images and choose the cascade's confidence "
-        "threshold: for each threshold, the share of slow passes saved and the agreement of the cascade's "
-        "answer with the slow model's top-1. Needs the server packages (numpy, onnxruntime, Pillow).",
-    )
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (walked)")
-    parser.add_argument(
-        "--target-agreement",
-        type=_probability,
-        default=DEFAULT_TARGET,
-        help=f"the agreement the recommended threshold must reach (default {DEFAULT_TARGET})",
-    )
-    parser.add_argument(
-        "--labels-from-folders",
-        action="store_true",
-        help="each image's parent folder names its class in the model pack's labels (tiger_cat/, espresso/): "
-        "adds accuracy",
-    )
-    parser.add_argument(
-        "--augment", action="store_true", help="also classify crops, a mirror image and smaller scales of each image"
-    )
-    parser.add_argument("--json", action="store_true", help="print the whole result as JSON (for machines)")
-    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the curves into this PNG file")
-    parser.add_argument(
-        "--step",
-        type=_probability,
-        default=DEFAULT_STEP,
-        help=f"thresholds shown in the table (default {DEFAULT_STEP})",
-    )
-    parser.add_argument(
-        "--fast-model", help="fast model pack directory or .onnx (default: TWOPASS_FAST_MODEL or the bundled one)"
-    )
-    parser.add_argument(
-        "--slow-model", help="slow model pack directory or .onnx (default: TWOPASS_SLOW_MODEL or the bundled one)"
-    )
-    return parser
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    from twopass.config import Settings
-    from twopass.exceptions import ModelLoadError
-    from twopass.models.pack import check_agreement
-    from twopass.models.runtime import Classifier
-
-    try:
-        files = collect(args.paths)
-    except FileNotFoundError as exc:
-        print(f"twopass calibrate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not files:
-        print("twopass calibrate: error: no image files in the given paths", file=sys.stderr)
-        return EXIT_USAGE
-    settings = Settings.from_env()
-    try:
-        fast = Classifier.from_location(args.fast_model or settings.fast_model, providers=settings.providers, top_k=1)
-        slow = Classifier.from_location(args.slow_model or settings.slow_model, providers=settings.providers, top_k=1)
-        check_agreement(fast.pack, slow.pack)
-    except ModelLoadError as exc:
-        print(f"twopass calibrate: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.labels_from_folders:
-        unknown = unknown_folders(files, fast.labels)
-        if unknown:
-            # Accuracy against a folder that names no class of the pack would silently count as wrong.
-            print(
-                f"twopass calibrate: error: folder(s) {', '.join(unknown[:5])} name no class of the model pack "
-                f"({len(fast.labels)} labels, e.g. {', '.join(fast.labels[:3])})",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-
-    def progress(text: str) -> None:
-        if sys.stderr.isatty() or text.startswith("skipped"):
-            print(text, file=sys.stderr)
-
-    observations = observe(
-        files,
-        fast,
-        slow,
-        augment=args.augment,
-        labels_from_folders=args.labels_from_folders,
-        max_pixels=settings.max_image_pixels,
-        progress=progress,
-    )
-    if not observations:
-        print("twopass calibrate: error: none of the images could be decoded", file=sys.stderr)
-        return EXIT_FAILED
-    result = calibrate(observations, len(files), args.target_agreement, fast, slow)
-    if args.plot is not None:
-        plot(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
-    else:
-        print(report(result, args.step))
-        if args.plot is not None:
-            print(f"Plot: {args.plot}")
-    return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

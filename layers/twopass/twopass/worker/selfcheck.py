@@ -1,11 +1,12 @@
 """``python -m twopass.worker.selfcheck``: every module the worker image carries imports there.
 
-The image copies the whole library but installs only the worker's packages, so a module the worker
-can load that imports an API-only package (fastapi, mangum) would fail at run time, on the first
-job that reaches it. This walk imports each one once: the Dockerfile runs it in both build stages,
-and ``tests/artefacts`` runs it in a clean environment built from the image's requirement file, so
-``make test`` fails before an image build would. The API and the local stack are not for the worker
-(and ``__main__`` modules would run), so they are left out.
+The image copies the worker's share of the library (what ``infra/closure.py`` finds it can import)
+and installs only the worker's packages, so a module the worker can load that imports an API-only
+package (fastapi, mangum) would fail at run time, on the first job that reaches it. This walk
+imports each one once: the Dockerfile runs it in every image stage, and ``tests/artefacts`` runs it
+on the same share in a clean environment built from the image's requirement file, so ``make test``
+fails before an image build would. The API and the local stack are not for the worker (and
+``__main__`` modules would run), so they are left out where the whole library is on the path.
 """
 
 from __future__ import annotations

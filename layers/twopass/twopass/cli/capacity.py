@@ -6,6 +6,10 @@ GPU task's throughput was not measured on a GPU here: give ``--images-per-second
 (inputs); without them the CPU figures measured here stand in, and the output says so with a
 warning (stderr, and ``"warnings"`` in the JSON). With ``--rate``, ``twopass cost`` takes the
 utilisation and batch sizes from the planner's simulation of that load, as ``twopass plan`` does.
+
+This module reads the arguments and prints; the models are :mod:`twopass.tools.cost`,
+:mod:`twopass.tools.plan` and :mod:`twopass.tools.capacity`, imported when a command runs (standard
+library only, like the rest of the CLI).
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from twopass.tools import cost as costmodel
-from twopass.tools import plan as planner
+from twopass.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, Subparsers, runs
+
+if TYPE_CHECKING:
+    from twopass.tools import cost as costmodel
+    from twopass.tools import plan as planner
 
 COST_EPILOG = """\
 examples:
@@ -36,7 +44,31 @@ examples:
 """
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers[argparse.ArgumentParser], common_options: argparse.ArgumentParser) -> None:
+    cost = sub.add_parser(
+        "cost",
+        help="dollars per million images by AWS component, beside SageMaker async (`twopass cost --help`)",
+        description="Dollars per million images: each AWS component from measured figures and list prices, "
+        "beside SageMaker Asynchronous Inference on the equivalent instance.",
+        epilog=COST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cost_arguments(cost)
+    runs(cost, Command(run_cost, usage=cost))
+    plan = sub.add_parser(
+        "plan",
+        help="GPU tasks, latency and template parameters for a load, by simulation (`twopass plan --help`)",
+        description="Simulate arrivals, the queue, batching workers and the template's autoscaling; print the "
+        "tasks a load needs, its p50/p99 job latency, the cost and the template parameters to set.",
+        epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _plan_arguments(plan)
+    runs(plan, Command(run_plan, usage=plan))
+
+
+def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    """What both commands take: the GPU task, its throughput, and the figures and prices to use."""
     parser.add_argument("--instance", default="g4dn.xlarge", help="GPU instance type (default g4dn.xlarge)")
     parser.add_argument(
         "--images-per-second",
@@ -62,15 +94,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def cost_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="twopass cost",
-        description="Dollars per million images: each AWS component from measured figures and list prices, "
-        "beside SageMaker Asynchronous Inference on the equivalent instance.",
-        epilog=COST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(parser)
+def _cost_arguments(parser: argparse.ArgumentParser) -> None:
+    _fleet_arguments(parser)
     parser.add_argument("--image-kb", type=float, default=35.0, help="encoded image size in KB (default 35)")
     parser.add_argument("--polls", type=float, default=1.0, help="GET /job calls per job (default 1; 0 with callbacks)")
     parser.add_argument(
@@ -85,18 +110,10 @@ def cost_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="tasks paid per task kept busy, when --rate is not given (default 1: fully used, with a warning)",
     )
-    return parser
 
 
-def plan_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="twopass plan",
-        description="Simulate arrivals, the queue, batching workers and the template's autoscaling; print the "
-        "tasks a load needs, its p50/p99 job latency, the cost and the template parameters to set.",
-        epilog=PLAN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(parser)
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    _fleet_arguments(parser)
     parser.add_argument("--rate", type=float, required=True, help="mean arrival rate, jobs per second")
     parser.add_argument(
         "--burst", action="append", default=[], metavar="RATE:START:DURATION", help="another rate for a while"
@@ -120,14 +137,20 @@ def plan_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-zero", action="store_true", help="start with no task (default: enough tasks running)")
     parser.add_argument("--duration", type=float, default=3600.0, help="simulated seconds (default 3600)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    return parser
+
+
+# -- from the arguments to the models' inputs ---------------------------------------------------------
 
 
 def _load(args: argparse.Namespace) -> tuple[costmodel.Measured, costmodel.Prices]:
+    from twopass.tools import cost as costmodel
+
     return costmodel.Measured.load(args.measured), costmodel.Prices.load(args.prices)
 
 
 def _fleet(args: argparse.Namespace, measured: costmodel.Measured) -> costmodel.Fleet:
+    from twopass.tools import cost as costmodel
+
     if args.images_per_second > 0 or args.curve:
         return costmodel.Fleet(args.instance, args.images_per_second, "input", nat_gateways=args.nat_gateways)
     return costmodel.Fleet(
@@ -140,6 +163,8 @@ def _fleet(args: argparse.Namespace, measured: costmodel.Measured) -> costmodel.
 
 def _curve(args: argparse.Namespace, measured: costmodel.Measured, fleet: costmodel.Fleet) -> planner.ServiceCurve:
     """The batch-time curve: given, or the GPU figure with a per-batch cost, or the CPU one measured here."""
+    from twopass.tools import plan as planner
+
     if args.curve:
         return planner.ServiceCurve.parse(args.curve, "input: a batch-time curve")
     if args.images_per_second > 0:
@@ -157,71 +182,57 @@ def _warn(warnings: Sequence[str], command: str) -> None:
         print(f"twopass {command}: warning: {warning}", file=sys.stderr)
 
 
-def cost_main(argv: Sequence[str] | None = None) -> int:
-    args = cost_parser().parse_args(argv)
+# -- twopass cost ---------------------------------------------------------------------------------------
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    from twopass.tools import cost as costmodel
+
     try:
-        measured, prices = _load(args)
-        fleet = replace(_fleet(args, measured), overprovision=args.overprovision)
-        curve = _curve(args, measured, fleet)
-        fleet = replace(fleet, images_per_second=curve.throughput(args.max_batch_size))
-        traffic = costmodel.Traffic(
-            image_bytes=int(args.image_kb * 1000),
-            polls_per_job=args.polls,
-            claim_check_share=args.claim_check_share,
-            rate=args.rate,
-        )
-        if args.rate is not None:
-            worker = planner.Worker(args.max_batch_size, measured.worker_overhead_seconds)
-            sim = planner.simulate(planner.Load(args.rate), curve, worker, planner.Scaling())
-            fleet = simulated_fleet(fleet, sim)
-        comparison = costmodel.compare(
-            traffic, fleet, measured=measured, prices=prices, utilisation_known=args.rate is not None
-        )
+        comparison = _comparison(args)
     except (OSError, ValueError, KeyError) as exc:
         print(f"twopass cost: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     _warn(comparison.warnings, "cost")
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
         print(costmodel.markdown(comparison))
-    return 0
+    return EXIT_OK
 
 
-def simulated_fleet(fleet: costmodel.Fleet, sim: planner.Result) -> costmodel.Fleet:
-    """``fleet`` as a simulated load used it: tasks paid per task busy, the batches they ran."""
-    mean_rate = sim.arrived / sim.duration if sim.duration else 0.0
-    busy_tasks = mean_rate / fleet.images_per_second if fleet.images_per_second else 0.0
-    overprovision = sim.mean_tasks / busy_tasks if busy_tasks else 1.0
-    return replace(
-        fleet, overprovision=max(overprovision, 1e-9), mean_batch=round(sim.mean_batch, 2), tasks=sim.mean_tasks
+def _comparison(args: argparse.Namespace) -> costmodel.Comparison:
+    """twopass beside SageMaker async for the arguments' traffic and fleet (simulated with ``--rate``)."""
+    from twopass.tools import cost as costmodel
+    from twopass.tools import plan as planner
+    from twopass.tools.capacity import simulated_fleet
+
+    measured, prices = _load(args)
+    fleet = replace(_fleet(args, measured), overprovision=args.overprovision)
+    curve = _curve(args, measured, fleet)
+    fleet = replace(fleet, images_per_second=curve.throughput(args.max_batch_size))
+    traffic = costmodel.Traffic(
+        image_bytes=int(args.image_kb * 1000),
+        polls_per_job=args.polls,
+        claim_check_share=args.claim_check_share,
+        rate=args.rate,
     )
-
-
-def plan_main(argv: Sequence[str] | None = None) -> int:
-    args = plan_parser().parse_args(argv)
-    try:
-        measured, prices = _load(args)
-        fleet = _fleet(args, measured)
-        curve = _curve(args, measured, fleet)
-        load = planner.Load(
-            args.rate, duration=args.duration, bursts=tuple(map(planner.Burst.parse, args.burst)), seed=args.seed
-        )
+    if args.rate is not None:
         worker = planner.Worker(args.max_batch_size, measured.worker_overhead_seconds)
-        scaling = planner.Scaling(
-            target_backlog_per_task=args.target,
-            max_tasks=args.max_tasks,
-            idle_minutes=args.idle_minutes,
-            task_start_seconds=args.task_start_seconds,
-            task_restart_seconds=args.task_restart_seconds,
-            initial_tasks=0 if args.from_zero else None,
-        )
-        result = planner.plan(load, curve, worker, scaling, p99=args.p99)
-        fleet = replace(fleet, images_per_second=curve.throughput(args.max_batch_size))
-        report = planner_report(result, load, curve, fleet, measured, prices, p99_goal=args.p99)
+        sim = planner.simulate(planner.Load(args.rate), curve, worker, planner.Scaling())
+        fleet = simulated_fleet(fleet, sim)
+    return costmodel.compare(traffic, fleet, measured=measured, prices=prices, utilisation_known=args.rate is not None)
+
+
+# -- twopass plan ---------------------------------------------------------------------------------------
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    try:
+        report = _plan_report(args)
     except (OSError, ValueError, KeyError) as exc:
         print(f"twopass plan: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     warnings = report["warnings"]
     assert isinstance(warnings, list)
     _warn(warnings, "plan")
@@ -229,55 +240,32 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_plan(report))
-    return 0 if result.meets_p99 is not False else 1
+    return EXIT_OK if report["meets_p99"] is not False else EXIT_FAILED
 
 
-#: A p99 over this many seconds is flagged whatever the goal: jobs then wait for tasks to start.
-SLOW_P99_SECONDS = 60.0
+def _plan_report(args: argparse.Namespace) -> dict[str, object]:
+    """The plan for the arguments' load, priced (:func:`twopass.tools.capacity.planner_report`)."""
+    from twopass.tools import plan as planner
+    from twopass.tools.capacity import planner_report
 
-
-def planner_report(
-    result: planner.Plan,
-    load: planner.Load,
-    curve: planner.ServiceCurve,
-    fleet: costmodel.Fleet,
-    measured: costmodel.Measured,
-    prices: costmodel.Prices,
-    *,
-    p99_goal: float | None = None,
-) -> dict[str, object]:
-    """The plan with its costs, both sides at the simulated utilisation and batch sizes."""
-    sim = result.result
-    fleet = simulated_fleet(fleet, sim)
-    mean_rate = sim.arrived / sim.duration if sim.duration else 0.0
-    comparison = costmodel.compare(
-        costmodel.Traffic(rate=mean_rate), fleet, measured=measured, prices=prices, stack=None
+    measured, prices = _load(args)
+    fleet = _fleet(args, measured)
+    curve = _curve(args, measured, fleet)
+    load = planner.Load(
+        args.rate, duration=args.duration, bursts=tuple(map(planner.Burst.parse, args.burst)), seed=args.seed
     )
-    warnings = list(comparison.warnings)
-    if sim.latencies and p99_goal is not None and sim.p99 > p99_goal:
-        warnings.append(f"simulated p99 {sim.p99:.1f} s is over the goal of {p99_goal:g} s")
-    if sim.latencies and sim.p99 > SLOW_P99_SECONDS:
-        warnings.append(
-            f"simulated p99 is {sim.p99:.0f} s, over a minute: jobs wait for tasks to start or scale out "
-            "(a floor of tasks, WorkerMinTasks, or a lower backlog target shortens it)"
-        )
-    hourly = sim.mean_tasks * prices.instance(fleet.instance_type)
-    per_task = curve.throughput(result.parameters["WorkerMaxBatchSize"])
-    sagemaker = comparison.to_dict().get("sagemaker_async_with_fast_path_usd_per_million")
-    sagemaker = round(float(sagemaker), 3) if isinstance(sagemaker, float) else None
-    return {
-        "throughput": {"images_per_second_per_task": round(per_task, 2), "source": curve.source},
-        "load": {"rate": load.rate, "bursts": [b.__dict__ for b in load.bursts], "duration_s": load.duration},
-        **result.to_dict(),
-        "gpu_usd_per_hour": round(hourly, 3),
-        "usd_per_million_images": round(comparison.twopass.total, 3) if sim.arrived else None,
-        "sagemaker_async_usd_per_million_images": sagemaker if sim.arrived else None,
-        "fixed_usd_per_month": round(comparison.monthly.total, 2) if comparison.monthly else None,
-        "mean_tasks_paid": round(sim.mean_tasks, 2),
-        "tasks_busy": round(sim.mean_tasks * fleet.utilisation, 2),
-        "utilisation": round(fleet.utilisation, 4),
-        "warnings": warnings,
-    }
+    worker = planner.Worker(args.max_batch_size, measured.worker_overhead_seconds)
+    scaling = planner.Scaling(
+        target_backlog_per_task=args.target,
+        max_tasks=args.max_tasks,
+        idle_minutes=args.idle_minutes,
+        task_start_seconds=args.task_start_seconds,
+        task_restart_seconds=args.task_restart_seconds,
+        initial_tasks=0 if args.from_zero else None,
+    )
+    result = planner.plan(load, curve, worker, scaling, p99=args.p99)
+    fleet = replace(fleet, images_per_second=curve.throughput(args.max_batch_size))
+    return planner_report(result, load, curve, fleet, measured, prices, p99_goal=args.p99)
 
 
 def format_plan(report: dict[str, object]) -> str:
