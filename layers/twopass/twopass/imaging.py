@@ -5,12 +5,41 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from twopass.exceptions import ImageTooLargeError, InvalidImageError
-from twopass.models.card import Preprocessing
+
+
+class Preprocessing(Protocol):
+    """What this module needs to know of a model's input: ``twopass.models.card.Preprocessing`` is one.
+
+    A protocol rather than an import so that imaging sits below the models (they call it, never the
+    reverse) and can be used with any description of the pixels that has these fields."""
+
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def resize_shorter(self) -> int: ...
+    @property
+    def shorter_side(self) -> int: ...
+    @property
+    def resize(self) -> str: ...
+    @property
+    def interpolation(self) -> str: ...
+    @property
+    def layout(self) -> str: ...
+    @property
+    def channel_order(self) -> str: ...
+    @property
+    def pixel_scale(self) -> float: ...
+    @property
+    def channel_mean(self) -> tuple[float, float, float]: ...
+    @property
+    def channel_std(self) -> tuple[float, float, float]: ...
+
 
 # Pillow would otherwise "repair" a truncated file silently and hand back grey pixels.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
