@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench import calls
 from bench.common import REPO, cat_jpeg, free_port, log, median, percentile
 
 MEASURED_JSON = REPO / "layers" / "twopass" / "twopass" / "data" / "measured.json"
@@ -42,6 +43,8 @@ class CapacityConfig:
     lone_jobs: int = 30
     seeds: int = 20
     calls_jobs: int = 64
+    #: How long the idle worker of the calls count runs (its periods scaled down).
+    calls_idle_seconds: float = calls.CallsConfig.idle_seconds
     handler_requests: int = 40
     env: dict[str, str] = field(default_factory=dict)
 
@@ -59,13 +62,13 @@ def _request(url: str, image: bytes) -> bytes:
 
 
 async def _post(url: str, request: bytes) -> str | None:
-    from bench.http_load import _read_response
+    from bench.http_load import read_response
 
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
         writer.write(request)
-        status, body = await _read_response(reader)
+        status, body = await read_response(reader)
     finally:
         writer.close()
     return str(json.loads(body)["job_id"]) if status == 200 else None
@@ -409,11 +412,9 @@ def handler_ms(requests: int) -> dict[str, float]:
 
 
 def run(config: CapacityConfig) -> dict[str, Any]:
-    from bench import calls
-
     out: dict[str, Any] = {"config": {**config.__dict__, "workers": list(config.workers), "loads": list(config.loads)}}
     log("capacity: AWS calls per job")
-    out["calls"] = calls.run(calls.CallsConfig(jobs=config.calls_jobs))
+    out["calls"] = calls.run(calls.CallsConfig(jobs=config.calls_jobs, idle_seconds=config.calls_idle_seconds))
     log("capacity: Lambda handler p50, POST /predict and GET /job")
     out["handler"] = handler_ms(config.handler_requests)
     log(f"  {out['handler']}")

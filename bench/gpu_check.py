@@ -239,10 +239,14 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(repeats: int = 3) -> dict[str, Any]:
-    """bench/run.py's ``gpu`` section: the fp16 check and throughput at batch 8, on whatever this host has."""
-    seconds = 1.0 + 0.5 * repeats
-    result = check((1, 8), seconds, 8)
+def run(repeats: int = 3, seconds: float | None = None, latency_batch: int = 8) -> dict[str, Any]:
+    """bench/run.py's ``gpu`` section: the fp16 check and throughput at batch 8, on whatever this host has.
+
+    Each timing lasts ``seconds`` (default: 1 s plus half a second per repeat); the latency is taken
+    at ``latency_batch``.
+    """
+    seconds = 1.0 + 0.5 * repeats if seconds is None else seconds
+    result = check((1, 8), seconds, latency_batch)
     eight = {p: next(r for r in rows if r["batch"] == 8) for p, rows in result["throughput"].items()}
     if "fp16" in result:
         result["fp16"] = {

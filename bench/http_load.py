@@ -38,7 +38,8 @@ def json_request(url: str, path: str, image: bytes, field: str = "image_data") -
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response off a keep-alive connection: its status and body (sized or chunked)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
@@ -74,7 +75,7 @@ async def _connection(
             t0 = time.perf_counter()
             writer.write(request)
             try:
-                status, _ = await _read_response(reader)
+                status, _ = await read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 errors += 1
                 writer.close()
@@ -122,7 +123,7 @@ def burst(url: str, request: bytes, n: int = 10) -> float:
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
             writer.write(request)
-            status, _ = await _read_response(reader)
+            status, _ = await read_response(reader)
             return status
         finally:
             writer.close()

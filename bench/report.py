@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.sections import SECTIONS
+
 
 def _f(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -15,11 +17,9 @@ def _f(value: Any, digits: int = 1) -> str:
 
 
 def _kind(meta: dict[str, Any]) -> str:
-    """The kind of run: full, quick, or which sections a full-length partial run measured."""
-    from bench.run import SECTIONS
-
+    """The kind of run: full, quick, smoke, or which sections a full-length partial run measured."""
     sections = meta.get("sections") or list(SECTIONS)
-    kind = "quick" if meta.get("quick") else "full"
+    kind = "smoke" if meta.get("smoke") else "quick" if meta.get("quick") else "full"
     return f"{kind} run" if set(sections) == set(SECTIONS) else f"{kind}-length run of {', '.join(sections)}"
 
 

@@ -2,15 +2,16 @@
 calls per job and cost, the capacity planner against the local stack, fast-path overhead, make run.
 
     python bench/run.py            # full run (~15 min on 2 cores)
-    python bench/run.py --quick    # smoke run (~5 min), same sections, fewer repeats
+    python bench/run.py --quick    # short run (~5 min), same sections, fewer repeats
+    python bench/run.py --smoke    # every section at its smallest size (~2 min): checks that each runs
     python bench/run.py --only slow,cold
     python bench/run.py --only capacity,overhead,stack
 
 Every run writes ``latest.json``, ``latest.md`` and (with matplotlib) ``latest.png`` and
-``latest-latency.png`` to ``--out``;
-they change at every run and are not committed. A full run (every section, not ``--quick``) also
-writes ``<UTC date>.md``: the dated summary to commit and cite (docs/performance.md does); a
-full-length run of some sections (``--only``) writes ``<UTC date>-<sections>.md``.
+``latest-latency.png`` to ``--out``; they change at every run and are not committed. A full run
+(every section, neither ``--quick`` nor ``--smoke``) also writes ``<UTC date>.md``: the dated
+summary to commit and cite (docs/performance.md does); a full-length run of some sections
+(``--only``) writes ``<UTC date>-<sections>.md``.
 
 Everything runs the real models on the real photos in tests/data (and the bundled cat); nothing is
 mocked but the AWS services (moto). Each figure is the median over repeated runs, and each ratio
@@ -27,14 +28,16 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 for entry in (str(REPO / "layers" / "twopass"), str(REPO)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-SECTIONS = ("slow", "fast", "cold", "peers", "gpu", "capacity", "overhead", "stack")
+from bench.sections import SECTIONS  # noqa: E402  (after the path above)
+
+_T = TypeVar("_T")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,10 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "images, the capacity planner against the local stack, fast-path overhead against a bare FastAPI "
             "endpoint, and make run throughput against an earlier commit. Writes latest.json, latest.md and, "
             "when matplotlib is installed, latest.png and latest-latency.png to --out; a full run also writes "
-            "<UTC date>.md there (and the capacity section, unless --quick, twopass/data/measured.json)."
+            "<UTC date>.md there (and the capacity section, unless --quick or --smoke, twopass/data/measured.json)."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer jobs and repeats (~2-3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short run: fewer jobs and repeats (~5 minutes)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every section at its smallest size, to check that each runs: the figures mean nothing; no peer "
+        "is installed and make run is compared with itself (no earlier commit checked out)",
+    )
     parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
@@ -230,13 +239,21 @@ def main(argv: list[str] | None = None) -> int:
 
     common.quiet_twopass_logs()
     started = time.time()
-    quick = args.quick
-    repeats = args.repeats or (2 if quick else 3)
+    smoke = args.smoke
+    # A smoke run writes what a quick one does: no dated summary, no measured.json.
+    quick = args.quick or smoke
+
+    def pick(smoke_size: _T, quick_size: _T, full_size: _T) -> _T:
+        """This run's size of something: ``--smoke``'s, ``--quick``'s or a full run's."""
+        return smoke_size if smoke else quick_size if quick else full_size
+
+    repeats = args.repeats or pick(1, 2, 3)
     api_env = dict(item.split("=", 1) for item in args.api_env)
     results: dict[str, Any] = {
         "meta": {
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "quick": quick,
+            "smoke": smoke,
             "sections": args.sections,
             "repeats": repeats,
             "machine": common.machine(),
@@ -265,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
 
         tune = not args.no_tune and not quick
         cfg = slow_path.SlowConfig(
-            jobs=args.jobs or (48 if quick else 200),
-            moto_jobs=args.moto_jobs or (40 if quick else 120),
+            jobs=args.jobs or pick(4, 48, 200),
+            moto_jobs=args.moto_jobs or pick(4, 40, 120),
             repeats=repeats,
-            batch_sizes=(1, 4, 8, 16, 32),
-            raw_images=32 if quick else 64,
-            lone_jobs=20 if quick else 100,
+            batch_sizes=pick((1, 2), (1, 4, 8, 16, 32), (1, 4, 8, 16, 32)),
+            raw_images=pick(2, 32, 64),
+            lone_jobs=pick(2, 20, 100),
+            loop_jobs=pick(2, 40, 40),
             tune=tune,
             tune_jobs=96,
             tune_rounds=2,
@@ -286,42 +304,49 @@ def main(argv: list[str] | None = None) -> int:
         from bench import fast_path
 
         fcfg = fast_path.FastConfig(
-            requests=80 if quick else 300,
-            handler_requests=40 if quick else 150,
+            requests=pick(4, 80, 300),
+            handler_requests=pick(2, 40, 150),
+            # c10: the throughput target's concurrency.
+            concurrency=pick((1, 10), (1, 10, 50), (1, 10, 50)),
             repeats=repeats,
-            bursts=3 if quick else 7,
+            bursts=pick(1, 3, 7),
             api_env={**fast_path.HTTP_API_ENV, **api_env},
         )
         section("fast_path", lambda: fast_path.run(fcfg))
     if "cold" in args.sections:
         from bench import cold_start
 
-        section("cold_start", lambda: cold_start.run(cold_start.ColdConfig(repeats=3 if quick else 7)))
+        section("cold_start", lambda: cold_start.run(cold_start.ColdConfig(repeats=pick(1, 3, 7))))
     if "peers" in args.sections:
         from bench.peers import compare as peers
 
         pcfg = peers.PeersConfig(
-            requests=60 if quick else 240,
+            requests=pick(4, 60, 240),
             repeats=repeats,
-            bursts=3 if quick else 6,
-            install=not args.no_install,
+            bursts=pick(1, 3, 6),
+            install=not args.no_install and not smoke,
             api_env=api_env,
         )
         section("peers", lambda: peers.run(pcfg))
     if "gpu" in args.sections:
         from bench import gpu_check
 
-        section("gpu", lambda: gpu_check.run(repeats))
+        seconds, latency_batch = pick(0.05, None, None), pick(1, 8, 8)
+        section("gpu", lambda: gpu_check.run(repeats, seconds=seconds, latency_batch=latency_batch))
     if "capacity" in args.sections:
         from bench import capacity
 
-        full = capacity.CapacityConfig()
+        default = capacity.CapacityConfig()
         ccfg = capacity.CapacityConfig(
-            run_seconds=10.0 if quick else full.run_seconds,
-            calibrate_jobs=16 if quick else full.calibrate_jobs,
-            lone_jobs=8 if quick else full.lone_jobs,
-            calls_jobs=32 if quick else full.calls_jobs,
-            workers=(1,) if quick else full.workers,
+            run_seconds=pick(3.0, 10.0, default.run_seconds),
+            calibrate_jobs=pick(4, 16, default.calibrate_jobs),
+            lone_jobs=pick(1, 8, default.lone_jobs),
+            calls_jobs=pick(8, 32, default.calls_jobs),
+            calls_idle_seconds=pick(1.0, default.calls_idle_seconds, default.calls_idle_seconds),
+            workers=pick((1,), (1,), default.workers),
+            loads=pick((0.5,), default.loads, default.loads),
+            seeds=pick(2, default.seeds, default.seeds),
+            handler_requests=pick(2, default.handler_requests, default.handler_requests),
         )
         section("capacity", lambda: capacity.run(ccfg))
         if "capacity" in results and not quick:
@@ -330,12 +355,17 @@ def main(argv: list[str] | None = None) -> int:
     if "overhead" in args.sections:
         from bench import overhead
 
-        ocfg = overhead.OverheadConfig(requests=40 if quick else 150, repeats=repeats)
+        ocfg = overhead.OverheadConfig(requests=pick(10, 40, 150), repeats=repeats)
         section("overhead", lambda: overhead.run(ocfg))
     if "stack" in args.sections:
         from bench import stack_load
 
-        scfg = stack_load.StackConfig(rounds=1, c1_requests=20 if quick else 30, c10_requests=60 if quick else 120)
+        scfg = stack_load.StackConfig(
+            rounds=1,
+            c1_requests=pick(2, 20, 30),
+            c10_requests=pick(10, 60, 120),
+            before_root=REPO if smoke else None,
+        )
         section("stack", lambda: stack_load.run(scfg))
 
     results["targets"] = targets(results)

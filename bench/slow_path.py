@@ -78,6 +78,9 @@ class SlowConfig:
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
     raw_images: int = 64
     lone_jobs: int = 50
+    #: Jobs the one-at-a-time loop runs at least (in memory, up to ``jobs``; half as many through moto,
+    #: where it takes as many as it needs): enough for a steady rate.
+    loop_jobs: int = 40
     tune: bool = True
     tune_jobs: int = 96
     tune_rounds: int = 2
@@ -327,7 +330,7 @@ def lone_job_latency(classifiers: Sequence[Classifier], data: Sequence[bytes], s
 
 
 def moto_measurements(
-    classifiers: Sequence[Classifier], seed: Classifier, n: int, settings: Settings, repeats: int
+    classifiers: Sequence[Classifier], seed: Classifier, n: int, settings: Settings, repeats: int, loop_jobs: int = 20
 ) -> dict[str, Any]:
     """Worker(s) and the one-at-a-time loop through a moto server (SqsSource + DynamoJobStore)."""
     from bench.common import moto_server_process, pointed_at, process_cpu_seconds, provision_moto
@@ -374,7 +377,7 @@ def moto_measurements(
                         "moto_cpu_ms_per_job": (process_cpu_seconds(proc.pid) - moto0) / n * 1000,
                     }
                 )
-                m = max(20, n // 3)
+                m = max(loop_jobs, n // 3)
                 store = CountingDynamo(table, m)
                 preload(store, publisher, corpus(m), threads=4)
                 moto0 = process_cpu_seconds(proc.pid)
@@ -471,7 +474,7 @@ def run(config: SlowConfig, progress: Callable[[str], None] = log) -> dict[str, 
         row["worker_cpu_ms_per_image"] = (cpu_seconds() - c0) / len(data) * 1000
         row["worker_memory"] = rate
         row["worker_mean_batch"] = stats["mean_batch_size"]
-        row["one_at_a_time_memory"] = one_at_a_time_memory(seed, data[: max(40, len(data) // 3)])
+        row["one_at_a_time_memory"] = one_at_a_time_memory(seed, data[: max(config.loop_jobs, len(data) // 3)])
         row["worker_vs_raw_infer_best"] = row["worker_memory"] / row["raw_infer_best"]
         row["worker_vs_raw_infer_same_setup"] = row["worker_memory"] / row["raw_infer_worker_setup"]
         row["worker_vs_raw_pipeline"] = row["worker_memory"] / row["raw_pipeline"]
@@ -499,7 +502,12 @@ def run(config: SlowConfig, progress: Callable[[str], None] = log) -> dict[str, 
     progress(f"slow path: through a moto server, {config.moto_jobs} jobs")
     try:
         result["moto"] = moto_measurements(
-            workers, seed, config.moto_jobs, settings.replace(receivers=max(2, settings.receivers)), config.repeats
+            workers,
+            seed,
+            config.moto_jobs,
+            settings.replace(receivers=max(2, settings.receivers)),
+            config.repeats,
+            loop_jobs=max(1, config.loop_jobs // 2),
         )
     except Exception as exc:  # the emulator is optional: report why it is missing
         log(f"  moto measurement failed: {exc!r}")

@@ -39,6 +39,9 @@ class StackConfig:
     c1_requests: int = 40
     c10_requests: int = 150
     before: str = BEFORE
+    #: A checkout to run as "before" instead of ``before``'s worktree (``--smoke``: this one, so no
+    #: worktree is made and both stacks are the working tree's).
+    before_root: Path | None = None
 
 
 def request(url: str, image: bytes) -> bytes:
@@ -113,15 +116,16 @@ def measure(url: str, config: StackConfig) -> dict[str, float]:
 
 
 def run(config: StackConfig) -> dict[str, Any]:
-    old = worktree(config.before)
+    old = config.before_root or worktree(config.before)
+    before = config.before if config.before_root is None else str(config.before_root)
     runs: dict[str, list[dict[str, float]]] = {"before": [], "now": []}
     for i in range(config.rounds):
         for name, root in (("before", old), ("now", REPO)):
-            log(f"stack: round {i + 1}, {name} ({config.before if name == 'before' else 'working tree'})")
+            log(f"stack: round {i + 1}, {name} ({before if name == 'before' else 'working tree'})")
             with make_run(root) as url:
                 runs[name].append(measure(url, config))
             log(f"  {runs[name][-1]}")
-    out: dict[str, Any] = {"before_commit": config.before, "runs": runs}
+    out: dict[str, Any] = {"before_commit": before, "runs": runs}
     for name, values in runs.items():
         out[name] = {k: round(median([v[k] for v in values]), 2) for k in values[0]}
     out["c10_throughput_ratio"] = round(out["now"]["c10_rps"] / out["before"]["c10_rps"], 3)

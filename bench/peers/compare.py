@@ -12,7 +12,7 @@ from typing import Any
 
 from bench import http_load
 from bench.common import REPO, cat_jpeg, child_env, free_port, log, median, ratio, server
-from bench.fast_path import HTTP_API_ENV, _median_summary, summary, twopass_http
+from bench.fast_path import HTTP_API_ENV, median_summary, summary, twopass_http
 
 BENTO_VENV = REPO / ".venv-bench-bento"
 #: BentoML and the runtime pins of the API Lambda (functions/api/requirements.txt).
@@ -54,7 +54,7 @@ def ensure_gibbs(install: bool) -> str | None:
         return None
     except ImportError:
         if not install:
-            return "gibbs is not installed (run without --no-install)"
+            return "gibbs is not installed (bench/run.py installs it, unless --no-install or --smoke)"
     log(f"peers: installing {GIBBS} --no-deps (its pin pyzmq<24 has no Python 3.12 build)")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", GIBBS, "msgpack~=1.0", "loguru~=0.7", "pyzmq"],
@@ -110,7 +110,8 @@ def run(config: PeersConfig) -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError) as exc:
             result["bentoml_error"] = f"could not create {BENTO_VENV.name}: {exc}"
         if exe is None:
-            result.setdefault("bentoml_error", f"{BENTO_VENV.name} missing (run without --no-install)")
+            hint = "bench/run.py creates it, unless --no-install or --smoke"
+            result.setdefault("bentoml_error", f"{BENTO_VENV.name} missing ({hint})")
         else:
             try:
                 servers["bentoml"] = stack.enter_context(bento_http(exe, config.parallelism, intra_op))
@@ -152,7 +153,7 @@ def run(config: PeersConfig) -> dict[str, Any]:
                         log(f"  {name}: burst failed: {exc}")
                         errors[name] += 1
         for name in servers:
-            result[name] = {c: _median_summary(r) for c, r in runs[name].items()}
+            result[name] = {c: median_summary(r) for c, r in runs[name].items()}
             result[name]["burst10_wall_ms"] = round(median(bursts[name]) * 1000, 1) if bursts[name] else None
             result[name]["failed_requests"] = errors[name]
             log(f"  {name}: {result[name]}")

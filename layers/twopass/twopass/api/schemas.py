@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from twopass.cascade import SlowModeName
-from twopass.jobs.base import JobRecord, JobStatus
+from twopass.jobs.base import MAX_BATCH_ITEMS, JobRecord, JobStatus
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 PriorityName = Literal["high", "normal"]
@@ -164,7 +164,7 @@ AnsweredBy = Literal["fast", "slow"]
 class PredictResponse(SeedShaped):
     """``{"job_id", "<fast model name>": "<label>"}`` plus the fast top-k and the job's status."""
 
-    _before_extras = ("job_id",)
+    _before_extras: ClassVar[tuple[str, ...]] = ("job_id",)
 
     model_config = ConfigDict(
         extra="allow",
@@ -345,6 +345,83 @@ class JobListResponse(BaseModel):
     next_cursor: str | None = Field(
         description="Pass it as cursor to get the next page; null on the last page. Opaque: use it as it is."
     )
+
+
+class BatchRequest(BaseModel):
+    """JSON body of ``POST /batches``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Any] = Field(
+        description=f'1 to {MAX_BATCH_ITEMS} items, each {{"image_data": "<base64>"}} or {{"upload_id": "<id>"}}; '
+        "a bad item is answered with its own error and never fails the others. The whole body is within the "
+        "API's body limit (as one POST /predict's)."
+    )
+    slow: SlowModeName | None = Field(default=None, description="As on POST /predict, for every item.")
+    deadline_seconds: float | None = Field(default=None, strict=True, description="As on POST /predict, every job.")
+    priority: PriorityName | None = Field(default=None, description="As on POST /predict, for every job.")
+    on_overload: Literal["shed", "reject"] | None = Field(
+        default=None, description="As on POST /predict: shed answers every item with the fast model alone."
+    )
+
+
+class BatchItemError(BaseModel):
+    """An item that never became a job: its place in the request and why."""
+
+    # Forbid: an item is either this or a job's body, never both (the union below tells them apart).
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="The item's place in the request's items, from 0.")
+    error: str = Field(description="Stable error code, as POST /predict gives it for the same image (or job_gone).")
+    detail: str = Field(description="What was wrong, in words.")
+
+
+class BatchPredictItem(PredictResponse):
+    """An item of ``POST /batches`` that was classified: its place, then the body ``POST /predict`` gives."""
+
+    _before_extras = ("index", "job_id")
+
+    index: int = Field(description="The item's place in the request's items, from 0.")
+
+
+class BatchResponse(BaseModel):
+    """``POST /batches``: each item's answer, in input order."""
+
+    batch_id: str | None = Field(
+        description="Names the batch in GET /batches/{batch_id}; null when no job was made (slow: never, or shed)."
+    )
+    items: list[BatchPredictItem | BatchItemError] = Field(description="One per item sent, in input order.")
+
+
+class BatchCounts(BaseModel):
+    """A batch's items by status: its jobs' statuses, and ``refused`` for items that never became jobs."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    expired: int
+    refused: int = Field(description="Items that never became jobs, or whose job no longer exists.")
+
+
+class BatchJobItem(JobResponse):
+    """An item of ``GET /batches/{batch_id}`` that became a job: its place, then the job as ``GET /job`` shows it."""
+
+    _before_extras = ("index",)
+
+    index: int = Field(description="The item's place in the request's items, from 0.")
+
+
+class BatchStatusResponse(BaseModel):
+    """``GET /batches/{batch_id}``: the batch's progress and every item."""
+
+    batch_id: str = Field(description="The batch's id.")
+    created_at: str = Field(description="When the batch was accepted (ISO 8601, UTC).")
+    total: int = Field(description="Items sent, refused ones included.")
+    done: bool = Field(description="true once every job of the batch has reached a final status.")
+    counts: BatchCounts = Field(description="Items by status.")
+    items: list[BatchJobItem | BatchItemError] = Field(description="One per item sent, in input order.")
 
 
 class HealthResponse(BaseModel):

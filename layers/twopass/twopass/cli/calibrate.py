@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from twopass.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, Subparsers, error, missing, runs
+from twopass.exceptions import TwopassError
 
 if TYPE_CHECKING:
     from twopass.config import Settings
@@ -30,7 +31,7 @@ DEFAULT_TARGET: Final = 0.99
 DEFAULT_STEP: Final = 0.05
 
 
-class _RefusedError(Exception):
+class _RefusedError(TwopassError):
     """Why the command stops before any image is classified: the message and the exit code."""
 
     def __init__(self, message: str, code: int) -> None:

@@ -78,8 +78,6 @@ class InvalidCursorError(InvalidRequestError):
 
 #: The owner of jobs created while the API checks no keys.
 ANONYMOUS = "anonymous"
-#: Shards of the sparse "created, never started" index, so a burst of creates spreads over partitions.
-PENDING_SHARDS = 8
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -512,27 +510,3 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     ):
         raise InvalidCursorError()
     return created_at, job_id
-
-
-def pending_shard(job_id: str) -> str:
-    """The shard of ``job_id`` in the "created, never started" index."""
-    return str(int(job_id[:2], 16) % PENDING_SHARDS)
-
-
-#: Partitions of the pending index that hold final jobs whose event is owed: this, then a shard.
-OWED_PREFIX = "owed-"
-
-
-def owed_shard(job_id: str) -> str:
-    """The shard of ``job_id`` among final jobs whose event is owed: same index, other partitions."""
-    return OWED_PREFIX + pending_shard(job_id)
-
-
-def batch_key_id(batch_id: str) -> str:
-    """Table key of a batch record: never a valid job id, so ``GET /job`` cannot read it."""
-    return f"batch#{batch_id}"
-
-
-def idempotency_key_id(key_hash: str) -> str:
-    """Table key of an idempotency record: never a valid job id, so ``GET /job`` cannot read it."""
-    return f"idem#{key_hash}"

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from twopass.backoff import Backoff
+from twopass.exceptions import TwopassError
 from twopass.notify.guard import CallbackResolutionError, CallbackURLError, Resolver, check_url
 from twopass.notify.signing import SIGNATURE_HEADER, sign
 from twopass.notify.transport import PinnedTransport
@@ -50,7 +51,7 @@ MAX_RESPONSE_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4 * 1024
 
 
-class _RefusedError(Exception):
+class _RefusedError(TwopassError):
     """The receiver answered, and not with a 2xx."""
 
     def __init__(self, status: int) -> None:

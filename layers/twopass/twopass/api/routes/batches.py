@@ -3,49 +3,31 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from twopass.api.auth import Owner
 from twopass.api.body import json_limit, model_from_json, parse_json, read_capped
 from twopass.api.context import Context, request_id
 from twopass.api.docs import ERRORS
-from twopass.api.schemas import PriorityName
+from twopass.api.schemas import BatchRequest, BatchResponse, BatchStatusResponse
 from twopass.api.usecases.batches import batch_status, submit_batch
 from twopass.api.usecases.control import JobOptions
 from twopass.api.usecases.submit import Caller
-from twopass.cascade import SlowModeName, parse_mode
+from twopass.cascade import parse_mode
 from twopass.exceptions import InvalidRequestError, JobNotFoundError
-from twopass.jobs.base import MAX_BATCH_ITEMS
 
 router = APIRouter(tags=["batches"])
 
 _BATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class BatchRequest(BaseModel):
-    """JSON body of ``POST /batches``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    items: list[Any] = Field(
-        description=f'1 to {MAX_BATCH_ITEMS} items, each {{"image_data": "<base64>"}} or {{"upload_id": "<id>"}}; '
-        "a bad item is answered with its own error and never fails the others. The whole body is within the "
-        "API's body limit (as one POST /predict's)."
-    )
-    slow: SlowModeName | None = Field(default=None, description="As on POST /predict, for every item.")
-    deadline_seconds: float | None = Field(default=None, strict=True, description="As on POST /predict, every job.")
-    priority: PriorityName | None = Field(default=None, description="As on POST /predict, for every job.")
-    on_overload: Literal["shed", "reject"] | None = Field(
-        default=None, description="As on POST /predict: shed answers every item with the fast model alone."
-    )
-
-
 @router.post(
     "/batches",
     summary="Classify many images with the fast model in one batch and queue a slow job for each",
+    response_model=BatchResponse,
+    response_model_exclude_unset=True,
     responses=ERRORS,
 )
 async def post_batch(request: Request, context: Context, owner: Owner) -> dict[str, Any]:
@@ -60,7 +42,13 @@ async def post_batch(request: Request, context: Context, owner: Owner) -> dict[s
     return await submit_batch(context, fields.items, caller, options, parse_mode(fields.slow))
 
 
-@router.get("/batches/{batch_id}", summary="A batch's progress: counts by status and every item", responses=ERRORS)
+@router.get(
+    "/batches/{batch_id}",
+    summary="A batch's progress: counts by status and every item",
+    response_model=BatchStatusResponse,
+    response_model_exclude_unset=True,
+    responses=ERRORS,
+)
 async def get_batch(batch_id: str, context: Context, owner: Owner) -> dict[str, Any]:
     """``{"batch_id", "created_at", "total", "done", "counts": {status: n, ..., "refused": n}, "items": [...]}``:
     each item is its job as ``GET /job`` shows it (with the slow result once done), or its error."""

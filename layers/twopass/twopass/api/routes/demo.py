@@ -33,6 +33,8 @@ CSP = (
     "connect-src 'self' {cognito}; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 
+# Out of the OpenAPI schema and without response models: the page's own files (HTML, script, style)
+# and the little config it reads, none of them part of the API's contract.
 router = APIRouter(include_in_schema=False)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from twopass.jobs.base import JobRecord, JobStatus, owed_shard, pending_shard
+from twopass.jobs.base import JobRecord, JobStatus
 
 #: Attributes of a job item that are :class:`JobRecord` fields (any other is kept in ``extra``).
 RECORD_FIELDS = (
@@ -18,6 +18,11 @@ RECORD_FIELDS = (
 )  # fmt: skip
 #: Attributes the store keeps for itself, never shown in a record.
 _INTERNAL = ("create_token", "pending")
+
+#: Shards of the sparse "created, never started" index, so a burst of creates spreads over partitions.
+PENDING_SHARDS = 8
+#: Partitions of the pending index that hold final jobs whose event is owed: this, then a shard.
+OWED_PREFIX = "owed-"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -72,6 +77,16 @@ def job_item(record: JobRecord, ttl_seconds: int) -> dict[str, Any]:
     elif record.final and record.event_owed:  # answered at once, its event owed (see the lifecycle)
         item["pending"] = to_dynamo(owed_shard(record.job_id))
     return item
+
+
+def pending_shard(job_id: str) -> str:
+    """The shard of ``job_id`` in the "created, never started" index (a job item's ``pending``)."""
+    return str(int(job_id[:2], 16) % PENDING_SHARDS)
+
+
+def owed_shard(job_id: str) -> str:
+    """The shard of ``job_id`` among final jobs whose event is owed: same index, other partitions."""
+    return OWED_PREFIX + pending_shard(job_id)
 
 
 def job_record(item: dict[str, Any]) -> JobRecord:

@@ -9,15 +9,13 @@ from typing import Any
 from twopass.jobs.base import (
     DEFAULT_PAGE,
     MAX_PAGE,
-    OWED_PREFIX,
-    PENDING_SHARDS,
     JobRecord,
     JobStatus,
     check_page_size,
     decode_cursor,
     encode_cursor,
 )
-from twopass.jobs.dynamo.codec import job_record, to_dynamo
+from twopass.jobs.dynamo.codec import OWED_PREFIX, PENDING_SHARDS, job_record, to_dynamo
 from twopass.jobs.dynamo.table import DynamoTable
 
 PENDING_INDEX = "pending-created"

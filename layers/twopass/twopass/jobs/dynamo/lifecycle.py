@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from twopass.exceptions import ConditionFailedError
-from twopass.jobs.base import RETRYABLE_STATUSES, JobRecord, Start, owed_shard
-from twopass.jobs.dynamo.codec import job_record, to_dynamo
+from twopass.jobs.base import RETRYABLE_STATUSES, JobRecord, Start
+from twopass.jobs.dynamo.codec import job_record, owed_shard, to_dynamo
 from twopass.jobs.dynamo.table import DynamoTable
 
 #: Tries of a retry's read-then-conditional-write before giving up to a concurrent change.

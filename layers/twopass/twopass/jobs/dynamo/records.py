@@ -9,7 +9,7 @@ from typing import Any
 
 from twopass.aws import translate_errors
 from twopass.exceptions import ConditionFailedError, DependencyError, IdempotencyConflictError
-from twopass.jobs.base import BatchRecord, IdempotencyRecord, JobRecord, batch_key_id, idempotency_key_id
+from twopass.jobs.base import BatchRecord, IdempotencyRecord, JobRecord
 from twopass.jobs.dynamo.codec import job_item, job_record, plain_item, to_dynamo
 from twopass.jobs.dynamo.table import DynamoTable
 
@@ -19,6 +19,16 @@ _BATCH_GET_KEYS = 100
 _BATCH_GET_ROUNDS = 5
 #: The create's condition: a new item, or the item this very create wrote (see ``create``).
 _IS_MINE = "attribute_not_exists(job_id) OR create_token = :token"
+
+
+def batch_key_id(batch_id: str) -> str:
+    """Table key of a batch record: never a valid job id, so ``GET /job`` cannot read it."""
+    return f"batch#{batch_id}"
+
+
+def idempotency_key_id(key_hash: str) -> str:
+    """Table key of an idempotency record: never a valid job id, so ``GET /job`` cannot read it."""
+    return f"idem#{key_hash}"
 
 
 class DynamoRecords(DynamoTable):
