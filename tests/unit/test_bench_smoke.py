@@ -7,16 +7,16 @@ wrote nothing into ``bench/results/`` or the package's ``measured.json``. The ru
 ``make bench`` starts it: the sections set environment variables, CPU affinity and log handlers that
 must not leak into the tests around it.
 
-The two sections that start the local stack (``capacity``, ``stack``) run in a second subprocess and are
-marked ``e2e``; the others start only their own small servers (uvicorn, a moto server, child processes).
-Peers that are not installed here (BentoML's venv, gibbs: ``make bench`` installs them) are skipped
-with the reason the section gave.
+The sections run in three subprocesses, one per test file, so that the test runner's workers share
+them: here the paths (``slow``, ``fast``, ``cold``, ``overhead``); ``test_bench_smoke_devices.py`` the
+``peers`` and ``gpu`` sections; ``tests/e2e/test_bench_smoke_stack.py`` the two that start the local
+stack (``capacity``, ``stack``). Peers that are not installed here (BentoML's venv, gibbs: ``make
+bench`` installs them) are skipped with the reason the section gave.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -33,8 +33,9 @@ from twopass.config import REPO_ROOT
 # Each fixture's run takes 1 to 2 minutes on 2 busy cores; its subprocess gives up after 10.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-#: Sections that start only servers of their own, and those that start the local stack.
-OWN_SERVERS = ("slow", "fast", "cold", "peers", "gpu", "overhead")
+#: Each test file's sections: the paths (here), the peers and the GPU check, the local stack's.
+PATHS = ("slow", "fast", "cold", "overhead")
+DEVICES = ("peers", "gpu")
 LOCAL_STACK = ("capacity", "stack")
 #: Each section's key in latest.json.
 RESULT_KEYS = {
@@ -61,7 +62,7 @@ def _untouched(sections: tuple[str, ...]) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
 
-def _smoke(sections: tuple[str, ...], out: Path) -> dict[str, Any]:
+def smoke_run(sections: tuple[str, ...], out: Path) -> dict[str, Any]:
     before = _untouched(sections)
     args = [sys.executable, "bench/run.py", "--smoke", "--only", ",".join(sections), "--out", str(out)]
     proc = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -78,12 +79,7 @@ def _smoke(sections: tuple[str, ...], out: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def own_servers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _smoke(OWN_SERVERS, tmp_path_factory.mktemp("bench-smoke"))
-
-
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _smoke(LOCAL_STACK, tmp_path_factory.mktemp("bench-smoke-stack"))
+    return smoke_run(PATHS, tmp_path_factory.mktemp("bench-smoke"))
 
 
 def _walk(data: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -105,13 +101,13 @@ def positive(section: dict[str, Any], *paths: str) -> None:
 
 
 def test_the_smoke_runs_cover_every_section() -> None:
-    assert sorted(OWN_SERVERS + LOCAL_STACK) == sorted(SECTIONS) == sorted(RESULT_KEYS)
+    assert sorted(PATHS + DEVICES + LOCAL_STACK) == sorted(SECTIONS) == sorted(RESULT_KEYS)
 
 
 def test_every_section_reports_its_time(own_servers: dict[str, Any]) -> None:
-    for name in OWN_SERVERS:
+    for name in PATHS:
         positive(own_servers[RESULT_KEYS[name]], "section_seconds")
-    assert own_servers["meta"]["sections"] == list(OWN_SERVERS)
+    assert own_servers["meta"]["sections"] == list(PATHS)
 
 
 def test_slow_path(own_servers: dict[str, Any]) -> None:
@@ -148,38 +144,6 @@ def test_cold_start(own_servers: dict[str, Any]) -> None:
     positive(cold, "importtime.init_total_s")
 
 
-def test_peers_twopass_side(own_servers: dict[str, Any]) -> None:
-    peers = own_servers["peers"]
-    positive(peers, "twopass.c1.p50_ms", "twopass.c10.throughput_rps", "twopass.burst10_wall_ms")
-    assert peers["twopass"]["failed_requests"] == 0
-
-
-def _installed(peer: str) -> bool:
-    if peer == "bentoml":
-        return (REPO_ROOT / ".venv-bench-bento" / "bin" / "bentoml").exists()
-    return all(importlib.util.find_spec(name) is not None for name in ("gibbs", "zmq"))
-
-
-@pytest.mark.parametrize("peer", ["bentoml", "gibbs"])
-def test_peers_measured_when_installed(own_servers: dict[str, Any], peer: str) -> None:
-    peers = own_servers["peers"]
-    if not _installed(peer):
-        pytest.skip(f"{peer} is not installed here: {peers.get(f'{peer}_error')}")
-    assert f"{peer}_error" not in peers
-    positive(peers, f"{peer}.c1.p50_ms", f"{peer}.c10.throughput_rps", f"ratios.throughput_c10_twopass_vs_{peer}")
-
-
-def test_gpu(own_servers: dict[str, Any]) -> None:
-    gpu = own_servers["gpu"]
-    # Without a usable CUDA provider the section runs on the CPU, and says so.
-    assert gpu["gpu"] or gpu["provider"] == "CPUExecutionProvider"
-    for precision in ("fp32", "fp16"):
-        assert [row["batch"] for row in gpu["throughput"][precision]] == [1, 8]
-        for row in gpu["throughput"][precision]:
-            positive(row, "twopass_images_per_s", "raw_images_per_s")
-    positive(gpu, "latency.fp32.p50_ms", "fp16.cpu_images_per_s_batch8.fp32", "fp16.photos", "fp16.views")
-
-
 def test_overhead(own_servers: dict[str, Any]) -> None:
     over = own_servers["overhead"]
     positive(over, *(f"c1.{path}.p50_ms" for path in ("raw", "handler", "http_twopass", "http_bare")))
@@ -190,26 +154,3 @@ def test_targets_cover_the_sections_run(own_servers: dict[str, Any]) -> None:
     names = " ".join(t["name"] for t in own_servers["targets"])
     for part in ("worker / raw", "handler p50 / raw p50", "HTTP c=10 throughput", "cold start", "bare FastAPI"):
         assert part in names
-
-
-@pytest.mark.e2e
-def test_capacity(local_stack: dict[str, Any]) -> None:
-    cap = local_stack["capacity"]
-    eight = next(row for row in cap["calls"]["summary"] if row["batch_size"] == 8)
-    positive(eight, "dynamodb_writes", "sqs_requests")
-    positive(cap, "handler.predict_p50_ms", "handler.job_p50_ms", "section_seconds")
-    (row,) = cap["validation"]["rows"]
-    positive(row, "jobs", "rate", "measured_p50_s", "predicted_p50_s", "ratio_p50")
-    positive(cap["measured"], "cpu_images_per_second", "handler_ms_predict")
-    assert sum(cap["measured"]["api_calls"].values()) > 0 and sum(cap["measured"]["worker_calls"].values()) > 0
-    assert cap["cost"]["cpu_example"]["markdown"]
-
-
-@pytest.mark.e2e
-def test_stack(local_stack: dict[str, Any]) -> None:
-    stack = local_stack["stack"]
-    for name in ("before", "now"):
-        positive(stack, f"{name}.c1_p50_ms", f"{name}.c1_rps", f"{name}.c10_rps")
-    positive(stack, "c10_throughput_ratio", "c1_p50_ratio", "section_seconds")
-    # Compared with itself: no earlier commit is checked out by a smoke run.
-    assert stack["before_commit"] == str(REPO_ROOT)
