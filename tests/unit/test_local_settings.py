@@ -176,9 +176,11 @@ def test_banner_lists_every_setting_not_at_its_default_with_secrets_masked(
     assert listed["TWOPASS_FAST_MODEL"].startswith(f"TWOPASS_FAST_MODEL={tmp_path / 'packs' / 'fast'} ")
     assert listed["TWOPASS_PROVIDERS"].split() == ["TWOPASS_PROVIDERS=cpu", "(template.yaml)"]
     assert listed["TWOPASS_DEMO"].split() == ["TWOPASS_DEMO=true", "(local", "stack)"]
-    assert listed["TWOPASS_QUEUE_URL"].startswith(f"TWOPASS_QUEUE_URL={provisioned.resources['JobsQueue']} ")
+    # The stack's own resources are not settings a user changed: the banner names them elsewhere.
+    assert "TWOPASS_QUEUE_URL" not in listed and "TWOPASS_TABLE_NAME" not in listed
+    assert stack.environment().values["TWOPASS_QUEUE_URL"] == provisioned.resources["JobsQueue"]
     assert "TWOPASS_TOP_K" not in listed and "TWOPASS_RESULT_CACHE_TTL_HOURS" not in listed
-    for secret in ("TWOPASS_API_KEYS", "TWOPASS_CALLBACK_SECRET", "TWOPASS_CURSOR_SECRET"):
+    for secret in ("TWOPASS_API_KEYS", "TWOPASS_CALLBACK_SECRET"):
         assert listed[secret].startswith(f"{secret}=**** "), listed[secret]
     section = "\n".join(lines)
     assert DEFAULT_API_KEY not in section and "local-callback-secret" not in section

@@ -127,9 +127,14 @@ class ServiceEnv:
     #: Settings the shell gave that the services do not get: the names of the stack's own resources,
     #: the API key (``--api-key``) and what the stack itself sets.
     unused_from_shell: tuple[str, ...] = ()
+    #: Settings that name the stack's own resources (queue URLs, table, bucket, bus): never "not default".
+    wiring: frozenset[str] = frozenset()
 
     def not_default(self) -> list[tuple[str, str, str]]:
         """(name, value as :func:`shown`, origin) of each setting whose value is not the code's default.
+
+        The names of the stack's own resources are left out: they are what makes it a stack, and the
+        banner shows the queue and the table on lines of their own.
 
         A value is compared as :class:`Settings` reads it (``1`` is ``true``, ``5.0`` is ``5``); one
         it cannot read is listed too, since the services will refuse it.
@@ -142,7 +147,7 @@ class ServiceEnv:
         for f in fields(Settings):
             name = f.metadata["env"]
             raw = self.values.get(name, "")
-            if raw == "":
+            if raw == "" or name in self.wiring:
                 continue
             try:
                 differs = getattr(Settings.from_env({name: raw}), f.name) != getattr(defaults, f.name)
@@ -209,4 +214,4 @@ def layered_environment(
         if is_setting(name):
             origins[name] = FROM_LOCAL
     unused = tuple(sorted(k for k, v in base.items() if is_setting(k) and v and origins.get(k) != FROM_SHELL))
-    return ServiceEnv(env, origins, unused)
+    return ServiceEnv(env, origins, unused, wiring)
