@@ -4,6 +4,10 @@ Imports ``functions/api/app.py`` as Lambda does (``AWS_LAMBDA_FUNCTION_NAME`` se
 model loads during init) and answers one real API Gateway event against the emulator named by
 ``AWS_ENDPOINT_URL``. ``--overlap`` prototypes loading the model on a thread while the web
 framework imports (a change suggested for ``functions/api/app.py``).
+
+``--memory``: the same app and Mangum adapter over the in-memory job store and queue (no emulator,
+no boto3), warmed up as the Lambda init does, answering ``GET /predict/test``: what the framework,
+twopass and the model cost on their own (``bench/side_by_side.py``).
 """
 
 import time
@@ -35,7 +39,45 @@ class Context:
         return 15000
 
 
+def memory_main() -> None:
+    """Import, build over in-memory backends, warm up, answer one ``GET /predict/test`` through Mangum."""
+    from mangum import Mangum
+
+    from twopass.api.app import create_app
+    from twopass.api.services.service import TwopassService
+    from twopass.config import Settings
+    from twopass.jobs.memory import MemoryJobStore
+    from twopass.queue.memory import MemoryQueue
+
+    settings = Settings.from_env()
+    service = TwopassService(settings, MemoryJobStore(), MemoryQueue())
+    handler = Mangum(create_app(service, defer_routes=True), lifespan="off")  # as functions/api/app.py
+    service.warm_up()
+    init_done = time.perf_counter()
+    print("MARK init-done", file=sys.stderr, flush=True)
+    event = json.loads((REPO / "tests/events/rest_predict_test.json").read_text())
+    response = handler(event, Context())  # type: ignore[arg-type]
+    answered = time.perf_counter()
+    if response.get("statusCode") != 200:
+        raise SystemExit(f"first request failed: {response}")
+    handler(event, Context())  # type: ignore[arg-type]
+    second = time.perf_counter()
+    result = {
+        "wall_start": WALL0,
+        "init_s": init_done - T0,
+        "model_load_s": service.classifier.load_seconds,
+        "first_answer_s": answered - init_done,
+        "second_answer_s": second - answered,
+        "total_in_process_s": answered - T0,
+        "wall_end": time.time(),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
 def main() -> None:
+    if "--memory" in sys.argv:
+        memory_main()
+        return
     overlap = "--overlap" in sys.argv
     marks: dict[str, float] = {}
     loader = None
@@ -61,10 +103,10 @@ def main() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if loader is not None:
-        service = module.app.state.service()
+        service = module.app.state.twopass.service
         loader.join()
         service.__dict__["classifier"] = box["c"]
-    classifier = module.app.state.service().classifier
+    classifier = module.app.state.twopass.service.classifier
     marks["init_done"] = time.perf_counter()
     print("MARK init-done", file=sys.stderr, flush=True)
     event = json.loads((REPO / "tests/events/rest_predict_binary.json").read_text())

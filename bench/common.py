@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,13 +133,18 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def server(
-    args: Sequence[str], health_url: str, *, env: Mapping[str, str] | None = None, timeout: float = 120
+    args: Sequence[str],
+    health_url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path = REPO,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A child server process, up once ``health_url`` answers, stopped (SIGTERM, then kill) after."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log_path = RESULTS / f".server.{os.getpid()}.{free_port()}.log.tmp"
+    # The server's output, kept only to show when it fails to start: a temp file, never in bench/results.
+    log_path = Path(tempfile.gettempdir()) / f"twopass-bench-server.{os.getpid()}.{free_port()}.log"
     out = log_path.open("wb")
-    proc = subprocess.Popen(list(args), env=dict(env or child_env()), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(list(args), env=dict(env or child_env()), stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         try:
             wait_http(health_url, timeout, proc)

@@ -42,8 +42,8 @@ from twopass.models.card import ModelCard, card_path
 from twopass.models.labels import imagenet_labels
 
 MAX_PIXELS = 40_000_000
-#: uvicorn on 2 cores: two requests on the model at once, one core each (found by a sweep; see docs).
-HTTP_API_ENV = {"TWOPASS_INTRA_OP_THREADS": "1", "TWOPASS_INFERENCE_CONCURRENCY": "2"}
+#: uvicorn: one core per session; the inference concurrency is the project's default rule (cores + 1).
+HTTP_API_ENV = {"TWOPASS_INTRA_OP_THREADS": "1"}
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,8 @@ def twopass_http(api_env: dict[str, str]) -> Iterator[str]:
         yield url
 
 
-def _median_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+def median_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Each latency figure's median over repeated runs of one load, and the requests they made in all."""
     keys = ("p50_ms", "p99_ms", "mean_ms", "throughput_rps")
     return {**{k: round(median([r[k] for r in runs]), 2) for k in keys}, "n": int(sum(r["n"] for r in runs))}
 
@@ -286,11 +287,11 @@ def run(config: FastConfig) -> dict[str, Any]:
         "api_settings": {
             "handler (Lambda: one request per instance)": {
                 "intra_op_threads": settings.intra_op_threads,
-                "inference_concurrency": settings.inference_concurrency,
+                "inference_concurrency": settings.inference_threads,
             },
             "http (uvicorn)": {
                 "intra_op_threads": http_settings.intra_op_threads,
-                "inference_concurrency": http_settings.inference_concurrency,
+                "inference_concurrency": http_settings.inference_threads,
             },
         },
         "payload": "cat.jpg (451x300 JPEG, 35 KB): binary in the API Gateway REST event, base64 JSON over HTTP",
@@ -350,9 +351,9 @@ def run(config: FastConfig) -> dict[str, Any]:
             best_raw = max(runs[-1]["throughput_rps"] for runs in raw_runs.values())
             tp_ratios.append(http_runs["c10"][-1]["throughput_rps"] / best_raw)
             log(f"  c10 req/s: http {http_runs['c10'][-1]['throughput_rps']:.1f}, best raw {best_raw:.1f}")
-        result["raw"] = {c: _median_summary(r) for c, r in raw_runs.items()}
+        result["raw"] = {c: median_summary(r) for c, r in raw_runs.items()}
         result["raw"]["best_throughput_rps"] = max(v["throughput_rps"] for v in result["raw"].values())
-        result["http"] = {c: _median_summary(r) for c, r in http_runs.items()}
+        result["http"] = {c: median_summary(r) for c, r in http_runs.items()}
 
         log("fast path: 10 parallel requests (the gibbs scenario)")
         walls: dict[str, list[float]] = {"raw": [], "http": []}

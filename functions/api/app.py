@@ -7,7 +7,8 @@ from mangum import Mangum
 
 from twopass.api.app import create_app
 
-app = create_app()
+# Routes beyond the fast path load on their first request: a cold start imports what a prediction needs.
+app = create_app(defer_routes=True)
 _asgi = Mangum(app, lifespan="off")
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
@@ -24,9 +25,18 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and os.environ.get("POWERTOOLS_TRA
 
     @tracer.capture_lambda_handler(capture_response=False)
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        return _asgi(event, context)
+        return _answer(event, context)
 
 else:
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return _answer(event, context)
+
+
+def _answer(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    try:
         return _asgi(event, context)
+    finally:
+        # Whatever a route recorded goes out before the sandbox can be frozen (the fast path's own
+        # metrics have flushed already: on Lambda they flush per request).
+        app.state.twopass.flush_telemetry()

@@ -61,8 +61,14 @@ class Settings:
     allow_cpu_fallback: bool = field(default=False, metadata={"env": "TWOPASS_ALLOW_CPU_FALLBACK"})
     #: Threads one onnxruntime session may use inside an operator (0 = onnxruntime decides).
     intra_op_threads: int = field(default=0, metadata={"env": "TWOPASS_INTRA_OP_THREADS"})
-    #: How many predictions the API runs at once (its bounded inference pool).
-    inference_concurrency: int = field(default=2, metadata={"env": "TWOPASS_INFERENCE_CONCURRENCY"})
+    #: How many predictions the API runs at once (its bounded inference pool). 0: the cores plus one (3 on
+    #: 2 cores), the extra request decoding and crossing threads while the others run the model; with
+    #: ``TWOPASS_INTRA_OP_THREADS`` above 1, cores ÷ those threads, plus one. Measured on 2 cores with 0 and
+    #: 1 intra-op threads (docs/performance.md).
+    inference_concurrency: int = field(default=0, metadata={"env": "TWOPASS_INFERENCE_CONCURRENCY"})
+    #: API: threads that wait on the job table, queue and bucket; 0: twice the inference concurrency, at
+    #: least 4 (a request holds one at a time, and requests past the inference pool wait on the model).
+    io_threads: int = field(default=0, metadata={"env": "TWOPASS_IO_THREADS"})
     #: Labels returned with probabilities in each response.
     top_k: int = field(default=5, metadata={"env": "TWOPASS_TOP_K"})
     #: Largest accepted image, in bytes of the encoded file. 4 MiB: API Gateway hands a binary body
@@ -178,6 +184,11 @@ class Settings:
     #: Worker: how the candidate runs: ``shadow`` or ``shadow:<percent>`` (beside the serving model on that
     #: share of batches, recorded, never served), ``canary:<percent>`` (serves that share of jobs); empty: off.
     rollout_mode: str = field(default="", metadata={"env": "TWOPASS_ROLLOUT_MODE"})
+    #: API under a long-running server (uvicorn): seconds between metric flushes, each one EMF blob with
+    #: every value since the last, and request logs written by a background thread; 0: both per request.
+    #: On Lambda metrics always flush and logs always write within the invocation (the sandbox may be
+    #: frozen once it has answered).
+    metrics_flush_seconds: float = field(default=5.0, metadata={"env": "TWOPASS_METRICS_FLUSH_SECONDS"})
     #: Log level for twopass loggers.
     log_level: str = field(default="INFO", metadata={"env": "TWOPASS_LOG_LEVEL"})
     #: ``json`` (one object a record, as on AWS) or ``text``; empty: JSON on Lambda and ECS, else text.
@@ -206,6 +217,20 @@ class Settings:
         if not self.allow_cpu_fallback:
             return self.providers
         return tuple(p if p.endswith("?") else f"{p}?" for p in self.providers)
+
+    @property
+    def inference_threads(self) -> int:
+        """:attr:`inference_concurrency`, or where it is 0 the rule its documentation gives, for this
+        process's cores."""
+        if self.inference_concurrency > 0:
+            return self.inference_concurrency
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // max(1, self.intra_op_threads)) + 1
+
+    @property
+    def io_pool_threads(self) -> int:
+        """:attr:`io_threads`, or where it is 0 twice :attr:`inference_threads`, at least 4."""
+        return self.io_threads if self.io_threads > 0 else max(4, 2 * self.inference_threads)
 
     @property
     def job_ttl_seconds(self) -> int:

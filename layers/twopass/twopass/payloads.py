@@ -84,8 +84,17 @@ class PayloadStore:
     job, not an outage) and :class:`~twopass.exceptions.DependencyError` when the bucket is unavailable.
     """
 
-    def __init__(self, client: Any | None = None, bucket: str = "", max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        client: Any | None = None,
+        bucket: str = "",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        budget: aws.CallBudget | None = None,
+    ) -> None:
         self._client = client
+        #: The time budget of the client made on first use (the API's request path passes its own).
+        self._budget = budget
         self._signer: Any = None
         #: Where the worker keeps the inline image of a job that did not succeed ("": it keeps none).
         self.bucket = bucket
@@ -97,7 +106,7 @@ class PayloadStore:
         # Made on first use: most images travel inline, and a worker that never sees a claim
         # check never needs an S3 client.
         if self._client is None:
-            self._client = aws.client("s3")
+            self._client = aws.client("s3") if self._budget is None else aws.client("s3", self._budget)
         return self._client
 
     def put(self, bucket: str, job_id: str, data: bytes) -> str:

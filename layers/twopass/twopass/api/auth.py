@@ -19,7 +19,6 @@ import hashlib
 import hmac
 from typing import Annotated, Any
 
-import jwt
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
@@ -153,10 +152,14 @@ class TokenVerifier:
         if not issuer or not audiences:
             raise ConfigError(f"TWOPASS_AUTH_MODE={mode} needs TWOPASS_JWT_ISSUER and TWOPASS_JWT_AUDIENCE")
         self.mode, self.issuer, self.audiences = mode, issuer, frozenset(audiences)
+        import jwt  # here, not at the top: the API-key mode (and its cold start) never needs it
+
         self.keys = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=3600, timeout=5)
 
     def __call__(self, token: str) -> str:
         """The token's subject; 401 when it is not a valid token of this issuer for this app."""
+        import jwt
+
         try:
             key = self.keys.get_signing_key_from_jwt(token)
             claims: dict[str, Any] = jwt.decode(

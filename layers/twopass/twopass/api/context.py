@@ -2,16 +2,23 @@
 
 Inference is CPU-bound and blocking: a bounded pool keeps the event loop free and caps parallel
 model calls at what the cores can run. AWS calls block on the network: they get a pool of their own
-so a slow table never queues behind the model, nor the model behind a slow table.
+so a slow table never queues behind the model, nor the model behind a slow table. Both pools are
+sized by the settings' rules (``Settings.inference_threads``, ``Settings.io_pool_threads``): a pool
+larger than the work wakes its idle threads in turn, a context switch and a cold cache a trip.
+
+Telemetry: on Lambda every request's metrics flush before it answers (the sandbox may be frozen
+after); in a long-running server they flush every ``metrics_flush_seconds`` from a background thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -29,11 +36,25 @@ class ApiContext:
         self.settings = settings
         self._service = service
         self._lock = threading.Lock()
-        self.metrics = MetricsSink(service="twopass-api") if emit_metrics else None
-        self.inference_pool = ThreadPoolExecutor(max(1, settings.inference_concurrency), thread_name_prefix="infer")
-        self.io_pool = ThreadPoolExecutor(32, thread_name_prefix="aws")
+        #: Whether telemetry is written within each request (Lambda) rather than by background threads.
+        self.per_request_telemetry = on_lambda() or settings.metrics_flush_seconds <= 0
+        flush_every = 0.0 if self.per_request_telemetry else settings.metrics_flush_seconds
+        self.metrics = MetricsSink(service="twopass-api", flush_every=flush_every) if emit_metrics else None
+        self.inference_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+        self.io_pool = ThreadPoolExecutor(settings.io_pool_threads, thread_name_prefix="aws")
         #: The queues' depth for the ``max_backlog`` check, read at most every ``backlog_cache_seconds``.
         self.backlog = BacklogGauge(lambda: self.service.reports.backlog(), settings.backlog_cache_seconds)
+
+    @cached_property
+    def inline_backends(self) -> bool:
+        """Whether the job store and queues never block (they say ``blocking = False``: the in-memory
+        ones) and no bucket is in play: a request's backend calls then run on its inference thread,
+        one trip off the event loop in all, instead of trips to the I/O pool."""
+        service = self.service
+        backends = [service.store, service.publisher, service.high_priority_publisher]
+        return not self.settings.payload_bucket and all(
+            getattr(b, "blocking", True) is False for b in backends if b is not None
+        )
 
     @property
     def service(self) -> TwopassService:
@@ -43,6 +64,11 @@ class ApiContext:
                     self._service = TwopassService.from_settings(self.settings)
         return self._service
 
+    def flush_telemetry(self) -> None:
+        """Print the metrics still pending: once a Lambda invocation has answered, and at a server's shutdown."""
+        if self.metrics is not None:
+            self.metrics.drain()
+
     async def io[T](self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking AWS call on the I/O pool."""
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
@@ -50,6 +76,11 @@ class ApiContext:
     def infer[T](self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Start CPU-bound work on the inference pool; await the future for its result."""
         return asyncio.get_running_loop().run_in_executor(self.inference_pool, fn, *args)
+
+
+def on_lambda() -> bool:
+    """Whether this process is a Lambda sandbox, which may be frozen as soon as a request has answered."""
+    return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 
 # Async although they never await: FastAPI runs a plain ``def`` dependency on its thread pool, a

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
 from twopass.api.auth import TOKEN_MODES, USER_TOKEN_SCHEME
@@ -113,6 +112,8 @@ async def swagger_ui(request: Request) -> HTMLResponse:
     if _asset_dir() is None:
         raise HTTPProblemError(404, "not_found", "interactive docs are not installed; /openapi.json has the schema")
     root = public_prefix(request)
+    from fastapi.openapi.docs import get_swagger_ui_html  # only /docs needs it
+
     return get_swagger_ui_html(
         openapi_url=f"{root}/openapi.json",
         title="twopass — API docs",

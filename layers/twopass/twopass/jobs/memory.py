@@ -31,6 +31,10 @@ from twopass.jobs.base import (
 
 
 class MemoryJobStore(JobStore):
+    #: Calls return at once, never waiting on a network: the API makes them on the thread at hand
+    #: (``ApiContext.inline_backends``) instead of a trip to its I/O pool.
+    blocking = False
+
     def __init__(self, ttl_seconds: int = 7 * 24 * 3600) -> None:
         self.ttl_seconds = ttl_seconds
         self._jobs: dict[str, JobRecord] = {}

@@ -65,11 +65,12 @@ GRACEFUL_SHUTDOWN_SECONDS = 2
 
 def api_command(host: str, port: int, *, max_header_bytes: int, processes: int = 1) -> list[str]:
     """uvicorn serving the API app, with the local HTTP protocol (header size and header/body
-    timeouts, readable 4xx answers: uvicorn alone has neither)."""
+    timeouts, readable 4xx answers: uvicorn alone has neither) on httptools' parser, and uvloop's
+    event loop (uvicorn's default where installed)."""
     args = [
         sys.executable, "-m", "uvicorn", "--factory", "twopass.api.app:create_app",
         "--host", host, "--port", str(port), "--no-access-log",
-        "--http", "twopass.local.httpserver:LocalH11Protocol",
+        "--http", "twopass.local.httpserver:LocalHttpToolsProtocol",
         "--h11-max-incomplete-event-size", str(max_header_bytes),
         "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS),
         "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS),

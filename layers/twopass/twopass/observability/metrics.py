@@ -1,12 +1,24 @@
-"""CloudWatch metrics as EMF: one JSON blob on stdout per flush, turned into metrics by CloudWatch
-Logs on Lambda and on ECS (awslogs) alike, with no API call on the request path.
+"""CloudWatch metrics as EMF: JSON blobs on stdout, turned into metrics by CloudWatch Logs on Lambda
+and on ECS (awslogs) alike, with no API call on the request path.
+
+Two ways to flush. Per unit of work (``flush_every=0``, Lambda and the worker): :meth:`MetricsSink.flush`
+prints what was recorded at once, since a Lambda sandbox may be frozen as soon as it has answered. In
+a long-running server (``flush_every > 0``): values pile up and a background thread prints them every
+``flush_every`` seconds, each metric's values as one array (EMF takes up to 100 a metric a blob), so a
+request costs a list append instead of a JSON document and a write; :meth:`MetricsSink.close` prints
+the rest at shutdown.
+
+Every blob is written with its newline in one write: a log line from another thread cannot land inside it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
@@ -62,60 +74,135 @@ _UNITS = {
 }
 
 
-class MetricsSink:
-    """Thread-safe wrapper over powertools' EMF metrics for one service (``api`` or ``worker``).
+#: EMF's limits for one blob: values per metric, metrics per directive.
+MAX_VALUES = 100
+MAX_METRICS = 100
 
-    ``POWERTOOLS_METRICS_DISABLED=true`` (the local stack sets it) turns output off.
+
+class MetricsSink:
+    """Thread-safe EMF metrics for one service (``twopass-api`` or ``twopass-worker``).
+
+    ``POWERTOOLS_METRICS_DISABLED=true`` (the local stack sets it) turns output off, as it does for
+    powertools (``POWERTOOLS_DEV`` too, when the former is unset).
     """
 
-    def __init__(self, service: str) -> None:
-        from aws_lambda_powertools import Metrics
-
-        self._metrics = Metrics(namespace=NAMESPACE, service=service)
+    def __init__(self, service: str, *, flush_every: float = 0.0) -> None:
         self.service = service
+        self.flush_every = flush_every
         self._lock = threading.Lock()
-        self._pending = 0
+        #: Values by metric name, in the order first recorded since the last flush.
+        self._values: dict[str, list[float]] = {}
+        self._metadata: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if flush_every > 0:
+            self._thread = threading.Thread(target=self._flush_periodically, name="metrics-flush", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
+
+    @property
+    def periodic(self) -> bool:
+        return self._thread is not None
 
     def add(self, metric: Metric, value: float) -> None:
-        from aws_lambda_powertools.metrics import MetricUnit
-
-        unit = MetricUnit(_UNITS.get(metric, "Count"))
         with self._lock:
-            self._metrics.add_metric(name=metric.value, unit=unit, value=value)
-            self._pending += 1
+            values = self._values.get(metric.value)
+            if values is None:
+                self._values[metric.value] = [float(value)]
+            else:
+                values.append(float(value))
 
     def add_dimensioned(self, metric: Metric, value: float, dimensions: dict[str, str]) -> None:
         """One value with dimensions of its own beside ``service`` (e.g. ``model_version``), printed at once:
         EMF puts one dimension set on a whole blob, and the batch's other metrics must keep theirs."""
-        from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
-
-        single = EphemeralMetrics(namespace=NAMESPACE)
-        single.set_default_dimensions(**{"service": self.service, **dimensions})
-        single.add_metric(name=metric.value, unit=MetricUnit(_UNITS.get(metric, "Count")), value=value)
+        blob = _blob({"service": self.service, **dimensions}, {metric.value: [float(value)]}, {})
         with self._lock:
-            _emit(single.serialize_metric_set())
+            _emit(blob)
 
     def add_metadata(self, key: str, value: Any) -> None:
         with self._lock:
-            self._metrics.add_metadata(key=key, value=value)
+            self._metadata[key] = value
 
     def flush(self) -> None:
-        """Print what was recorded since the last flush as one EMF blob (nothing if empty)."""
+        """A unit of work has ended: print what was recorded as one EMF blob (nothing if empty), unless
+        a background thread prints periodically (then it goes with the next period's blob)."""
+        if self._thread is None:
+            self._print_pending()
+
+    def drain(self) -> None:
+        """Print whatever is pending now, whichever way this sink flushes (a server's shutdown, Lambda's answer)."""
+        self._print_pending()
+
+    def close(self) -> None:
+        """Stop the periodic thread (if any) and print whatever is still pending."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._print_pending()
+
+    def _flush_periodically(self) -> None:
+        while not self._stop.wait(self.flush_every):
+            self._print_pending()
+
+    def _print_pending(self) -> None:
         with self._lock:
-            if self._pending:
-                _emit(self._metrics.serialize_metric_set())
-                self._metrics.clear_metrics()
-                self._pending = 0
+            if not self._values:
+                return
+            values, metadata = self._values, self._metadata
+            self._values, self._metadata = {}, {}
+            for blob in _blobs({"service": self.service}, values, metadata):
+                _emit(blob)
+
+
+def _blobs(
+    dimensions: dict[str, str], values: dict[str, list[float]], metadata: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """As few blobs as EMF's limits allow: 100 metrics a blob, 100 values a metric a blob."""
+    names = list(values)
+    out = []
+    for first in range(0, len(names), MAX_METRICS):
+        group = names[first : first + MAX_METRICS]
+        rounds = max(len(values[n]) for n in group)
+        for start in range(0, rounds, MAX_VALUES):
+            chunk = {n: values[n][start : start + MAX_VALUES] for n in group if len(values[n]) > start}
+            out.append(_blob(dimensions, chunk, metadata))
+            metadata = {}  # once is enough
+    return out
+
+
+def _blob(dimensions: dict[str, str], values: dict[str, list[float]], metadata: dict[str, Any]) -> dict[str, Any]:
+    """One EMF document: the metric directive, the dimensions' values, each metric's values, metadata."""
+    metrics = [{"Name": name, "Unit": _UNITS.get(Metric(name), "Count")} for name in values]
+    return {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [list(dimensions)], "Metrics": metrics}],
+        },
+        **dimensions,
+        **values,
+        **metadata,
+    }
+
+
+def metrics_disabled() -> bool:
+    """powertools' rule: ``POWERTOOLS_METRICS_DISABLED`` true, or ``POWERTOOLS_DEV`` true with it unset."""
+    disabled = os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    if disabled is not None:
+        return _true(disabled)
+    return _true(os.environ.get("POWERTOOLS_DEV", "false"))
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("1", "y", "yes", "t", "true", "on")
 
 
 def _emit(blob: Mapping[str, Any]) -> None:
     """Write one EMF blob and its newline in a single write.
 
-    powertools prints the blob and the newline as two writes, so a log record from another thread
-    could land between them and leave two JSON documents on one line: CloudWatch would then parse
-    neither (the worker logs from several threads)."""
-    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
-
-    if not is_metrics_disabled():
+    A blob written in two pieces (the text, then the newline, as powertools prints it) lets a log
+    record from another thread land between them and leaves two JSON documents on one line:
+    CloudWatch would then parse neither (the worker logs from several threads)."""
+    if not metrics_disabled():
         sys.stdout.write(json.dumps(blob, separators=(",", ":")) + "\n")
         sys.stdout.flush()

@@ -15,6 +15,9 @@ from twopass.queue.base import Delivery, JobMessage, JobPublisher, MessageSource
 class MemoryQueue(JobPublisher, MessageSource):
     """FIFO, at-least-once within the process: unacked deliveries come back after ``visibility``."""
 
+    #: Publishing returns at once, never waiting on a network (see ``MemoryJobStore.blocking``).
+    blocking = False
+
     def __init__(self, visibility: float = 60.0, max_receive_count: int | None = None, name: str = "m") -> None:
         self.visibility = visibility
         #: Prefix of message ids, so two queues in one process never hand out the same one.

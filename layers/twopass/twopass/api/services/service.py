@@ -81,7 +81,8 @@ class TwopassService:
             settings,
             store,
             SqsPublisher(settings.queue_url, client=sqs),
-            payloads=PayloadStore(aws.client("s3", budget) if settings.payload_bucket else None),
+            # Its S3 client is made on first use: a prediction with an inline image never needs one.
+            payloads=PayloadStore(budget=budget),
             high_priority_publisher=SqsPublisher(high, client=sqs) if high else None,
         )
 

@@ -12,6 +12,13 @@ No half-submitted job: from the record's write on, record -> publish (or the cas
 the Idempotency-Key's answer run as one commit that the request's deadline does not cut in the
 middle. It ends with the job queued with its message and the answer kept for the key, or with the
 job failed and its key released, whichever step failed or overran (see :class:`_Commit`).
+
+Few hops: a request leaves the event loop once for the model (decode and classify, one trip to the
+inference pool) and once or twice for the backends (the cache lookup, the wait for a valid decode and
+the record's write in one trip; the publish and the key's answer in another). The I/O side learns that
+the image decoded from the inference thread directly (a :class:`threading.Event`), without a round
+through the event loop. Backends that never block (the in-memory ones) are called on the inference
+thread itself, after the fast answer: one trip off the event loop per request.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,8 +109,7 @@ async def _submit(context: ApiContext, submission: Submission, caller: Caller, a
         deadline_at=deadline_at,
         priority=service.intake.priority(options.priority),
     )
-    classify, hit = await _decoded_and_looked_up(context, submission, caller)
-    commit = _Commit(context, submission, caller, record, claim, classify, hit)
+    commit = _Commit(context, submission, caller, record, claim)
     return await _committed(commit, answer_by)
 
 
@@ -163,6 +170,11 @@ class _Commit:
     All of it, or the job ended (failed, its idempotency key released) by :meth:`_compensate` —
     whatever failed: a backend's error, the fast model, or the deadline passing mid-step (a step cut
     off by the deadline may still land later; :meth:`JobIntake.abandon` leaves it nothing to land on).
+
+    The backend steps run on the I/O pool, two trips in all: what comes before the fast answer
+    (:meth:`_record`) and what follows it (:meth:`_publish`). A trip outlives a deadline that cut it
+    short, so each step that writes first passes :meth:`_may_write`: once the commit has stopped, no
+    new write starts, and a write that started is one the clean-up knows of (``writing``).
     """
 
     def __init__(
@@ -172,25 +184,44 @@ class _Commit:
         caller: Caller,
         record: JobRecord,
         claim: IdempotencyRecord | None,
-        classify: asyncio.Future[tuple[Prediction, float]],
-        hit: CachedResult | None,
     ) -> None:
         self.context, self.submission, self.caller = context, submission, caller
-        self.record, self.claim, self.classify, self.hit = record, claim, classify, hit
+        self.record, self.claim = record, claim
         #: Set once the record's write has begun: from then on a failure must end the job.
         self.writing = False
         #: The answer, once known: kept for the key when a worker already has the job.
         self.response: dict[str, Any] | None = None
+        #: Backend time of the record's write and of the publish (milliseconds, measured on the I/O threads).
+        self.enqueue_ms = 0.0
+        self._gate = threading.Lock()
+        self._stopped = False
+        #: Backends that never block: the steps after the fast answer run on the inference thread.
+        self.inline = context.inline_backends
+        #: What the inline steps decided: the job's final result (if the fast answer stands) and the answer.
+        self.final: dict[str, Any] | None = None
+        self.answer: PredictResponse | None = None
+        self.inference = _Inference(context, submission, then=self._inline_steps if self.inline else None)
 
     async def run(self, answer_by: float) -> Submitted:
         try:
             async with asyncio.timeout_at(answer_by):
-                return await self._steps()
+                return await self._steps(answer_by)
         except BaseException as exc:
-            self.classify.cancel()
-            if self.writing:
+            self.inference.result.cancel()
+            with self._gate:  # no write starts after this; one that started is known
+                self._stopped = True
+                writing = self.writing
+            if writing:
                 await self._compensate(_reason(exc))
             raise
+
+    def _may_write(self) -> bool:
+        """On an I/O thread, just before a write: ``False`` once the commit has stopped (nothing may start)."""
+        with self._gate:
+            if self._stopped:
+                return False
+            self.writing = True
+            return True
 
     async def _compensate(self, reason: str) -> None:
         """End the job and release its key now; while the store is unreachable, keep trying in the
@@ -202,58 +233,127 @@ class _Commit:
         if not await self.context.io(abandon):
             _keep(asyncio.ensure_future(self._keep_compensating(abandon, reason)))
 
-    async def _steps(self) -> Submitted:
+    async def _steps(self, answer_by: float) -> Submitted:
         context, record, claim = self.context, self.record, self.claim
-        service = context.service
-        started = time.perf_counter()
-        message = None
-        if self.hit is None:
-            job_context = {"request_id": self.caller.request_id}
-            if self.submission.callback_url:
-                job_context["callback_url"] = self.submission.callback_url
-            data, image_ref = self.submission.data, self.submission.image_ref
-            message = await context.io(service.intake.prepare, record, data, job_context, image_ref)
-        self.writing = True
+        if self.inline:
+            try:
+                prediction, inference_ms = await self.inference.result  # the steps ran on its thread
+            except IdempotencyConflictError:
+                assert claim is not None  # only a claimed key can conflict
+                return await _replay_after_race(context, claim)
+            assert self.answer is not None
+            _report(context, record.job_id, self.caller, prediction, inference_ms, self.enqueue_ms, self.final)
+            return Submitted(self.answer, prediction=prediction)
+        wait_for = max(0.0, answer_by - asyncio.get_running_loop().time())
         try:
-            if self.hit is not None:
-                await context.io(service.shortcuts.record_cached, record, self.hit, claim)
-            else:
-                await context.io(service.intake.write, record, claim)
+            recorded = await context.io(self._record, wait_for)
         except IdempotencyConflictError:
-            self.writing = False  # the write was refused whole: nothing of this request's exists
+            # The write was refused whole: nothing of this request's exists.
             assert claim is not None  # only a claimed key can conflict
             return await _replay_after_race(context, claim)
-        enqueue_ms = (time.perf_counter() - started) * 1000
-        prediction, inference_ms = await self.classify
-        fast = prediction.result(service.fast_name, inference_ms)
-        final = record.result if self.hit is not None else None
-        if message is not None:
-            started = time.perf_counter()
-            final = await self._route(message, prediction, fast)
-            enqueue_ms += (time.perf_counter() - started) * 1000
-        response = PredictResponse.build(record.job_id, fast, final=final)
-        self.response = _dumped(response)
-        if claim is not None:
-            await context.io(service.idempotency.remember, claim, self.response)
-        _report(context, record.job_id, self.caller, prediction, inference_ms, enqueue_ms, final)
+        if recorded is None:
+            await self.inference.result  # raises why the image was refused
+            raise TimeoutError("the image waited for the model past the request's deadline")
+        message, hit = recorded
+        prediction, inference_ms = await self.inference.result
+        final, response, publish = self._answer(message, hit, prediction, inference_ms)
+        if publish is not None or claim is not None:
+            await context.io(self._publish, publish)
+        _report(context, record.job_id, self.caller, prediction, inference_ms, self.enqueue_ms, final)
         return Submitted(response, prediction=prediction)
 
-    async def _route(self, message: JobMessage, prediction: Prediction, fast: dict[str, Any]) -> dict[str, Any] | None:
-        """The cascade's choice: the job's final result when the fast answer stands, else None (published)."""
-        context, submission = self.context, self.submission
-        shortcuts = context.service.shortcuts
-        if shortcuts.cascade.route(submission.slow, prediction.probability) is Route.FAST:
+    def _inline_steps(self, prediction: Prediction, inference_ms: float) -> None:
+        """Inference thread, backends that never block: record, answer, publish, right after the fast answer."""
+        recorded = self._record(0.0)  # the image has decoded: no wait
+        if recorded is None:
+            raise TimeoutError("the request's deadline passed before the job was recorded")
+        self.final, self.answer, publish = self._answer(*recorded, prediction, inference_ms)
+        if publish is not None or self.claim is not None:
+            self._publish(publish)
+
+    def _answer(
+        self, message: JobMessage | None, hit: CachedResult | None, prediction: Prediction, inference_ms: float
+    ) -> tuple[dict[str, Any] | None, PredictResponse, JobMessage | dict[str, Any] | None]:
+        """The job's final result (when known now), the response, and what to publish; sets ``response``."""
+        fast = prediction.result(self.context.service.fast_name, inference_ms)
+        final: dict[str, Any] | None = self.record.result if hit is not None else None
+        publish: JobMessage | dict[str, Any] | None = None
+        if message is not None:
+            final, publish = self._route(message, prediction, fast)
+        response = PredictResponse.build(self.record.job_id, fast, final=final)
+        self.response = _dumped(response)
+        return final, response, publish
+
+    def _record(self, wait_for: float) -> tuple[JobMessage | None, CachedResult | None] | None:
+        """I/O thread: the cache lookup, then (once the image decoded) the record's write.
+
+        Returns the message to publish (``None`` on a cache hit) and the hit; ``None`` when the image
+        was refused, or did not decode within ``wait_for`` seconds, or the commit stopped meanwhile.
+        """
+        context, submission, record = self.context, self.submission, self.record
+        service = context.service
+        shortcuts = service.shortcuts
+        hit = None
+        if shortcuts.cache is not None and submission.slow is SlowMode.AUTO:
+            # Beside the decode: a cache hit needs no slow pass (``always`` asks for a fresh one).
+            hit = shortcuts.lookup(self.caller.owner, submission.data)
+        if not self.inference.decoded.wait(wait_for) or not self.inference.valid:
+            return None  # bad input fails before any job exists
+        started = time.perf_counter()
+        message = None
+        if hit is None:
+            job_context = {"request_id": self.caller.request_id}
+            if submission.callback_url:
+                job_context["callback_url"] = submission.callback_url
+            message = service.intake.prepare(record, submission.data, job_context, submission.image_ref)
+        if not self._may_write():
+            return None
+        try:
+            if hit is not None:
+                shortcuts.record_cached(record, hit, self.claim)
+            else:
+                service.intake.write(record, self.claim)
+        except IdempotencyConflictError:
+            with self._gate:
+                self.writing = False  # refused whole: nothing to end
+            raise
+        self.enqueue_ms += (time.perf_counter() - started) * 1000
+        return message, hit
+
+    def _route(
+        self, message: JobMessage, prediction: Prediction, fast: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, JobMessage | dict[str, Any]]:
+        """The cascade's choice: ``(final, final)`` when the fast answer stands (the job's result to
+        record), else ``(None, message)`` (the message to publish, the fast answer in its context)."""
+        shortcuts = self.context.service.shortcuts
+        if shortcuts.cascade.route(self.submission.slow, prediction.probability) is Route.FAST:
             final = shortcuts.fast_final(fast)
-            # Known before the write: should the write land yet the request fail, the key keeps it.
-            self.response = _dumped(PredictResponse.build(message.job_id, fast, final=final))
-            await context.io(shortcuts.answer_fast, message.job_id, final, self.claim)
-            return final
+            return final, final
+        data = self.submission.data
         message = shortcuts.with_fast_answer(
-            message, prediction, self.caller.owner, lambda: hashlib.sha256(submission.data).hexdigest()
+            message, prediction, self.caller.owner, lambda: hashlib.sha256(data).hexdigest()
         )
-        self.response = _dumped(PredictResponse.build(message.job_id, fast))
-        await context.io(context.service.intake.send, message)
-        return None
+        return None, message
+
+    def _publish(self, publish: JobMessage | dict[str, Any] | None) -> None:
+        """I/O thread: the job's message sent (or the fast answer recorded), then the answer kept for the key.
+
+        ``self.response`` is set before this trip: should the publish land yet the request fail, the
+        clean-up keeps that answer for the key.
+        """
+        service = self.context.service
+        job_id = self.record.job_id
+        if not self._may_write():  # the deadline passed while this trip waited for a thread
+            return
+        started = time.perf_counter()
+        if isinstance(publish, JobMessage):
+            service.intake.send(publish)
+        elif publish is not None:
+            service.shortcuts.answer_fast(job_id, publish, self.claim)
+        self.enqueue_ms += (time.perf_counter() - started) * 1000
+        if self.claim is not None and self._may_write():
+            assert self.response is not None
+            service.idempotency.remember(self.claim, self.response)
 
     async def _keep_compensating(self, abandon: Callable[[], bool], reason: str) -> None:
         loop = asyncio.get_running_loop()
@@ -282,28 +382,9 @@ def _reason(exc: BaseException) -> str:
     return "the fast model failed on the image"
 
 
-async def _decoded_and_looked_up(
-    context: ApiContext, submission: Submission, caller: Caller
-) -> tuple[asyncio.Future[tuple[Prediction, float]], CachedResult | None]:
-    """:func:`_decoded`, with the result-cache lookup running beside the decode."""
-    shortcuts = context.service.shortcuts
-    lookup = None
-    if shortcuts.cache is not None and submission.slow is SlowMode.AUTO:
-        # Beside the decode: a cache hit needs no slow pass (``always`` asks for a fresh one).
-        lookup = asyncio.ensure_future(context.io(shortcuts.lookup, caller.owner, submission.data))
-    try:
-        classify = await _decoded(context, submission)
-        hit: CachedResult | None = await lookup if lookup is not None else None
-    except BaseException:
-        if lookup is not None:
-            lookup.cancel()
-        raise
-    return classify, hit
-
-
 async def _fast_only(context: ApiContext, submission: Submission) -> Submitted:
     """``slow: never``: the fast model's answer and nothing else (no job, no queue, no store)."""
-    prediction, inference_ms = await (await _decoded(context, submission))
+    prediction, inference_ms = await _Inference(context, submission).result
     if context.metrics is not None:
         context.metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
         context.metrics.add(Metric.FAST_ONLY, 1)
@@ -337,7 +418,7 @@ async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> 
             headers={"Retry-After": retry_after},
         )
     service = context.service
-    prediction, inference_ms = await (await _decoded(context, submission))
+    prediction, inference_ms = await _Inference(context, submission).result
     limit = context.settings.max_backlog
     logger.info("slow pass shed (backlog over %d)", limit, extra={"request_id": caller.request_id})
     if context.metrics is not None:
@@ -348,31 +429,40 @@ async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> 
     return Submitted(response, prediction=prediction)
 
 
-async def _decoded(context: ApiContext, submission: Submission) -> asyncio.Future[tuple[Prediction, float]]:
-    """Start decode+classify in one trip to the inference pool; return once the image has decoded.
+class _Inference:
+    """Decode and classify in one trip to the inference pool, started at once.
 
-    Raises why the image was refused; the returned future gives the fast prediction.
+    ``result`` gives the fast prediction (or raises why the image was refused); ``decoded`` is set by
+    the inference thread once the decode has ended, ``valid`` saying whether it succeeded, so the I/O
+    side can wait for a valid image on its own thread without a round through the event loop.
+    ``then`` runs on the same thread after the model (its error is the result's).
     """
-    loop = asyncio.get_running_loop()
-    decoded = asyncio.Event()
-    service = context.service
-    data = submission.data
-    # An uploaded image came through the bucket, not the request body: the upload limit is its limit.
-    limit = context.settings.upload_max_bytes if submission.image_ref is not None else None
 
-    def decode_and_classify() -> tuple[Prediction, float]:
-        tensor = service.decode(data, limit)
-        loop.call_soon_threadsafe(decoded.set)  # a valid image: the enqueue may start now
-        return service.classify(tensor)
+    def __init__(
+        self,
+        context: ApiContext,
+        submission: Submission,
+        then: Callable[[Prediction, float], None] | None = None,
+    ) -> None:
+        self.decoded = threading.Event()
+        self.valid = False
+        service = context.service
+        data = submission.data
+        # An uploaded image came through the bucket, not the request body: the upload limit is its limit.
+        limit = context.settings.upload_max_bytes if submission.image_ref is not None else None
 
-    classify = context.infer(decode_and_classify)
-    signal: asyncio.Future[Any] = asyncio.ensure_future(decoded.wait())
-    pending: set[asyncio.Future[Any]] = {classify, signal}
-    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    if not decoded.is_set():
-        signal.cancel()
-        await classify  # raises why the image was refused
-    return classify
+        def decode_and_classify() -> tuple[Prediction, float]:
+            try:
+                tensor = service.decode(data, limit)
+                self.valid = True  # a valid image: the record's write may start now
+            finally:
+                self.decoded.set()
+            prediction, inference_ms = service.classify(tensor)
+            if then is not None:  # on this thread, with the answer at hand
+                then(prediction, inference_ms)
+            return prediction, inference_ms
+
+        self.result: asyncio.Future[tuple[Prediction, float]] = context.infer(decode_and_classify)
 
 
 async def _replay_after_race(context: ApiContext, claim: IdempotencyRecord) -> Submitted:

@@ -1,0 +1,71 @@
+"""The API's thread pools: sized by the documented rules, and the backend calls' trips where they go."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from twopass.api.app import create_app
+from twopass.api.context import ApiContext
+from twopass.api.services.service import TwopassService
+from twopass.config import Settings
+from twopass.jobs.memory import MemoryJobStore
+from twopass.models.runtime import Classifier
+from twopass.queue.base import JobMessage
+from twopass.queue.memory import MemoryQueue
+
+
+@pytest.mark.parametrize(
+    ("cores", "intra_op", "inference", "io"),
+    [(2, 0, 3, 6), (2, 1, 3, 6), (1, 1, 2, 4), (8, 1, 9, 18), (8, 4, 3, 6), (16, 0, 17, 34)],
+)
+def test_pool_sizes_follow_the_rules(
+    monkeypatch: pytest.MonkeyPatch, cores: int, intra_op: int, inference: int, io: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    settings = Settings(intra_op_threads=intra_op)
+    assert (settings.inference_threads, settings.io_pool_threads) == (inference, io)
+    context = ApiContext(settings, emit_metrics=False)
+    assert context.inference_pool._max_workers == inference
+    assert context.io_pool._max_workers == io
+
+
+def test_set_sizes_win_over_the_rules() -> None:
+    settings = Settings(inference_concurrency=5, io_threads=7)
+    assert (settings.inference_threads, settings.io_pool_threads) == (5, 7)
+
+
+class _NetworkQueue(MemoryQueue):
+    """An in-memory queue that says it blocks, as a networked one does: its calls go to the I/O pool."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def publish(self, message: JobMessage) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return super().publish(message)
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_backend_calls_run_on_the_inference_thread_only_when_no_backend_blocks(
+    fast_classifier: Classifier, cat_jpeg: bytes, blocking: bool
+) -> None:
+    queue = _NetworkQueue()
+    queue.blocking = blocking
+    service = TwopassService(Settings(), MemoryJobStore(), queue, fast_classifier)
+    app = create_app(service, emit_metrics=False)
+    with TestClient(app) as client:
+        body = {"image_data": base64.b64encode(cat_jpeg).decode()}
+        assert client.post("/predict", json=body).status_code == 200
+    assert app.state.twopass.inline_backends is (not blocking)
+    (thread,) = queue.threads
+    assert thread.startswith("aws" if blocking else "infer")
+    assert len(queue) == 1  # queued either way

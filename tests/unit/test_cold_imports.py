@@ -1,0 +1,142 @@
+"""The API Lambda's cold start imports what a prediction needs, and no more than it did.
+
+Measured with ``python -X importtime`` on the Lambda entry point (``functions/api/app.py``) in fresh
+interpreters, in ways that hold on a loaded two-core machine: which modules must not load, and how
+many load in all and of twopass's own (exact counts: each may grow by at most 10 % over
+``cold_imports_baseline.json``). Time is checked coarsely: twopass's own import time relative to
+FastAPI's in the same run (both slow down together when other work shares the cores), the best of
+three runs, may not pass 1.5 x the baseline's typical figure (it varies by about a fifth between
+runs here; re-importing every route, as before the deferral, is 2-3 x). After a deliberate change,
+write the new figures there (``python -m tests.unit.test_cold_imports`` prints them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE = Path(__file__).with_name("cold_imports_baseline.json")
+#: Allowed growth over the baseline before the test calls it a regression: module counts, import time.
+TOLERANCE = 1.10
+TIME_TOLERANCE = 1.5
+#: Modules a prediction does not need, which the cold start must therefore not import: the other
+#: routes (their response models and OpenAPI pieces), the JWT verifier's crypto (token modes only),
+#: powertools' metrics (twopass writes EMF itself), and boto3 (created on the first use of the AWS
+#: backends, which the bare import below never reaches).
+NOT_ON_THE_FAST_PATH = (
+    "twopass.api.oip.routes",
+    "twopass.api.oip.codec",
+    "twopass.api.routes.jobs",
+    "twopass.api.routes.batches",
+    "twopass.api.routes.uploads",
+    "twopass.api.routes.meta",
+    "twopass.api.routes.demo",
+    "jwt",
+    "cryptography",
+    "aws_lambda_powertools.metrics",
+    "boto3",
+)
+_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)")
+
+
+@dataclass(frozen=True)
+class ImportRun:
+    modules: list[str]
+    #: Self import time (µs) summed over twopass's modules and over FastAPI's.
+    twopass_us: int
+    fastapi_us: int
+
+    @property
+    def twopass_modules(self) -> int:
+        return sum(1 for m in self.modules if m.split(".")[0] == "twopass")
+
+    @property
+    def ratio(self) -> float:
+        return self.twopass_us / self.fastapi_us
+
+
+def import_run() -> ImportRun:
+    """Import the Lambda entry point (it builds the app) in a fresh interpreter under ``-X importtime``."""
+    env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_FUNCTION_NAME"}  # no model load, no AWS
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "layers" / "twopass"), str(REPO)])
+    # Bytecode as a deployed layer has it (compiled once), kept out of the checkout: the first run
+    # compiles into this cache, the measured runs read it.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "twopass-cold-imports-pycache")
+    code = "import runpy; runpy.run_path('functions/api/app.py')"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules, own, fastapi = [], 0, 0
+    for line in proc.stderr.splitlines():
+        if m := _LINE.match(line):
+            name, self_us = m.group(4), int(m.group(1))
+            modules.append(name)
+            top = name.split(".")[0]
+            own += self_us if top == "twopass" else 0
+            fastapi += self_us if top == "fastapi" else 0
+    return ImportRun(modules, own, fastapi)
+
+
+def measure(runs: int = 3) -> dict[str, float]:
+    import_run()  # compiles what the cache lacks
+    results = [import_run() for _ in range(runs)]
+    return {
+        "modules": len(results[0].modules),
+        "twopass_modules": results[0].twopass_modules,
+        "twopass_vs_fastapi_import_time": round(min(r.ratio for r in results), 3),
+    }
+
+
+def test_the_cold_start_imports_no_more_than_its_baseline() -> None:
+    baseline = json.loads(BASELINE.read_text())
+    import_run()  # compiles what the cache lacks
+    run = import_run()
+    loaded = set(run.modules)
+    assert not [m for m in NOT_ON_THE_FAST_PATH if m in loaded], "imported though a prediction does not need it"
+    assert len(run.modules) <= baseline["modules"] * TOLERANCE
+    assert run.twopass_modules <= baseline["twopass_modules"] * TOLERANCE
+    best = min([run.ratio, *(import_run().ratio for _ in range(2))])
+    assert best <= baseline["twopass_vs_fastapi_import_time"] * TIME_TOLERANCE, (
+        f"twopass's imports now take {best:.3f} x FastAPI's (baseline {baseline['twopass_vs_fastapi_import_time']})"
+    )
+
+
+def test_the_deferred_routes_are_the_same_app_once_loaded() -> None:
+    """``defer_routes`` changes when the routes load, not which: same routes in the same order, same schema."""
+    from fastapi.testclient import TestClient
+
+    from twopass.api.app import create_app
+    from twopass.config import Settings
+
+    settings = Settings(auth_mode="jwt", jwt_issuer="https://issuer.example", jwt_audience="app")
+    eager, deferred = create_app(settings=settings), create_app(settings=settings, defer_routes=True)
+    assert set(deferred.openapi()["paths"]) == {"/predict", "/predict/test"}  # nothing else yet
+    with TestClient(deferred) as client:
+        assert client.get("/health").status_code == 200  # a path outside the fast path loads the rest
+        assert client.get("/openapi.json").json() == eager.openapi()
+        assert client.get("/jobs").status_code == eager_status(eager, "/jobs")
+
+    def table(app: object) -> list[tuple[str, str]]:
+        return [(type(r).__name__, repr(getattr(r, "path", None))) for r in app.routes]  # type: ignore[attr-defined]
+
+    assert table(deferred) == table(eager)
+
+
+def eager_status(app: object, path: str) -> int:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:  # type: ignore[arg-type]
+        return client.get(path).status_code
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(), indent=2))
