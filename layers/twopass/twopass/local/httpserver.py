@@ -111,6 +111,14 @@ class _ErrorAnswers:
     _body_timer: asyncio.TimerHandle | None
     _linger_timer: asyncio.TimerHandle | None
 
+    _dropped: int
+
+    def _no_timers_yet(self) -> None:
+        """A new connection's state: no timer running, not lingering, nothing dropped."""
+        self._header_timer = self._body_timer = self._linger_timer = None
+        self._lingering = False
+        self._dropped = 0
+
     if TYPE_CHECKING:  # uvicorn's protocols have it; declared here for the type checker only
 
         def _unset_keepalive_if_required(self) -> None: ...
@@ -161,11 +169,7 @@ class LocalH11Protocol(_ErrorAnswers, H11Protocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.conn = _LimitedConnection(self.limits.max_header_bytes)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        self._linger_timer: asyncio.TimerHandle | None = None
-        self._lingering = False
-        self._dropped = 0
+        self._no_timers_yet()
         # uvicorn makes one protocol per accepted connection, just before connection_made: the clock
         # for the first request head starts now (uvicorn itself never times out a silent connection).
         self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timed_out)
@@ -258,11 +262,7 @@ class LocalHttpToolsProtocol(_ErrorAnswers, HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        self._linger_timer: asyncio.TimerHandle | None = None
-        self._lingering = False
-        self._dropped = 0
+        self._no_timers_yet()
         #: A request's head has begun and is not complete; its body has begun and is not complete.
         self._in_head = False
         self._in_body = False
