@@ -37,7 +37,8 @@ AUTH_MODE ?= apikey
 CORS_ALLOW_ORIGINS ?=
 # pytest processes (pytest-xdist; each test file stays in one process, so a file's stack is its own).
 # Most tests wait on servers and workers, so two processes halve the run even on two cores.
-TEST_WORKERS ?= 2
+# Three test processes on two cores: most tests wait on servers and workers, not on the CPU.
+TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 # tests/artefacts: clean virtual environments built from the shipped requirement files, kept here
 # between runs (rebuilt only when a file changes).
@@ -89,8 +90,8 @@ unit: $(STAMP) ## Tests that start no servers
 e2e: $(STAMP) browser ## Tests through the local stack over HTTP (API, worker, SDK, CLI, chaos, browser, JS client)
 	$(PY) -m pytest -m e2e -q $(PYTEST_PARALLEL)
 
-test: $(STAMP) $(CHECKOV) browser lint typecheck ## Install what is needed, lint, type-check and run every test (TEST_WORKERS=2)
-	$(PY) -m pytest -q $(PYTEST_PARALLEL)
+test: $(STAMP) $(CHECKOV) browser lint typecheck ## Install what is needed, lint, type-check and run every test (TEST_WORKERS=3)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) --durations=15
 
 # The browser tests (tests/e2e/test_browser.py) drive Debian's chromium package over the DevTools
 # protocol; where apt-get is missing (not Debian) they are skipped with a note instead.

@@ -10,13 +10,15 @@ in tests/unit/test_rollout.py, with the in-process worker.)
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.helpers import final, own_stack
+from tests.e2e.helpers import final, own_stack, until
+from twopass.api.services.shortcuts import UNKNOWN_VERSION_SECONDS
 from twopass.config import REPO_ROOT
 from twopass.local.stack import LocalStack
 
@@ -130,6 +132,10 @@ def test_a_repeated_image_is_served_from_the_cache_and_a_changed_byte_is_not(
     stack: LocalStack, http: httpx.Client, worker: subprocess.Popen[bytes], photo: Any
 ) -> None:
     chelsea = photo("chelsea.jpg") + b"cache-test"  # bytes after the JPEG's end: no other test sends these
+    # The API learns the serving slow version from a worker's heartbeat and trusts "unknown" for a few
+    # seconds: the cache is consulted once a worker has reported and that has passed.
+    until(lambda: http.get("/health/all").json()["backends"]["worker"]["alive"], 60, "a worker's heartbeat")
+    time.sleep(UNKNOWN_VERSION_SECONDS)
     first = post(http, chelsea)
     slow = final(http, first["job_id"])
     assert slow["status"] == "succeeded" and slow["cached"] is False
