@@ -7,8 +7,11 @@ from mangum import Mangum
 
 from twopass.api.app import create_app
 
-# Routes beyond the fast path load on their first request: a cold start imports what a prediction needs.
-app = create_app(defer_routes=True)
+# An on-demand cold start imports only what a prediction needs; the other routes load on their first
+# request. Where init is off the request's clock (SnapStart snapshots it, provisioned concurrency runs
+# it ahead of traffic) everything loads now, so no request pays for it later.
+_INIT_AHEAD = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") in ("snap-start", "provisioned-concurrency")
+app = create_app(defer_routes=not _INIT_AHEAD)
 _asgi = Mangum(app, lifespan="off")
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):

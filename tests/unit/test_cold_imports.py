@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = Path(__file__).with_name("cold_imports_baseline.json")
 #: Allowed growth over the baseline before the test calls it a regression: module counts, import time.
@@ -140,3 +142,21 @@ def eager_status(app: object, path: str) -> int:
 
 if __name__ == "__main__":
     print(json.dumps(measure(), indent=2))
+
+
+@pytest.mark.parametrize(
+    ("init_type", "eager"), [("on-demand", False), ("snap-start", True), ("provisioned-concurrency", True)]
+)
+def test_routes_load_at_init_where_init_is_off_the_request_clock(init_type: str, eager: bool) -> None:
+    # SnapStart snapshots init and provisioned concurrency runs it ahead of traffic: there every route
+    # loads at init; an on-demand cold start loads the fast path's routes only.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_FUNCTION_NAME"}  # no model load, no AWS
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "layers" / "twopass"), str(REPO)])
+    env["AWS_LAMBDA_INITIALIZATION_TYPE"] = init_type
+    code = (
+        "import runpy, sys; app = runpy.run_path('functions/api/app.py')['app']; "
+        "print(sorted(app.openapi()['paths']) == ['/predict', '/predict/test'], 'twopass.api.routes.jobs' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [str(not eager), str(eager)]
