@@ -86,6 +86,147 @@ class _Delivery:
     seq: int = 0  # order among the ready and the waiting
 
 
+class _Schedule:
+    """Which delivery is tried next: the ready ones per destination, destinations in round-robin order;
+    those waiting out a backoff, soonest first; the tries running, at most ``per_destination`` each.
+
+    Not thread-safe: :class:`CallbackSender` calls it under its condition.
+    """
+
+    def __init__(self, per_destination: int) -> None:
+        self.per_destination = per_destination
+        self.ready: OrderedDict[str, deque[_Delivery]] = OrderedDict()
+        #: (due, seq, delivery), soonest first.
+        self.waiting: list[tuple[float, int, _Delivery]] = []
+        self.active: dict[str, int] = {}  # tries running, per destination
+        self.in_flight: set[_Delivery] = set()
+        self._seq = itertools.count()
+
+    def add(self, delivery: _Delivery) -> None:
+        """Ready for a try, behind its destination's others."""
+        delivery.seq = next(self._seq)
+        self.ready.setdefault(delivery.destination, deque()).append(delivery)
+
+    def wait(self, delivery: _Delivery, due: float) -> None:
+        """Ready again at ``due`` (monotonic seconds)."""
+        heapq.heappush(self.waiting, (due, delivery.seq, delivery))
+
+    def release_due(self, now: float) -> float | None:
+        """Make the waits that are over ready; when the next one is due (``None``: none waits)."""
+        while self.waiting and self.waiting[0][0] <= now:
+            self.add(heapq.heappop(self.waiting)[2])
+        return self.waiting[0][0] if self.waiting else None
+
+    def startable(self) -> bool:
+        return any(self.active.get(d, 0) < self.per_destination for d in self.ready)
+
+    def pick(self) -> _Delivery | None:
+        """The oldest ready delivery of the first destination (round-robin) with a free slot, now in flight."""
+        dest = next((d for d in self.ready if self.active.get(d, 0) < self.per_destination), None)
+        if dest is None:
+            return None
+        ready = self.ready[dest]
+        delivery = ready.popleft()
+        if ready:
+            self.ready.move_to_end(dest)
+        else:
+            del self.ready[dest]
+        self.active[dest] = self.active.get(dest, 0) + 1
+        self.in_flight.add(delivery)
+        return delivery
+
+    def tried(self, delivery: _Delivery) -> None:
+        """A try ended: its destination's slot is free."""
+        dest = delivery.destination
+        self.active[dest] -= 1
+        if not self.active[dest]:
+            del self.active[dest]
+        self.in_flight.discard(delivery)
+
+    def take_waiting(self) -> list[_Delivery]:
+        """Every delivery waiting out a backoff, no longer scheduled."""
+        waiting = [entry[2] for entry in self.waiting]
+        self.waiting.clear()
+        return waiting
+
+    def take_ready(self) -> list[_Delivery]:
+        """Every ready delivery, no longer scheduled."""
+        ready = [d for queue in self.ready.values() for d in queue]
+        self.ready.clear()
+        return ready
+
+
+class _Poster:
+    """One try of one delivery over HTTP: the URL's form checked, the body signed, the answer classed.
+
+    Connections go only to addresses the SSRF guard checked (:class:`PinnedTransport`).
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        allow_private: bool,
+        allow_http: bool,
+        timeout: float,
+        connections: int,
+        resolver: Resolver | None,
+        transport: httpx.BaseTransport | None,
+    ) -> None:
+        self.secret = secret
+        self.allow_private = allow_private
+        self.allow_http = allow_http
+        # No redirects (a redirect to an internal address would walk around the guard) and no proxies
+        # from the environment (a proxy would make its own DNS lookup). One connection per thread at
+        # most, so a try never waits for the pool.
+        self._http = httpx.Client(
+            transport=transport
+            or PinnedTransport(
+                allow_private=allow_private,
+                resolver=resolver,
+                max_connections=connections,
+                attempt_timeout=timeout,
+                max_response_bytes=MAX_RESPONSE_BYTES,
+            ),
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": "twopass-callback/1"},
+        )
+
+    def attempt(self, delivery: _Delivery) -> bool | None:
+        """One try: ``True`` delivered, ``False`` refused for good, ``None`` worth another try."""
+        delivery.tries += 1
+        try:
+            self._post(delivery.url, delivery.body)
+            return True
+        except (_RetryableError, httpx.TransportError, CallbackResolutionError) as exc:
+            delivery.last_error = _describe(exc)
+            return None
+        except (_RefusedError, httpx.HTTPError, CallbackURLError) as exc:
+            delivery.last_error = _describe(exc)
+            return False
+        except Exception:  # a delivery thread must survive anything one callback does
+            logger.exception("callback to %s failed", delivery.url, extra=job_extra(delivery.job_id))
+            delivery.last_error = "unexpected error"
+            return False
+
+    def _post(self, url: str, body: bytes) -> None:
+        # Form only here: the addresses are checked by the transport, on the one lookup it connects with.
+        check_url(url, allow_private=self.allow_private, allow_http=self.allow_http, resolve=False)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body)}
+        with self._http.stream("POST", url, content=body, headers=headers) as response:
+            status = response.status_code
+            if 200 <= status < 300:
+                _read_small_body(response)
+        # Leaving the block unread closes the connection: the rest of the answer is never read.
+        if not 200 <= status < 300:
+            raise (_RetryableError if status in _RETRY_STATUSES else _RefusedError)(status)
+
+    def close(self) -> None:
+        self._http.close()
+
+
 class CallbackSender:
     """POSTs ``{"job_id", "status", ...}`` to each job's ``callback_url``, signed with the deployment secret.
 
@@ -124,34 +265,15 @@ class CallbackSender:
         self.on_result = on_result
         self.on_dropped = on_dropped
         self._max_threads = max(1, threads)
-        # No redirects (a redirect to an internal address would walk around the guard) and no proxies
-        # from the environment (a proxy would make its own DNS lookup). One connection per thread at
-        # most, so a try never waits for the pool.
-        self._http = httpx.Client(
-            transport=transport
-            or PinnedTransport(
-                allow_private=allow_private,
-                resolver=resolver,
-                max_connections=self._max_threads,
-                attempt_timeout=timeout,
-                max_response_bytes=MAX_RESPONSE_BYTES,
-            ),
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": "twopass-callback/1"},
-        )
+        self._poster = _Poster(
+            secret, allow_private=allow_private, allow_http=allow_http, timeout=timeout, connections=self._max_threads,
+            resolver=resolver, transport=transport,
+        )  # fmt: skip
         self._threads: list[threading.Thread] = []
         self._cond = threading.Condition()
-        #: Deliveries ready for a try, per destination; destinations in round-robin order.
-        self._ready: OrderedDict[str, deque[_Delivery]] = OrderedDict()
-        #: Deliveries waiting out a backoff: (due, seq, delivery), soonest first.
-        self._waiting: list[tuple[float, int, _Delivery]] = []
-        self._active: dict[str, int] = {}  # tries running, per destination
-        self._in_flight: set[_Delivery] = set()
+        self._schedule = _Schedule(self.per_destination)
         self._pending = 0  # submitted and not finished (ready, waiting or being tried)
         self._idle = 0  # threads waiting for work
-        self._seq = itertools.count()
         #: Set by close(): deliveries still get their current try, but no backoff wait and no retry.
         self._closing = threading.Event()
         self._stopped = False  # close() is done: threads exit
@@ -173,7 +295,7 @@ class CallbackSender:
             closed = self._closing.is_set()
             if not closed:
                 self._pending += 1
-                self._make_ready(delivery)
+                self._schedule.add(delivery)
                 self._wake()
         if closed:
             logger.warning("callback not sent: the sender is closed", extra=job_extra(job_id))
@@ -200,59 +322,31 @@ class CallbackSender:
             self._threads.append(thread)
             thread.start()
 
-    def _startable(self) -> bool:
-        return any(self._active.get(d, 0) < self.per_destination for d in self._ready)
-
-    def _make_ready(self, delivery: _Delivery) -> None:
-        delivery.seq = next(self._seq)
-        self._ready.setdefault(delivery.destination, deque()).append(delivery)
-
     def _take(self) -> _Delivery | None:
         """The next delivery to try, waiting for one; ``None`` once the sender is stopped."""
         while not self._stopped:
             now = time.monotonic()
-            while self._waiting and self._waiting[0][0] <= now:
-                self._make_ready(heapq.heappop(self._waiting)[2])
-            delivery = self._pick()
+            due = self._schedule.release_due(now)
+            delivery = self._schedule.pick()
             if delivery is not None:
-                if self._startable():
+                if self._schedule.startable():
                     self._wake()
                 return delivery
             self._idle += 1
             try:
-                self._cond.wait(self._waiting[0][0] - now if self._waiting else None)
+                self._cond.wait(None if due is None else due - now)
             finally:
                 self._idle -= 1
         return None
 
-    def _pick(self) -> _Delivery | None:
-        """The oldest ready delivery of the first destination (round-robin) with a free slot."""
-        dest = next((d for d in self._ready if self._active.get(d, 0) < self.per_destination), None)
-        if dest is None:
-            return None
-        ready = self._ready[dest]
-        delivery = ready.popleft()
-        if ready:
-            self._ready.move_to_end(dest)
-        else:
-            del self._ready[dest]
-        self._active[dest] = self._active.get(dest, 0) + 1
-        self._in_flight.add(delivery)
-        return delivery
-
     def _settle(self, delivery: _Delivery, outcome: bool | None) -> bool:
         """Book a try's ``outcome`` (``None``: worth another); ``True`` when the delivery is finished."""
-        dest = delivery.destination
-        self._active[dest] -= 1
-        if not self._active[dest]:
-            del self._active[dest]
-        self._in_flight.discard(delivery)
+        self._schedule.tried(delivery)
         self._cond.notify_all()  # a slot of this destination is free
         if delivery.dropped:
             return False  # already counted and reported by close()
         if outcome is None and delivery.tries < self.attempts and not self._closing.is_set():
-            due = time.monotonic() + delivery.backoff.next_delay()
-            heapq.heappush(self._waiting, (due, delivery.seq, delivery))
+            self._schedule.wait(delivery, time.monotonic() + delivery.backoff.next_delay())
             self._ensure_thread()  # a thread free when it is due, not only when a busy one ends
             return False
         self._pending -= 1
@@ -266,40 +360,11 @@ class CallbackSender:
                 delivery = self._take()
             if delivery is None:
                 return
-            outcome = self._attempt(delivery)
+            outcome = self._poster.attempt(delivery)
             with self._cond:
                 finished = self._settle(delivery, outcome)
             if finished:
                 self._finish(delivery, bool(outcome))
-
-    def _attempt(self, delivery: _Delivery) -> bool | None:
-        """One try: ``True`` delivered, ``False`` refused for good, ``None`` worth another try."""
-        delivery.tries += 1
-        try:
-            self._post(delivery.url, delivery.body)
-            return True
-        except (_RetryableError, httpx.TransportError, CallbackResolutionError) as exc:
-            delivery.last_error = _describe(exc)
-            return None
-        except (_RefusedError, httpx.HTTPError, CallbackURLError) as exc:
-            delivery.last_error = _describe(exc)
-            return False
-        except Exception:  # a delivery thread must survive anything one callback does
-            logger.exception("callback to %s failed", delivery.url, extra=job_extra(delivery.job_id))
-            delivery.last_error = "unexpected error"
-            return False
-
-    def _post(self, url: str, body: bytes) -> None:
-        # Form only here: the addresses are checked by the transport, on the one lookup it connects with.
-        check_url(url, allow_private=self.allow_private, allow_http=self.allow_http, resolve=False)
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body)}
-        with self._http.stream("POST", url, content=body, headers=headers) as response:
-            status = response.status_code
-            if 200 <= status < 300:
-                _read_small_body(response)
-        # Leaving the block unread closes the connection: the rest of the answer is never read.
-        if not 200 <= status < 300:
-            raise (_RetryableError if status in _RETRY_STATUSES else _RefusedError)(status)
 
     def _finish(self, delivery: _Delivery, delivered: bool) -> None:
         if delivered:
@@ -342,24 +407,22 @@ class CallbackSender:
         """
         self._closing.set()
         with self._cond:
-            gave_up = [entry[2] for entry in self._waiting]
-            self._waiting.clear()
+            gave_up = self._schedule.take_waiting()
             self._pending -= len(gave_up)
             self._cond.notify_all()
         for delivery in gave_up:
             self._finish(delivery, False)
         with self._cond:
             done = self._cond.wait_for(lambda: self._pending == 0, timeout)
-            queued = [d for ready in self._ready.values() for d in ready]
-            cut_off = list(self._in_flight)
+            queued = self._schedule.take_ready()
+            cut_off = list(self._schedule.in_flight)
             for delivery in cut_off:
                 delivery.dropped = True
-            self._ready.clear()
             self._pending = 0
             self._stopped = True
             self._cond.notify_all()
         if done:
-            self._http.close()
+            self._poster.close()
             return 0
         for delivery in queued + cut_off:
             state = f"try {delivery.tries} still running" if delivery.dropped else f"{delivery.tries} try(ies) made"
