@@ -42,6 +42,7 @@ from twopass.worker.caching import CacheFiller
 from twopass.worker.control import JobControl
 from twopass.worker.events import WorkerEvents
 from twopass.worker.leases import Leases
+from twopass.worker.outbox import EventOutbox
 from twopass.worker.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,6 @@ STORE_THREADS = 16
 #: client polling GET /job sees them running; shorter ones fold the start in (a GPU batch takes tens
 #: of milliseconds, a CPU batch of 32 a second or two).
 RUNNING_MARK_SECONDS = 10.0
-#: Longest a redelivered final job's message waits for its event to be published again before it is
-#: left to come back later instead (longer than the publisher's retries take).
-REANNOUNCE_WAIT_SECONDS = 10.0
-#: Longest closing waits for the events of results written, so their messages are deleted.
-CLOSE_WAIT_SECONDS = 10.0
 
 
 class Recorder:
@@ -89,19 +85,12 @@ class Recorder:
         #: Starts folded into the final write, by receipt, from :meth:`start` until the job is done.
         self._folded: dict[str, Start] = {}
         self._folded_lock = threading.Lock()
-        #: Deliveries met final whose job had nothing to announce (unknown, or not final): acked at once.
-        self._unowed: set[tuple[str, str]] = set()
-        #: Batches of results whose messages wait for their jobs' events (see :meth:`_ack_when_announced`).
-        self._awaiting = 0
-        self._awaiting_cond = threading.Condition()
+        #: Acks that wait for the jobs' events (the messages are the events' outbox).
+        self.outbox = EventOutbox(store, leases, retry=self._retry)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        # The event publisher still runs: let it settle the last results' events, so their messages
-        # are deleted now rather than redelivered (and their events published twice) later.
-        with self._awaiting_cond:
-            if not self._awaiting_cond.wait_for(lambda: self._awaiting == 0, CLOSE_WAIT_SECONDS):
-                logger.warning("%d batch(es) still waiting for their events; their messages come back", self._awaiting)
+        self.outbox.close()
 
     def _retry[T](self, fn: Callable[[], T]) -> T:
         # A short outage is ridden out here; a shutdown cuts the waits short (the message then
@@ -165,7 +154,7 @@ class Recorder:
             return None
         if record is None:  # final (a duplicate delivery, a cancel), or still queued past its deadline
             self.control.refused(delivery, ran=False)
-            if self._republished(delivery):
+            if self.outbox.republished(delivery):
                 return False
             self.leases.drop([delivery])  # its event is not out yet: the message comes back for it
             return None
@@ -173,86 +162,12 @@ class Recorder:
 
     # -- completion events ---------------------------------------------------------------------
 
-    def _reannounce(self, delivery: Delivery) -> bool | None:
-        """Publish a final job's event again: the worker that wrote the final state may have died
-        before its event went out, and this redelivered message is all that is left of that debt.
-
-        Only a success is written by a message's holder (:meth:`_succeed_one`); every other final
-        state owes its event on the record until published, so it is published again only while
-        ``event_owed`` says so (a cancel's event, say, is not sent twice as a matter of course).
-
-        ``True``: announced; ``False``: nothing to announce (an unknown job, one not final, one whose
-        event is settled), and the message may be acked as before; ``None``: the job could not be
-        read (the message comes back).
-        """
-        job_id = delivery.message.job_id
-        try:
-            record = self._retry(lambda: self.store.get(job_id))
-        except DependencyError as exc:
-            logger.info("job %s: final, and could not be read to publish its event (%s)", job_id, exc)
-            return None
-        carried = record is not None and record.status is JobStatus.SUCCEEDED
-        if record is None or not record.final or not (carried or record.event_owed):
-            with self._folded_lock:
-                self._unowed.add(delivery.key)
-            return False
-        self.store.reannounce(record)
-        return True
-
-    def _republished(self, delivery: Delivery) -> bool:
-        """Publish the event of a job met final again and wait until it is out (``False``: not in time)."""
-        job_id = delivery.message.job_id
-        announced = self._reannounce(delivery)
-        if announced is not True:
-            return self._owes_nothing(delivery)
-        out: set[str] = set()
-        done = threading.Event()
-
-        def settled(published: set[str]) -> None:
-            out.update(published)
-            done.set()
-
-        self.store.when_announced([job_id], settled)
-        return done.wait(REANNOUNCE_WAIT_SECONDS) and job_id in out
-
-    def _owes_nothing(self, delivery: Delivery) -> bool:
-        """Whether :meth:`_reannounce` found nothing to announce for ``delivery`` (and forget it)."""
-        with self._folded_lock:
-            found = delivery.key in self._unowed
-            self._unowed.discard(delivery.key)
-        return found
-
-    def _ack_when_announced(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack ``deliveries`` once their jobs' events are published; those whose event was not are
-        dropped instead (their messages come back, and their events with them)."""
-        unowed = [d for d in deliveries if self._owes_nothing(d)]
-        self.leases.ack(unowed)
-        deliveries = [d for d in deliveries if d not in unowed]
-        if not deliveries:
-            return
-        with self._awaiting_cond:
-            self._awaiting += 1
-
-        def settled(published: set[str]) -> None:
-            try:
-                self.leases.ack([d for d in deliveries if d.message.job_id in published])
-                unsent = [d for d in deliveries if d.message.job_id not in published]
-                if unsent:
-                    logger.warning("%d job(s)' events not published; their messages come back", len(unsent))
-                    self.leases.drop(unsent)
-            finally:
-                with self._awaiting_cond:
-                    self._awaiting -= 1
-                    self._awaiting_cond.notify_all()
-
-        self.store.when_announced([d.message.job_id for d in deliveries], settled)
-
     # -- final states --------------------------------------------------------------------------
 
     def succeed_all(self, results: Sequence[tuple[Delivery, dict[str, Any]]]) -> None:
         """Write every result (in parallel, conditional), then ack the batch in one call."""
         done = [d for d in self._pool.map(self._succeed_one, results) if d is not None]
-        self._ack_when_announced(done)
+        self.outbox.ack_when_announced(done)
         self.events.flush()  # one EMF blob per batch
 
     def _succeed_one(self, item: tuple[Delivery, dict[str, Any]]) -> Delivery | None:
@@ -269,7 +184,7 @@ class Recorder:
         job_id = delivery.message.job_id
         write = partial(self.store.fail, job_id, reason, start=self._folded_start(delivery))
         done = self._finish(delivery, JobStatus.FAILED, write, error=reason)
-        self._owes_nothing(delivery)  # acked by the caller either way: a failure owes on the record
+        self.outbox.owes_nothing(delivery)  # acked by the caller either way: a failure owes on the record
         return done
 
     def _folded_start(self, delivery: Delivery) -> Start | None:
@@ -294,7 +209,7 @@ class Recorder:
         self._take_start(delivery)  # done with it, whatever the write's outcome
         if not wrote:  # final already (a duplicate delivery, a cancel), or still queued past its deadline
             self.control.refused(delivery, ran=True)
-            self._reannounce(delivery)
+            self.outbox.reannounce(delivery)
             return True
         self.stats.add(succeeded=int(status is JobStatus.SUCCEEDED), failed=int(status is JobStatus.FAILED))
         self.events.final(delivery.message, status, result, error)
