@@ -19,14 +19,11 @@ CHILD = BENCH / "cold_child.py"
 @dataclass(frozen=True)
 class ColdConfig:
     repeats: int = 5
-    overlap: bool = True
 
 
-def _spawn(
-    env: dict[str, str], *, python_flags: tuple[str, ...] = (), overlap: bool = False
-) -> tuple[dict[str, Any], str]:
+def _spawn(env: dict[str, str], *, python_flags: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     t_spawn = time.time()
-    args = [sys.executable, *python_flags, str(CHILD), *(["--overlap"] if overlap else [])]
+    args = [sys.executable, *python_flags, str(CHILD)]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"cold start child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -34,7 +31,6 @@ def _spawn(
     data: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     data["interpreter_start_s"] = data["wall_start"] - t_spawn
     data["total_s"] = data["wall_end"] - t_spawn
-    data["import_s"] = data["init_s"] - data["model_load_s"]
     return data, proc.stderr
 
 
@@ -83,20 +79,14 @@ def run(config: ColdConfig) -> dict[str, Any]:
             }
         )
         _spawn(env)  # page cache warm: a Lambda's layer is on local disk too
-        keys = ("interpreter_start_s", "import_s", "model_load_s", "first_answer_s", "total_s", "second_answer_s")
-        runs, overlapped = [], []
+        keys = ("interpreter_start_s", "init_s", "model_load_s", "first_answer_s", "total_s", "second_answer_s")
+        runs = []
         for _ in range(config.repeats):
             data, _ = _spawn(env)
             runs.append({k: data[k] for k in keys})
             log("  cold start " + ", ".join(f"{k}={v:.3f}" for k, v in runs[-1].items()))
-            if config.overlap:
-                data, _ = _spawn(env, overlap=True)
-                overlapped.append({k: data[k] for k in keys})
-                log("  cold start (model load overlapped) " + f"total={overlapped[-1]['total_s']:.3f}")
         result["median"] = {k: round(median([r[k] for r in runs]), 3) for k in keys}
         result["runs"] = runs
-        if overlapped:
-            result["overlapped_median"] = {k: round(median([r[k] for r in overlapped]), 3) for k in keys}
         _, stderr = _spawn(env, python_flags=("-X", "importtime"))
         result["importtime"] = importtime_breakdown(stderr)
         result["importtime"]["note"] = "python -X importtime, top-level packages, cumulative (inflated by tracing)"

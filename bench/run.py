@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Benchmark twopass on this machine: slow-path worker vs raw onnxruntime and a one-at-a-time "
             "loop (in memory and through a moto server), lone-job latency, fast path (raw vs Lambda handler "
-            "vs HTTP), cold start, peers (BentoML, gibbs), fp16/CUDA checks, AWS calls per job, cost per million "
+            "vs HTTP), cold start, the fast path side by side with raw onnxruntime and BentoML in alternating "
+            "blocks (and the cold start against its dependencies' floor), peers (BentoML, gibbs), fp16/CUDA "
+            "checks, AWS calls per job, cost per million "
             "images, the capacity planner against the local stack, fast-path overhead against a bare FastAPI "
             "endpoint, and make run throughput against an earlier commit. Writes latest.json, latest.md and, "
             "when matplotlib is installed, latest.png and latest-latency.png to --out; a full run also writes "
@@ -184,6 +186,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ),
         ]
     out += capacity_targets(results)
+    out += side_targets(results)
     cold = results.get("cold_start")
     if cold:
         out.append(
@@ -197,6 +200,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return [t.to_dict() for t in out]
+
+
+def side_targets(results: dict[str, Any]) -> list[Any]:
+    """The fast path side by side with raw onnxruntime, and the in-memory cold start (``side``)."""
+    from bench.common import Target
+    from bench.side_by_side import GOALS
+
+    side = results.get("side_by_side")
+    if not side:
+        return []
+    r, cold = side["ratios"]["twopass"], side["cold_start"]
+    floor_s = cold["floor"]["median"]["total_s"]
+    floor = f"the dependencies alone: {floor_s:.3f} s (twopass ÷ floor {cold['twopass_vs_floor']})"
+    return [
+        Target("side by side: C=10 req/s ÷ raw onnxruntime", f"≥ {GOALS['c10_throughput_vs_raw']}",
+               r["c10_throughput_vs_raw"], GOALS["c10_throughput_vs_raw"],
+               note=f"raw CPU ÷ twopass CPU per request {r['c10_cpu_efficiency_vs_raw']}"),
+        Target("side by side: C=1 p50 ÷ raw onnxruntime", f"≤ {GOALS['c1_p50_vs_raw']}", r["c1_p50_vs_raw"],
+               GOALS["c1_p50_vs_raw"], higher_is_better=False),
+        Target("cold start, in-memory backends (s)", f"≤ {GOALS['cold_start_s']}",
+               cold["twopass"]["median"]["total_s"], GOALS["cold_start_s"], higher_is_better=False, note=floor),
+    ]  # fmt: skip
 
 
 def capacity_targets(results: dict[str, Any]) -> list[Any]:
@@ -317,6 +342,19 @@ def main(argv: list[str] | None = None) -> int:
         from bench import cold_start
 
         section("cold_start", lambda: cold_start.run(cold_start.ColdConfig(repeats=pick(1, 3, 7))))
+    if "side" in args.sections:
+        from bench import side_by_side
+
+        side = side_by_side.SideConfig(
+            rounds=pick(1, 3, 8),
+            c1_block=pick(3, 15, 30),
+            c10_block=pick(20, 120, 240),
+            cold_repeats=pick(1, 3, 5),
+            api_env={**side_by_side.API_ENV, **api_env},
+            bento=not smoke,
+            install=not args.no_install and not smoke,
+        )
+        section("side_by_side", lambda: side_by_side.run(side))
     if "peers" in args.sections:
         from bench.peers import compare as peers
 

@@ -6,4 +6,4 @@ measured all of them) need the list, and neither should import the other for it.
 
 from __future__ import annotations
 
-SECTIONS = ("slow", "fast", "cold", "peers", "gpu", "capacity", "overhead", "stack")
+SECTIONS = ("slow", "fast", "cold", "side", "peers", "gpu", "capacity", "overhead", "stack")

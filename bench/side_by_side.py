@@ -11,22 +11,31 @@ What runs, on the same machine and photo (cat.jpg, the bundled one):
   each (the best raw throughput on a small machine).
 * **twopass**: the API as ``make run`` serves it (``bench/serve_memory.py``: the local stack's own
   uvicorn command) over the in-memory job store and queue, ``POST /predict`` with a base64 JSON body.
+* **bare**: the same model, session threads and JSON request in a bare FastAPI endpoint that runs
+  the model inline on the event loop (``bench/peers/bare_fastapi.py``): no job, queue, validation
+  or auth. What HTTP, JSON and the framework cost on their own, between raw and twopass.
 * **before** (``--before DIR``): the same from another checkout, to compare two versions of the code
   in one run rather than across runs on a shared machine.
-* **bentoml**, when ``.venv-bench-bento`` exists (``bench/peers``): the same model behind BentoML.
+* **bentoml**, when ``.venv-bench-bento`` exists (``bench/peers``; ``install`` creates it): the same
+  model behind BentoML.
 
 The paths take turns in blocks (the order rotating each round), so each sees the same stretches of a
 shared machine's noise; every ratio compares a block with the raw block of the same round, and the
 figure is the median over rounds. C=1: p50 of the block ÷ raw's p50; C=10: requests per second ÷
-raw's. Cold start: fresh interpreters importing the app, building it over in-memory backends as the
+raw's; at C=1 the paths take turns request by request (the machine's speed drifts within seconds).
+Cold start: fresh interpreters importing the app, building it over in-memory backends as the
 Lambda init does (JSON logs, EMF on), warming the model and answering ``GET /predict/test`` through
-Mangum; the checkouts alternate, median of ``cold_repeats`` each.
+Mangum; the checkouts and the floor (the dependencies alone, ``cold_child.py --floor``) take turns,
+median of ``cold_repeats`` each.
+
+``bench/run.py --only side`` runs the same as one of its sections (the report's targets read it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -72,6 +81,8 @@ COLD_ENV = {
     "TWOPASS_PROVIDERS": "cpu",
 }
 GOALS = {"c10_throughput_vs_raw": 0.8, "c1_p50_vs_raw": 1.2, "cold_start_s": 0.6}
+#: Paths served by processes whose CPU this bench does not count (their CPU column means nothing).
+UNCOUNTED = frozenset({"bare", "bentoml"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,9 @@ class SideConfig:
     #: Another checkout whose API is measured in the same blocks (its ``bench/`` must hold this file's
     #: ``serve_memory.py`` and ``cold_child.py --memory``).
     before: Path | None = None
+    #: Measure BentoML when its venv exists; ``install``: create the venv first where it does not.
     bento: bool = True
+    install: bool = False
 
 
 @dataclass
@@ -182,11 +195,15 @@ def measure(paths: list[Subject], config: SideConfig) -> dict[str, Any]:
     cpu_ratio: dict[str, list[float]] = {p.name: [] for p in paths[1:]}
     for r in range(config.rounds):
         order = paths[r % len(paths) :] + paths[: r % len(paths)]
-        p50 = {}
-        for p in order:
-            lat = _block(p, config.c1_block)
-            c1[p.name] += lat
-            p50[p.name] = median(lat)
+        # C=1 one request per path in turn: this machine's speed drifts within seconds (a path's
+        # block of requests and the next one's can see a third apart), a request and its neighbour do not.
+        lat: dict[str, list[float]] = {p.name: [] for p in order}
+        for _ in range(config.c1_block):
+            for p in order:
+                lat[p.name] += _block(p, 1)
+        p50 = {name: median(values) for name, values in lat.items()}
+        for name, values in lat.items():
+            c1[name] += values
         thr, cpu = {}, {}
         for p in order:
             cpu0 = p.cpu()
@@ -225,46 +242,61 @@ def measure(paths: list[Subject], config: SideConfig) -> dict[str, Any]:
     }
 
 
-def cold_once(root: Path, *, importtime: bool = False) -> tuple[dict[str, Any], str]:
+@dataclass(frozen=True)
+class ColdSubject:
+    """One kind of cold start: ``bench/cold_child.py`` from ``root`` with ``args``."""
+
+    name: str
+    root: Path
+    args: tuple[str, ...]
+
+
+def cold_subjects(roots: dict[str, Path], model: str) -> list[ColdSubject]:
+    """Each checkout's Lambda init over in-memory backends, and the floor: the dependencies alone."""
+    subjects = [ColdSubject(name, root, ("--memory",)) for name, root in roots.items()]
+    return [*subjects, ColdSubject("floor", REPO, ("--floor", model))]
+
+
+def cold_once(subject: ColdSubject, *, importtime: bool = False) -> tuple[dict[str, Any], str]:
     env = child_env(COLD_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([str(root / "layers" / "twopass"), str(root)])
+    env["PYTHONPATH"] = os.pathsep.join([str(subject.root / "layers" / "twopass"), str(subject.root)])
     t_spawn = time.time()
     flags = ["-X", "importtime"] if importtime else []
     proc = subprocess.run(
-        [sys.executable, *flags, str(root / "bench" / "cold_child.py"), "--memory"],
-        env=env, cwd=root, capture_output=True, text=True, timeout=120,
+        [sys.executable, *flags, str(subject.root / "bench" / "cold_child.py"), *subject.args],
+        env=env, cwd=subject.root, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"cold start child ({root}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"cold start child ({subject}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("RESULT "))
     data: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     data["total_s"] = data["wall_end"] - t_spawn - data["second_answer_s"]
-    data["import_s"] = data["init_s"] - data["model_load_s"]
     return data, proc.stderr
 
 
-def cold_starts(roots: dict[str, Path], repeats: int) -> dict[str, Any]:
+def cold_starts(subjects: list[ColdSubject], repeats: int) -> dict[str, Any]:
+    """``repeats`` rounds, the subjects taking turns; the first subject's total ÷ each other's, per round."""
     from bench.cold_start import importtime_breakdown
 
-    for root in roots.values():
-        cold_once(root)  # page cache warm
-    keys = ("import_s", "model_load_s", "first_answer_s", "total_s")
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in roots}
+    for subject in subjects:
+        cold_once(subject)  # page cache warm
+    keys = ("init_s", "model_load_s", "first_answer_s", "total_s")
+    runs: dict[str, list[dict[str, float]]] = {subject.name: [] for subject in subjects}
     for _ in range(repeats):
-        for name, root in roots.items():
-            data, _ = cold_once(root)
-            runs[name].append({k: round(data[k], 3) for k in keys})
+        for subject in subjects:
+            data, _ = cold_once(subject)
+            runs[subject.name].append({k: round(data[k], 3) for k in keys})
         log("  cold start s " + ", ".join(f"{n} {r[-1]['total_s']:.3f}" for n, r in runs.items()))
     out: dict[str, Any] = {}
-    first = next(iter(roots))
-    for name in list(roots)[1:]:  # each round's pair, as the fast path's ratios are taken
-        pairs = [a["total_s"] / b["total_s"] for a, b in zip(runs[first], runs[name], strict=True)]
-        out[f"{first}_vs_{name}"] = round(median(pairs), 3)
-    for name, root in roots.items():
-        _, stderr = cold_once(root, importtime=True)
-        out[name] = {
-            "median": {k: round(median([r[k] for r in runs[name]]), 3) for k in keys},
-            "runs": runs[name],
+    first = subjects[0].name
+    for subject in subjects[1:]:  # each round's pair, as the fast path's ratios are taken
+        pairs = [a["total_s"] / b["total_s"] for a, b in zip(runs[first], runs[subject.name], strict=True)]
+        out[f"{first}_vs_{subject.name}"] = round(median(pairs), 3)
+    for subject in subjects:
+        _, stderr = cold_once(subject, importtime=True)
+        out[subject.name] = {
+            "median": {k: round(median([r[k] for r in runs[subject.name]]), 3) for k in keys},
+            "runs": runs[subject.name],
             "importtime": importtime_breakdown(stderr)["init"],
         }
     return out
@@ -277,7 +309,8 @@ def _inference_threads(settings: Any) -> int:
 
 
 def run(config: SideConfig) -> dict[str, Any]:
-    from bench.peers.compare import BENTO_VENV, bento_http
+    from bench.overhead import bare_http
+    from bench.peers.compare import BENTO_VENV, bento_http, ensure_bento
 
     result: dict[str, Any] = {
         "config": {**config.__dict__, "before": str(config.before) if config.before else None},
@@ -292,21 +325,25 @@ def run(config: SideConfig) -> dict[str, Any]:
         paths = [raw_paths(config)]
         for name, root in roots.items():
             paths.append(http_path(name, *stack.enter_context(twopass_server(root, config.api_env))))
-        bento = BENTO_VENV / "bin" / "bentoml"
-        if config.bento and bento.exists():
-            intra_op = config.api_env.get("TWOPASS_INTRA_OP_THREADS", "1")
+        intra_op = config.api_env.get("TWOPASS_INTRA_OP_THREADS", "1")
+        # Its server's CPU is not counted (wall ratios only): the path is a reference, not a subject.
+        paths.append(http_path("bare", stack.enter_context(bare_http(intra_op))))
+        bento = ensure_bento(config.install) if config.bento else None
+        if bento is not None:
             parallel = result["api_settings"]["inference_concurrency"]
             # BentoML serves from child processes of its own: their CPU is not counted (wall ratios only).
             paths.append(http_path("bentoml", stack.enter_context(bento_http(bento, parallel, intra_op))))
         else:
-            result["bentoml"] = f"not measured: {BENTO_VENV.name} does not exist (bench/peers/compare.py creates it)"
+            missing = f"{BENTO_VENV.name} does not exist (bench/peers/compare.py creates it)"
+            result["bentoml"] = f"not measured: {missing if config.bento else 'left out'}"
             log(f"side by side: {result['bentoml']}")
         log("side by side: C=1 and C=10, " + ", ".join(p.name for p in paths) + " in alternating blocks")
         result.update(measure(paths, config))
         for p in paths:
             p.close()
-    log("side by side: cold start, " + " and ".join(roots) + " alternating")
-    result["cold_start"] = cold_starts(roots, config.cold_repeats)
+    subjects = cold_subjects(roots, api_settings(config.api_env).fast_model)
+    log("side by side: cold start, " + ", ".join(s.name for s in subjects) + " taking turns")
+    result["cold_start"] = cold_starts(subjects, config.cold_repeats)
     return result
 
 
@@ -318,8 +355,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"twopass as `make run` serves it (intra_op_threads {s['intra_op_threads']}, inference_concurrency "
         f"{s['inference_concurrency']}), {result['payload']}; raw: onnxruntime in-process, one session at C=1, "
-        "one single-threaded session per core at C=10. Blocks alternate (the order rotating); each ratio "
-        "is taken within a round against raw, then the median over rounds.",
+        "one single-threaded session per core at C=10; bare: the same model inline in a bare FastAPI endpoint "
+        "(no job, queue, validation or auth). At C=1 the paths take turns request by request, "
+        "at C=10 block by block (the order rotating each round); each ratio is taken within a round "
+        "against raw, then the median over rounds.",
         "",
         "| path | C=1 p50 ms | C=1 p99 ms | C=1 p50 ÷ raw (goal ≤ 1.2) | C=10 req/s | C=10 req/s ÷ raw (goal ≥ 0.8) "
         "| C=10 CPU ms/request | raw CPU ÷ path CPU |",
@@ -329,10 +368,11 @@ def markdown(result: dict[str, Any]) -> str:
         r = result["ratios"].get(name)
         keys = ("c1_p50_vs_raw", "c10_throughput_vs_raw", "c10_cpu_efficiency_vs_raw")
         ratios = [f"{r[k]:.3f}" for k in keys] if r else ["1", "1", "1"]
-        cpu = result["c10_cpu_ms_per_request"][name]
+        counted = name not in UNCOUNTED
+        cpu = f"{result['c10_cpu_ms_per_request'][name]:.2f}" if counted else "(not counted)"
         lines.append(
             f"| {name} | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | {ratios[0]} | {result['c10_rps'][name]:.1f} "
-            f"| {ratios[1]} | {cpu:.2f} | {ratios[2] if name != 'bentoml' else '(not counted)'} |"
+            f"| {ratios[1]} | {cpu} | {ratios[2] if counted else '(not counted)'} |"
         )
     lines += [
         "",
@@ -345,9 +385,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "Cold start (fresh interpreter → first `GET /predict/test` through Mangum, in-memory backends, "
-        "Lambda's logging and metrics; goal ≤ 0.6 s):",
+        "Lambda's logging and metrics; goal ≤ 0.6 s). Init is the imports and the app with the fast model "
+        "loading on a thread alongside (its load time overlaps init). The floor is what the dependencies "
+        "cost alone: a fresh interpreter importing FastAPI, Mangum, numpy, onnxruntime and Pillow, loading "
+        "the same model and classifying the same photo once, with no twopass code:",
         "",
-        "| checkout | import s | model load s | first answer s | total s (median) |",
+        "| run | init s | model load s | first answer s | total s (median) |",
         "|---|---|---|---|---|",
     ]
     ratios = {k: v for k, v in result["cold_start"].items() if not isinstance(v, dict)}
@@ -356,7 +399,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         m = cold["median"]
         lines.append(
-            f"| {name} | {m['import_s']:.3f} | {m['model_load_s']:.3f} | {m['first_answer_s']:.3f} "
+            f"| {name} | {m['init_s']:.3f} | {m['model_load_s']:.3f} | {m['first_answer_s']:.3f} "
             f"| **{m['total_s']:.3f}** |"
         )
     for key, value in ratios.items():
@@ -369,13 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.side_by_side", description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, help="another checkout whose API runs in the same blocks")
     parser.add_argument("--quick", action="store_true", help="3 rounds of smaller blocks, 3 cold starts")
-    parser.add_argument("--no-bento", action="store_true", help="leave BentoML out even if its venv exists")
+    parser.add_argument(
+        "--no-bento", action="store_true", help="leave BentoML out (else its venv is created if missing, ~1-2 min)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the dated .md and .json go")
     args = parser.parse_args(argv)
-    config = SideConfig(before=args.before.resolve() if args.before else None, bento=not args.no_bento)
+    before = args.before.resolve() if args.before else None
+    config = SideConfig(before=before, bento=not args.no_bento, install=not args.no_bento)
     if args.quick:
-        config = SideConfig(rounds=3, c1_block=15, c10_block=120, cold_repeats=3, before=config.before,
-                            bento=config.bento)  # fmt: skip
+        config = dataclasses.replace(config, rounds=3, c1_block=15, c10_block=120, cold_repeats=3)
     from bench.common import quiet_twopass_logs
 
     quiet_twopass_logs()

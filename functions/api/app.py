@@ -3,21 +3,11 @@
 import os
 from typing import Any
 
-from mangum import Mangum
+from twopass.api.coldstart import lambda_app
 
-from twopass.api.app import create_app
-
-# An on-demand cold start imports only what a prediction needs; the other routes load on their first
-# request. Where init is off the request's clock (SnapStart snapshots it, provisioned concurrency runs
-# it ahead of traffic) everything loads now, so no request pays for it later.
-_INIT_AHEAD = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") in ("snap-start", "provisioned-concurrency")
-app = create_app(defer_routes=not _INIT_AHEAD)
-_asgi = Mangum(app, lifespan="off")
-
-if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-    # Init runs at full CPU before the first request is billed, and SnapStart snapshots its
-    # result: load the fast model and create the AWS clients here, not on the first request.
-    app.state.twopass.service.warm_up()
+# The fast model loads on a thread while the framework imports; only the fast path's routes load
+# on an on-demand cold start (twopass.api.coldstart says why and what else).
+app, _asgi = lambda_app()
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and os.environ.get("POWERTOOLS_TRACE_DISABLED", "").lower() != "true":
     # X-Ray subsegments for every DynamoDB/SQS call. Imported only when on: the X-Ray SDK alone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import os
 import threading
 from typing import Any
@@ -69,3 +70,33 @@ def test_backend_calls_run_on_the_inference_thread_only_when_no_backend_blocks(
     (thread,) = queue.threads
     assert thread.startswith("aws" if blocking else "infer")
     assert len(queue) == 1  # queued either way
+
+
+class _AtOnce(concurrent.futures.Executor):
+    """A pool whose work is done before ``submit`` returns: the extreme of a thread that is quicker
+    than the caller (a stalled event loop, a debugger's or profiler's pause)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_prediction_stands_when_the_model_ends_before_the_request_has_started_waiting(
+    fast_classifier: Classifier, cat_jpeg: bytes, blocking: bool
+) -> None:
+    queue = _NetworkQueue()
+    queue.blocking = blocking
+    service = TwopassService(Settings(), MemoryJobStore(), queue, fast_classifier)
+    app = create_app(service, emit_metrics=False)
+    app.state.twopass.inference_pool = _AtOnce()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = {"image_data": base64.b64encode(cat_jpeg).decode()}
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.text
+        assert client.get(f"/job/{response.json()['job_id']}").json()["status"] == "queued"
+    assert len(queue) == 1

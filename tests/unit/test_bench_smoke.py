@@ -8,7 +8,7 @@ wrote nothing into ``bench/results/`` or the package's ``measured.json``. The ru
 must not leak into the tests around it.
 
 The sections run in three subprocesses, one per test file, so that the test runner's workers share
-them: here the paths (``slow``, ``fast``, ``cold``, ``overhead``); ``test_bench_smoke_devices.py`` the
+them: here the paths (``slow``, ``fast``, ``cold``, ``side``, ``overhead``); ``test_bench_smoke_devices.py`` the
 ``peers`` and ``gpu`` sections; ``tests/e2e/test_bench_smoke_stack.py`` the two that start the local
 stack (``capacity``, ``stack``). Peers that are not installed here (BentoML's venv, gibbs: ``make
 bench`` installs them) are skipped with the reason the section gave.
@@ -34,7 +34,7 @@ from twopass.config import REPO_ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 #: Each test file's sections: the paths (here), the peers and the GPU check, the local stack's.
-PATHS = ("slow", "fast", "cold", "overhead")
+PATHS = ("slow", "fast", "cold", "side", "overhead")
 DEVICES = ("peers", "gpu")
 LOCAL_STACK = ("capacity", "stack")
 #: Each section's key in latest.json.
@@ -42,6 +42,7 @@ RESULT_KEYS = {
     "slow": "slow_path",
     "fast": "fast_path",
     "cold": "cold_start",
+    "side": "side_by_side",
     "peers": "peers",
     "gpu": "gpu",
     "capacity": "capacity",
@@ -139,9 +140,22 @@ def test_fast_path(own_servers: dict[str, Any]) -> None:
 
 def test_cold_start(own_servers: dict[str, Any]) -> None:
     cold = own_servers["cold_start"]
-    for kind in ("median", "overlapped_median"):
-        positive(cold, *(f"{kind}.{k}" for k in ("import_s", "model_load_s", "first_answer_s", "total_s")))
+    positive(cold, *(f"median.{k}" for k in ("init_s", "model_load_s", "first_answer_s", "total_s")))
     positive(cold, "importtime.init_total_s")
+
+
+def test_side_by_side(own_servers: dict[str, Any]) -> None:
+    side = own_servers["side_by_side"]
+    positive(side, "c1.raw.p50_ms", "c1.twopass.p50_ms", "c10_rps.raw", "c10_rps.twopass")
+    positive(
+        side, *(f"ratios.twopass.{k}" for k in ("c1_p50_vs_raw", "c10_throughput_vs_raw", "c10_cpu_efficiency_vs_raw"))
+    )
+    positive(
+        side, "cold_start.twopass_vs_floor", "cold_start.twopass.median.total_s", "cold_start.floor.median.total_s"
+    )
+    assert side["bentoml"].startswith("not measured")  # a smoke run installs no peer
+    names = [t["name"] for t in own_servers["targets"]]
+    assert "side by side: C=10 req/s ÷ raw onnxruntime" in names and "cold start, in-memory backends (s)" in names
 
 
 def test_overhead(own_servers: dict[str, Any]) -> None:

@@ -11,10 +11,12 @@ presigned uploads (``uploads``) and the jobs answered without a slow pass (``sho
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from functools import cached_property
 
 import numpy as np
 
+from twopass.api.services.fastmodel import load_fast_model
 from twopass.api.services.health import HealthReport
 from twopass.api.services.idempotency import Idempotency
 from twopass.api.services.intake import SQS_INLINE_LIMIT, JobIntake
@@ -41,7 +43,7 @@ class TwopassService:
         settings: Settings,
         store: JobStore,
         publisher: JobPublisher,
-        classifier: Classifier | None = None,
+        classifier: Classifier | Future[Classifier] | None = None,
         *,
         payloads: PayloadStore | None = None,
         high_priority_publisher: JobPublisher | None = None,
@@ -53,15 +55,18 @@ class TwopassService:
         self.high_priority_publisher = high_priority_publisher
         self.payloads = payloads or PayloadStore()
         self.idempotency = Idempotency(store, min(settings.idempotency_ttl_hours * 3600, settings.job_ttl_seconds))
-        if classifier is not None:
+        #: A fast model still loading (``fastmodel.preload``): the first use waits for it.
+        self._pending_classifier = classifier if isinstance(classifier, Future) else None
+        if self._pending_classifier is None and classifier is not None:
             self.__dict__["classifier"] = classifier
         self.intake = JobIntake(settings, store, publisher, high_priority_publisher, self.payloads, self.idempotency)
         self.control = JobControl(self.intake)
         self.reports = HealthReport(self.intake, lambda: self.classifier)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TwopassService:
-        """DynamoDB, SQS and S3 backends named by ``settings``, with the request path's time budget."""
+    def from_settings(cls, settings: Settings, classifier: Future[Classifier] | None = None) -> TwopassService:
+        """DynamoDB, SQS and S3 backends named by ``settings``, with the request path's time budget;
+        ``classifier``: the fast model already loading (``fastmodel.preload``)."""
         from twopass import aws
         from twopass.jobs.dynamodb import DynamoJobStore
         from twopass.queue.sqs import SqsPublisher
@@ -81,6 +86,7 @@ class TwopassService:
             settings,
             store,
             SqsPublisher(settings.queue_url, client=sqs),
+            classifier,
             # Its S3 client is made on first use: a prediction with an inline image never needs one.
             payloads=PayloadStore(budget=budget),
             high_priority_publisher=SqsPublisher(high, client=sqs) if high else None,
@@ -88,16 +94,9 @@ class TwopassService:
 
     @cached_property
     def classifier(self) -> Classifier:
-        from twopass.models.pack import check_pair
-
-        classifier = Classifier.from_location(
-            self.settings.fast_model,
-            providers=self.settings.providers,
-            intra_op_threads=self.settings.intra_op_threads,
-            top_k=self.settings.top_k,
-        )
-        check_pair(self.settings.fast_model, self.settings.slow_model)  # both passes must name the same classes
-        return classifier
+        if self._pending_classifier is not None:  # loading on a thread since init began (coldstart)
+            return self._pending_classifier.result()
+        return load_fast_model(self.settings)
 
     @cached_property
     def uploads(self) -> Uploads | None:

@@ -200,14 +200,18 @@ class _Commit:
         #: What the inline steps decided: the job's final result (if the fast answer stands) and the answer.
         self.final: dict[str, Any] | None = None
         self.answer: PredictResponse | None = None
+        # Assigned before the work starts: the inline steps read it on the inference thread, which may
+        # be done before a constructor that started the work would have returned.
         self.inference = _Inference(context, submission, then=self._inline_steps if self.inline else None)
+        #: The fast prediction (or why the image was refused).
+        self.predicted = self.inference.start()
 
     async def run(self, answer_by: float) -> Submitted:
         try:
             async with asyncio.timeout_at(answer_by):
                 return await self._steps(answer_by)
         except BaseException as exc:
-            self.inference.result.cancel()
+            self.predicted.cancel()
             with self._gate:  # no write starts after this; one that started is known
                 self._stopped = True
                 writing = self.writing
@@ -237,7 +241,7 @@ class _Commit:
         context, record, claim = self.context, self.record, self.claim
         if self.inline:
             try:
-                prediction, inference_ms = await self.inference.result  # the steps ran on its thread
+                prediction, inference_ms = await self.predicted  # the steps ran on its thread
             except IdempotencyConflictError:
                 assert claim is not None  # only a claimed key can conflict
                 return await _replay_after_race(context, claim)
@@ -252,10 +256,10 @@ class _Commit:
             assert claim is not None  # only a claimed key can conflict
             return await _replay_after_race(context, claim)
         if recorded is None:
-            await self.inference.result  # raises why the image was refused
+            await self.predicted  # raises why the image was refused
             raise TimeoutError("the image waited for the model past the request's deadline")
         message, hit = recorded
-        prediction, inference_ms = await self.inference.result
+        prediction, inference_ms = await self.predicted
         final, response, publish = self._answer(message, hit, prediction, inference_ms)
         if publish is not None or claim is not None:
             await context.io(self._publish, publish)
@@ -384,7 +388,7 @@ def _reason(exc: BaseException) -> str:
 
 async def _fast_only(context: ApiContext, submission: Submission) -> Submitted:
     """``slow: never``: the fast model's answer and nothing else (no job, no queue, no store)."""
-    prediction, inference_ms = await _Inference(context, submission).result
+    prediction, inference_ms = await _Inference(context, submission).start()
     if context.metrics is not None:
         context.metrics.add(Metric.FAST_INFERENCE_MS, inference_ms)
         context.metrics.add(Metric.FAST_ONLY, 1)
@@ -418,7 +422,7 @@ async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> 
             headers={"Retry-After": retry_after},
         )
     service = context.service
-    prediction, inference_ms = await _Inference(context, submission).result
+    prediction, inference_ms = await _Inference(context, submission).start()
     limit = context.settings.max_backlog
     logger.info("slow pass shed (backlog over %d)", limit, extra={"request_id": caller.request_id})
     if context.metrics is not None:
@@ -430,9 +434,9 @@ async def _shed(context: ApiContext, submission: Submission, caller: Caller) -> 
 
 
 class _Inference:
-    """Decode and classify in one trip to the inference pool, started at once.
+    """Decode and classify in one trip to the inference pool, from :meth:`start`.
 
-    ``result`` gives the fast prediction (or raises why the image was refused); ``decoded`` is set by
+    The future gives the fast prediction (or raises why the image was refused); ``decoded`` is set by
     the inference thread once the decode has ended, ``valid`` saying whether it succeeded, so the I/O
     side can wait for a valid image on its own thread without a round through the event loop.
     ``then`` runs on the same thread after the model (its error is the result's).
@@ -446,10 +450,16 @@ class _Inference:
     ) -> None:
         self.decoded = threading.Event()
         self.valid = False
+        self._context, self._submission, self._then = context, submission, then
+
+    def start(self) -> asyncio.Future[tuple[Prediction, float]]:
+        """Hand the work to the inference pool; returns its future: the fast prediction, or why the
+        image was refused."""
+        context, then = self._context, self._then
         service = context.service
-        data = submission.data
+        data = self._submission.data
         # An uploaded image came through the bucket, not the request body: the upload limit is its limit.
-        limit = context.settings.upload_max_bytes if submission.image_ref is not None else None
+        limit = context.settings.upload_max_bytes if self._submission.image_ref is not None else None
 
         def decode_and_classify() -> tuple[Prediction, float]:
             try:
@@ -462,7 +472,7 @@ class _Inference:
                 then(prediction, inference_ms)
             return prediction, inference_ms
 
-        self.result: asyncio.Future[tuple[Prediction, float]] = context.infer(decode_and_classify)
+        return context.infer(decode_and_classify)
 
 
 async def _replay_after_race(context: ApiContext, claim: IdempotencyRecord) -> Submitted:
