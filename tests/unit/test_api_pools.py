@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from twopass.api.app import create_app
@@ -55,14 +56,18 @@ class _NetworkQueue(MemoryQueue):
         return super().publish(message)
 
 
+def _app(classifier: Classifier, blocking: bool) -> tuple[FastAPI, _NetworkQueue]:
+    """The app over an in-memory store and a queue that says it blocks, or not."""
+    queue = _NetworkQueue()
+    queue.blocking = blocking
+    return create_app(TwopassService(Settings(), MemoryJobStore(), queue, classifier), emit_metrics=False), queue
+
+
 @pytest.mark.parametrize("blocking", [False, True])
 def test_backend_calls_run_on_the_inference_thread_only_when_no_backend_blocks(
     fast_classifier: Classifier, cat_jpeg: bytes, blocking: bool
 ) -> None:
-    queue = _NetworkQueue()
-    queue.blocking = blocking
-    service = TwopassService(Settings(), MemoryJobStore(), queue, fast_classifier)
-    app = create_app(service, emit_metrics=False)
+    app, queue = _app(fast_classifier, blocking)
     with TestClient(app) as client:
         body = {"image_data": base64.b64encode(cat_jpeg).decode()}
         assert client.post("/predict", json=body).status_code == 200
@@ -89,10 +94,7 @@ class _AtOnce(concurrent.futures.Executor):
 def test_a_prediction_stands_when_the_model_ends_before_the_request_has_started_waiting(
     fast_classifier: Classifier, cat_jpeg: bytes, blocking: bool
 ) -> None:
-    queue = _NetworkQueue()
-    queue.blocking = blocking
-    service = TwopassService(Settings(), MemoryJobStore(), queue, fast_classifier)
-    app = create_app(service, emit_metrics=False)
+    app, queue = _app(fast_classifier, blocking)
     app.state.twopass.inference_pool = _AtOnce()
     with TestClient(app, raise_server_exceptions=False) as client:
         body = {"image_data": base64.b64encode(cat_jpeg).decode()}

@@ -189,7 +189,7 @@ class _Commit:
         self.record, self.claim = record, claim
         #: Set once the record's write has begun: from then on a failure must end the job.
         self.writing = False
-        #: The answer, once known: kept for the key when a worker already has the job.
+        #: The answer, once known, for an Idempotency-Key's replays (``None`` without a key: nobody reads it).
         self.response: dict[str, Any] | None = None
         #: Backend time of the record's write and of the publish (milliseconds, measured on the I/O threads).
         self.enqueue_ms = 0.0
@@ -278,14 +278,16 @@ class _Commit:
     def _answer(
         self, message: JobMessage | None, hit: CachedResult | None, prediction: Prediction, inference_ms: float
     ) -> tuple[dict[str, Any] | None, PredictResponse, JobMessage | dict[str, Any] | None]:
-        """The job's final result (when known now), the response, and what to publish; sets ``response``."""
+        """The job's final result (when known now), the response, and what to publish; sets ``response``
+        when a key is claimed."""
         fast = prediction.result(self.context.service.fast_name, inference_ms)
         final: dict[str, Any] | None = self.record.result if hit is not None else None
         publish: JobMessage | dict[str, Any] | None = None
         if message is not None:
             final, publish = self._route(message, prediction, fast)
         response = PredictResponse.build(self.record.job_id, fast, final=final)
-        self.response = _dumped(response)
+        if self.claim is not None:
+            self.response = _dumped(response)
         return final, response, publish
 
     def _record(self, wait_for: float) -> tuple[JobMessage | None, CachedResult | None] | None:
