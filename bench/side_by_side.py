@@ -59,6 +59,7 @@ from bench.common import (  # noqa: E402
     RESULTS,
     cat_jpeg,
     child_env,
+    deployed_bytecode,
     free_port,
     latency_summary,
     log,
@@ -258,7 +259,7 @@ def cold_subjects(roots: dict[str, Path], model: str) -> list[ColdSubject]:
 
 
 def cold_once(subject: ColdSubject, *, importtime: bool = False) -> tuple[dict[str, Any], str]:
-    env = child_env(COLD_ENV)
+    env = deployed_bytecode(child_env(COLD_ENV), subject.root)
     env["PYTHONPATH"] = os.pathsep.join([str(subject.root / "layers" / "twopass"), str(subject.root)])
     t_spawn = time.time()
     flags = ["-X", "importtime"] if importtime else []
@@ -279,7 +280,7 @@ def cold_starts(subjects: list[ColdSubject], repeats: int) -> dict[str, Any]:
     from bench.cold_start import importtime_breakdown
 
     for subject in subjects:
-        cold_once(subject)  # page cache warm
+        cold_once(subject)  # page cache warm, bytecode compiled
     keys = ("init_s", "model_load_s", "first_answer_s", "total_s")
     runs: dict[str, list[dict[str, float]]] = {subject.name: [] for subject in subjects}
     for _ in range(repeats):
