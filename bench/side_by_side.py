@@ -22,7 +22,9 @@ What runs, on the same machine and photo (cat.jpg, the bundled one):
 The paths take turns in blocks (the order rotating each round), so each sees the same stretches of a
 shared machine's noise; every ratio compares a block with the raw block of the same round, and the
 figure is the median over rounds. C=1: p50 of the block ÷ raw's p50; C=10: requests per second ÷
-raw's; at C=1 the paths take turns request by request (the machine's speed drifts within seconds).
+raw's; at C=1 the paths take turns request by request (the machine's speed drifts within seconds),
+each HTTP path on one keep-alive connection of ``http_load.KeepAlive`` (as lean a client as the C=10
+generator, so that the client's own time is not counted as the server's).
 Cold start: fresh interpreters importing the app, building it over in-memory backends as the
 Lambda init does (JSON logs, EMF on), warming the model and answering ``GET /predict/test`` through
 Mangum; the checkouts and the floor (the dependencies alone, ``cold_child.py --floor``) take turns,
@@ -36,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import http.client
 import json
 import os
 import subprocess
@@ -69,7 +70,7 @@ from bench.common import (  # noqa: E402
     server,
     versions,
 )
-from bench.fast_path import HttpClient, RawFastPath, api_settings  # noqa: E402
+from bench.fast_path import RawFastPath, api_settings  # noqa: E402
 
 #: The API's settings under test beyond the project's defaults: one intra-op thread per session, so
 #: parallel requests each get a core (the inference concurrency is the project's default).
@@ -136,21 +137,14 @@ def raw_paths(config: SideConfig) -> Subject:
     return Subject("raw", lambda: single(data), c10, lambda: pool.shutdown())
 
 
-class Reconnecting(HttpClient):
-    """A keep-alive client that reconnects once when the server closed an idle connection
-    (the local stack closes them after its keep-alive timeout, e.g. while other paths take their turn)."""
-
-    def __call__(self) -> None:
-        try:
-            super().__call__()
-        except (ConnectionError, http.client.HTTPException):
-            self.conn.close()
-            super().__call__()
-
-
 def http_path(name: str, url: str, pid: int | None = None, path: str = "/predict") -> Subject:
     request = http_load.json_request(url, path, cat_jpeg())
-    client = Reconnecting(url, path, request.split(b"\r\n\r\n", 1)[1])
+    client = http_load.KeepAlive(url, request)
+
+    def c1() -> None:
+        status = client()
+        if status != 200:
+            raise RuntimeError(f"{name}: HTTP {status} at C=1")
 
     def c10(total: int) -> tuple[int, float]:
         res = http_load.load(url, request, concurrency=10, total=total)
@@ -158,7 +152,7 @@ def http_path(name: str, url: str, pid: int | None = None, path: str = "/predict
             raise RuntimeError(f"{name}: {res.errors} failed requests at C=10: {res.statuses}")
         return len(res.latencies), res.wall
 
-    return Subject(name, client, c10, client.close, (lambda: process_cpu_seconds(pid)) if pid else lambda: 0.0)
+    return Subject(name, c1, c10, client.close, (lambda: process_cpu_seconds(pid)) if pid else lambda: 0.0)
 
 
 @contextlib.contextmanager
