@@ -106,9 +106,13 @@ def test_worker_writes_each_job_once_and_amortises_sqs_over_the_batch(
     counter, duplicates = run_backlog(aws, slow_classifier, cat_jpeg, jobs, max_batch_size=8, heartbeat_seconds=3600)
     job_writes = counter.total("DynamoDB", DYNAMODB_WRITES) - 2  # the heartbeat at start, its removal at exit
     # The emulator can hand one message to two concurrent receives. Such a duplicate costs at most a
-    # running mark and a refused final write; every job that came once is written once.
+    # running mark and a refused final write; every job that came once is written once (each job's
+    # attempts are checked above). On a loaded machine a duplicate can also meet a failed delete (its
+    # receipt gone stale: "could not delete 1 message(s)") or a write tried again after a timeout,
+    # a call more each: a few are allowed, a second write per job is not.
     assert duplicates <= jobs // 8, counter.snapshot()
-    assert jobs <= job_writes <= jobs + 2 * duplicates, (counter.snapshot(), duplicates)
+    slack = jobs // 16
+    assert jobs <= job_writes <= jobs + 2 * duplicates + slack, (counter.snapshot(), duplicates)
     # Receives that brought messages and deletes (the redrive policy read at start-up and empty polls
     # are time's, not the jobs'); with the API's one send, under 1.3 requests per job.
     job_calls = counter.total("SQS") - counter.total("SQS", frozenset({"GetQueueAttributes"})) - counter.empty_receives
