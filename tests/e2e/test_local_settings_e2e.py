@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 
 from tests.e2e.helpers import final, until
 from tests.modelpacks import FLOWERS, flat_image, write_pack
 from twopass.config import REPO_ROOT
+from twopass.jobs.cache import CACHE_PREFIX
 from twopass.local import template as tpl
 from twopass.local.provision import API_FUNCTION
 from twopass.local.stack import DEFAULT_API_KEY, free_port
@@ -37,6 +39,20 @@ ELSEWHERE = "http://127.0.0.1:9/000000000000/not-this-stack"
 class Running:
     api_url: str
     stdout: Path
+    emulator_url: str
+
+
+def cache_entries(emulator_url: str) -> int:
+    """Result-cache items in the stack's tables (read from its emulator, as an operator would)."""
+    db = boto3.client(
+        "dynamodb", endpoint_url=emulator_url, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    count = 0
+    for table in db.list_tables()["TableNames"]:
+        for page in db.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+            count += sum(1 for item in page["Items"] if item.get("job_id", {}).get("S", "").startswith(CACHE_PREFIX))
+    return count
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +60,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("shell-settings")
     fast = write_pack(tmp / "fast", labels=FLOWERS, size=32, name="flowers-fast")
     slow = write_pack(tmp / "slow", labels=FLOWERS, size=48, layout="NHWC", name="flowers-slow")
-    api_port = free_port()
+    api_port, emulator_port = free_port(), free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT / "layers" / "twopass"),
@@ -59,7 +75,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     stdout, stderr = tmp / "stdout.txt", tmp / "stderr.txt"
     with stdout.open("w") as out, stderr.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "twopass.local", "--api-port", str(api_port), "--emulator-port", str(free_port()),
+            [sys.executable, "-m", "twopass.local", "--api-port", str(api_port), "--emulator-port", str(emulator_port),
              "--log-dir", str(tmp / "logs")],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=err, text=True,
         )  # fmt: skip
@@ -69,7 +85,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the local stack did not start: {stderr.read_text()[-2000:]}")
             time.sleep(0.2)
-        yield Running(f"http://127.0.0.1:{api_port}", stdout)
+        yield Running(f"http://127.0.0.1:{api_port}", stdout, f"http://127.0.0.1:{emulator_port}")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -99,10 +115,14 @@ def test_a_result_cache_switched_on_in_the_shell_answers_a_repeated_image(runnin
         # The cache is keyed by the serving slow model's version, which the API learns from a worker's
         # heartbeat (and remembers for a while, an unknown version too): ask once a worker has reported.
         until(lambda: client.get("/health/all").json()["backends"]["worker"]["alive"], 60, "a worker's heartbeat")
+        entries = cache_entries(running.emulator_url)
         first = post(client, image)
         assert first["status"] == "queued" and first["flowers-fast"] == "fern"
         done = final(client, first["job_id"], timeout=60)  # through the stack's own queue
         assert done["status"] == "succeeded" and done["cached"] is False and done["slow"]["label"] == "fern"
+        # The worker fills the cache just after it writes the job final: a client that asks again at
+        # once may be a moment early on a busy machine.
+        until(lambda: cache_entries(running.emulator_url) > entries, 30, "the result cached")
 
         again = post(client, image)
         # With the template's default the same image would be queued again.
