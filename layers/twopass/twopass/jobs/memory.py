@@ -31,8 +31,7 @@ from twopass.jobs.base import (
 
 
 class MemoryJobStore(JobStore):
-    #: Calls return at once, never waiting on a network: the API makes them on the thread at hand
-    #: (``ApiContext.inline_backends``) instead of a trip to its I/O pool.
+    #: Never waits on a network: the API calls it on the thread at hand (``ApiContext.inline_backends``).
     blocking = False
 
     def __init__(self, ttl_seconds: int = 7 * 24 * 3600) -> None:

@@ -113,15 +113,30 @@ class _ErrorAnswers:
 
     _dropped: int
 
-    def _no_timers_yet(self) -> None:
-        """A new connection's state: no timer running, not lingering, nothing dropped."""
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)  # type: ignore[call-arg]  # uvicorn's protocol
         self._header_timer = self._body_timer = self._linger_timer = None
         self._lingering = False
         self._dropped = 0
+        self._new_connection()
+        # uvicorn makes one protocol per accepted connection, just before connection_made: the clock
+        # for the first request head starts now (uvicorn itself never times out a silent connection).
+        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timed_out)
 
-    if TYPE_CHECKING:  # uvicorn's protocols have it; declared here for the type checker only
+    def _new_connection(self) -> None:
+        """Each protocol's own state for a new connection, set before its first head's clock starts."""
+
+    if TYPE_CHECKING:  # uvicorn's protocols and ours have them; declared here for the type checker only
 
         def _unset_keepalive_if_required(self) -> None: ...
+
+        def _header_timed_out(self) -> None: ...
 
     def _answer_and_close(self, status: int) -> None:
         if self.transport is None or self._lingering or self.transport.is_closing():
@@ -160,19 +175,8 @@ class LocalH11Protocol(_ErrorAnswers, H11Protocol):
 
     limits: ClassVar[HttpLimits] = HttpLimits.from_env()
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+    def _new_connection(self) -> None:
         self.conn = _LimitedConnection(self.limits.max_header_bytes)
-        self._no_timers_yet()
-        # uvicorn makes one protocol per accepted connection, just before connection_made: the clock
-        # for the first request head starts now (uvicorn itself never times out a silent connection).
-        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timed_out)
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -254,23 +258,13 @@ class LocalHttpToolsProtocol(_ErrorAnswers, HttpToolsProtocol):
 
     limits: ClassVar[HttpLimits] = HttpLimits.from_env()
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._no_timers_yet()
+    def _new_connection(self) -> None:
         #: A request's head has begun and is not complete; its body has begun and is not complete.
         self._in_head = False
         self._in_body = False
         #: Bytes received since the last complete head (an upper bound of the head being received).
         self._head_bytes = 0
         self._head_too_large = False
-        # As LocalH11Protocol: the clock for the first request head starts with the connection.
-        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._header_timer, self._body_timer, self._linger_timer):
