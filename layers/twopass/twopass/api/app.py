@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
 
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,7 +22,6 @@ from twopass.api.cors import CorsMiddleware, OriginPolicy
 from twopass.api.routes import predict
 from twopass.api.services.service import TwopassService
 from twopass.config import Settings
-from twopass.models.runtime import Classifier
 from twopass.observability import logs
 
 #: Paths the routes of :mod:`twopass.api.routes.predict` answer: with ``defer_routes``, the rest wait.
@@ -36,10 +34,8 @@ def create_app(
     *,
     emit_metrics: bool = True,
     defer_routes: bool = False,
-    fast_model: Future[Classifier] | None = None,
 ) -> FastAPI:
-    """Build the app. Without ``service`` one is built from the environment on first use
-    (with ``fast_model``, the fast model already loading, as :mod:`twopass.api.coldstart` starts it).
+    """Build the app. Without ``service`` one is built from the environment on first use.
 
     ``defer_routes``: only the fast path's routes now, the others on the first request for another
     path (the Lambda entry point's choice: its first request is most often a prediction).
@@ -59,7 +55,7 @@ def create_app(
         separate_input_output_schemas=False,
         lifespan=_lifespan,
     )
-    app.state.twopass = ApiContext(settings, service, emit_metrics=emit_metrics, fast_model=fast_model)
+    app.state.twopass = ApiContext(settings, service, emit_metrics=emit_metrics)
     errors.install(app)
     routes = _Routes(app, settings.auth_mode)
     if defer_routes:

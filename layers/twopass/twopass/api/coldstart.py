@@ -74,7 +74,7 @@ def lambda_app(settings: Settings | None = None, service: ServiceFactory | None 
     """The API Lambda's app and its Mangum adapter, built as its init should build them (see the module's text).
 
     ``service``: builds the service from the settings and the fast model loading (default: the
-    backends the settings name, made on first use). On Lambda the fast model is loaded before this
+    backends the settings name, ``TwopassService.from_settings``). On Lambda the fast model is loaded before this
     returns (init runs at full CPU before the first request is billed, and SnapStart snapshots it).
     """
     settings = settings or Settings.from_env()
@@ -83,9 +83,13 @@ def lambda_app(settings: Settings | None = None, service: ServiceFactory | None 
         from mangum import Mangum
 
         from twopass.api.app import create_app
+        from twopass.api.services.service import TwopassService
     ahead = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") in INIT_AHEAD
-    built = service(settings, fast_model) if service is not None else None
-    app = create_app(built, settings, defer_routes=not ahead, fast_model=fast_model)
+    if service is None and fast_model is None:
+        built = None  # off Lambda: built on first use, as create_app does without a service
+    else:
+        built = (service or TwopassService.from_settings)(settings, fast_model)
+    app = create_app(built, settings, defer_routes=not ahead)
     adapter = Mangum(app, lifespan="off")
     if on_lambda():
         app.state.twopass.service.warm_up()  # waits for the thread, or loads it here if none was started

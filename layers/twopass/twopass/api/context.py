@@ -17,7 +17,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Annotated, Any
 
@@ -26,25 +26,15 @@ from fastapi import Depends, Request
 from twopass.api.services.service import TwopassService
 from twopass.api.usecases.control import BacklogGauge
 from twopass.config import Settings
-from twopass.models.runtime import Classifier
 from twopass.observability.metrics import MetricsSink
 
 
 class ApiContext:
     """The app's shared state; the service is built from ``settings`` on first use unless given."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        service: TwopassService | None = None,
-        *,
-        emit_metrics: bool,
-        fast_model: Future[Classifier] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, service: TwopassService | None = None, *, emit_metrics: bool) -> None:
         self.settings = settings
         self._service = service
-        #: The fast model already loading, for the service built on first use (``api.coldstart``).
-        self._fast_model = fast_model
         self._lock = threading.Lock()
         #: Whether telemetry is written within each request (Lambda) rather than by background threads.
         self.per_request_telemetry = on_lambda() or settings.metrics_flush_seconds <= 0
@@ -71,7 +61,7 @@ class ApiContext:
         if self._service is None:
             with self._lock:
                 if self._service is None:
-                    self._service = TwopassService.from_settings(self.settings, self._fast_model)
+                    self._service = TwopassService.from_settings(self.settings)
         return self._service
 
     def flush_telemetry(self) -> None:
